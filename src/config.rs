@@ -1,0 +1,195 @@
+//! [`SpoolConfig`], the operator-facing configuration, and its policies.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Default for [`SpoolConfig::max_events`]: unbounded (only `max_bytes` applies).
+pub const DEFAULT_MAX_EVENTS: u64 = u64::MAX;
+/// Default for [`SpoolConfig::max_bytes`]: 1 GiB of stored events.
+pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+/// Default for [`SpoolConfig::max_event_bytes`]: 1 MiB.
+pub const DEFAULT_MAX_EVENT_BYTES: u64 = 1 << 20;
+/// Default for [`SpoolConfig::batch_size`]: 1024 events per transaction.
+pub const DEFAULT_BATCH_SIZE: usize = 1024;
+/// Default for [`SpoolConfig::flush_interval_ms`]: 0, commit as soon as the queue is drained.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::ZERO;
+/// Default for [`SpoolConfig::channel_capacity`]: 65 536 messages.
+pub const DEFAULT_CHANNEL_CAPACITY: usize = 65_536;
+/// Default for [`SpoolConfig::reader_pool_size`]: 4 reader connections.
+pub const DEFAULT_READER_POOL_SIZE: u32 = 4;
+
+/// What `emit` does when the channel to the writer is full.
+///
+/// In a config file: `"block"`, `"drop_newest"`, `"reject"` or `{"block_for_ms": 250}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// Wait until there is room (the default).
+    #[default]
+    Block,
+    /// Wait up to this long, then fail with [`Error::Full`], which gives the event back.
+    #[serde(rename = "block_for_ms", deserialize_with = "millis")]
+    BlockFor(Duration),
+    /// Drop the event, count it in `dropped_overflow`, log once per burst; never blocks.
+    DropNewest,
+    /// Fail at once with [`Error::Full`], which gives the event back.
+    Reject,
+}
+
+/// How hard a commit pushes the data to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// `synchronous = NORMAL` in WAL mode: a commit survives a crash of the process
+    /// (`kill -9`), the last commits may be lost on power loss. The default.
+    #[default]
+    Normal,
+    /// `synchronous = FULL`: every commit is fsynced, surviving power loss.
+    Full,
+}
+
+impl Durability {
+    pub(crate) fn pragma(self) -> &'static str {
+        match self {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        }
+    }
+}
+
+/// The spool's settings, deserializable so operators can keep them in a TOML or JSON
+/// file. Every field but `path` has a default (the `DEFAULT_*` constants).
+///
+/// ```
+/// let config: eventspool::SpoolConfig = serde_json::from_str(r#"{
+///     "path": "data/events.db",
+///     "max_events": 1000000,
+///     "overflow": {"block_for_ms": 250},
+///     "durability": "full"
+/// }"#).unwrap();
+/// assert_eq!(config.batch_size, eventspool::DEFAULT_BATCH_SIZE);
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// The spool file. Parent directories are created.
+    pub path: PathBuf,
+    /// Most events kept; the oldest are evicted (and counted) beyond it.
+    #[serde(default = "default_max_events")]
+    pub max_events: u64,
+    /// Most bytes of events kept (data, type, id, subject, source; not SQLite's own
+    /// overhead); the oldest are evicted (and counted) beyond it.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// Largest single event accepted, in the same bytes as `max_bytes`.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: u64,
+    /// Hard ceiling on the database file's size. A commit that would grow the file
+    /// past it fails like a full disk: the batch is kept and retried. `None` (the
+    /// default) leaves the file to the disk.
+    #[serde(default)]
+    pub max_file_bytes: Option<u64>,
+    /// Most events committed in one transaction.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// How long the writer may wait for more events to fill a batch, in milliseconds.
+    /// Durable waiters (`append`, `flush`, `close`) are never held back by it.
+    #[serde(default)]
+    pub flush_interval_ms: u64,
+    /// Capacity of the channel between callers and the writer, in messages.
+    #[serde(default = "default_channel_capacity")]
+    pub channel_capacity: usize,
+    /// What `emit` does when the channel is full.
+    #[serde(default)]
+    pub overflow: Overflow,
+    /// How hard commits push to the disk.
+    #[serde(default)]
+    pub durability: Durability,
+    /// Number of pooled reader connections for queries.
+    #[serde(default = "default_reader_pool_size")]
+    pub reader_pool_size: u32,
+}
+
+fn default_max_events() -> u64 {
+    DEFAULT_MAX_EVENTS
+}
+fn default_max_bytes() -> u64 {
+    DEFAULT_MAX_BYTES
+}
+fn default_max_event_bytes() -> u64 {
+    DEFAULT_MAX_EVENT_BYTES
+}
+fn default_batch_size() -> usize {
+    DEFAULT_BATCH_SIZE
+}
+fn default_channel_capacity() -> usize {
+    DEFAULT_CHANNEL_CAPACITY
+}
+fn default_reader_pool_size() -> u32 {
+    DEFAULT_READER_POOL_SIZE
+}
+
+fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_millis)
+}
+
+impl SpoolConfig {
+    /// A configuration with every default, for the spool file at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SpoolConfig {
+            path: path.into(),
+            max_events: DEFAULT_MAX_EVENTS,
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            max_file_bytes: None,
+            batch_size: DEFAULT_BATCH_SIZE,
+            flush_interval_ms: DEFAULT_FLUSH_INTERVAL.as_millis() as u64,
+            channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            overflow: Overflow::Block,
+            durability: Durability::Normal,
+            reader_pool_size: DEFAULT_READER_POOL_SIZE,
+        }
+    }
+
+    /// Checks every value; `open` calls it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the first value out of range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: &str| Err(Error::InvalidConfig(msg.into()));
+        if self.path.as_os_str().is_empty() {
+            return bad("path must not be empty");
+        }
+        if self.max_events == 0 {
+            return bad("max_events must be at least 1");
+        }
+        if self.max_bytes == 0 {
+            return bad("max_bytes must be at least 1");
+        }
+        if self.max_event_bytes == 0 {
+            return bad("max_event_bytes must be at least 1");
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size must be at least 1");
+        }
+        if self.channel_capacity == 0 {
+            return bad("channel_capacity must be at least 1");
+        }
+        if self.reader_pool_size == 0 {
+            return bad("reader_pool_size must be at least 1");
+        }
+        if self.max_file_bytes.is_some_and(|b| b < 64 << 10) {
+            return bad("max_file_bytes must be at least 64 KiB");
+        }
+        Ok(())
+    }
+
+    /// The largest event `emit` accepts: `max_event_bytes`, and never more than `max_bytes`.
+    pub(crate) fn event_limit(&self) -> u64 {
+        self.max_event_bytes.min(self.max_bytes)
+    }
+}

@@ -1,0 +1,95 @@
+//! # eventspool
+//!
+//! An embedded, crash-safe **store-and-forward spool for events**, for programs without
+//! an async runtime. The application hands events over on its own thread; a writer
+//! thread batch-commits them to one SQLite file (WAL) with strictly increasing sequence
+//! numbers; the same file answers queries. Everything survives `kill -9` and restarts.
+//!
+//! ```text
+//!  caller threads                 writer thread
+//!  ──────────────                 ─────────────
+//!  emit(event)  ─┐  bounded       take all that is queued (≤ batch_size),
+//!  append(event) ├─ crossbeam ──▶ one SQLite transaction, assign seq,
+//!  flush()      ─┘  channel       enforce caps, answer durable waiters
+//!    validate + serialize on
+//!    the caller's thread          readers (r2d2 pool): len, last_seq, query
+//! ```
+//!
+//! ## A tour
+//!
+//! ```
+//! use std::time::Duration;
+//! use eventspool::{Event, EventQuery, Spool};
+//! use serde_json::json;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("events.db");
+//! let spool = Spool::builder(&path).max_events(1_000_000).open()?;
+//!
+//! // Returns at once: validated and encoded here, committed by the writer thread.
+//! spool.emit(Event::new("order.created", json!({"id": 42})).subject("order/42"))?;
+//! // Returns once committed, with the event's sequence number.
+//! let seq = spool.append(Event::new("order.paid", json!({"id": 42})))?;
+//! spool.flush(Duration::from_secs(1))?;
+//!
+//! let paid = spool.query(&EventQuery::new().event_types(["order.paid"]))?;
+//! assert_eq!(paid[0].seq, seq);
+//! spool.close(Duration::from_secs(5))?;
+//!
+//! // Reopen: everything committed is still there, and seq goes on from where it was.
+//! let spool = Spool::open(&path)?;
+//! assert_eq!(spool.len()?, 2);
+//! assert_eq!(spool.append(Event::new("order.shipped", json!({"id": 42})))?, 3);
+//! # Ok::<(), eventspool::Error>(())
+//! ```
+//!
+//! ## Guarantees
+//! - `append` returning `Ok(seq)` means committed; `emit` never loses an event
+//!   silently: what is not committed is counted (`dropped_overflow`, `evicted`,
+//!   `rejected`, `abandoned` in [`MetricsSnapshot`]).
+//! - `seq` is strictly increasing and never reused, across restarts and deletions.
+//! - One file, one owner: a second open fails with [`Error::Locked`].
+//! - Bad input gets an [`enum@Error`], never a panic, and never touches what is stored.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub)]
+
+mod config;
+mod error;
+mod event;
+mod metrics;
+mod spool;
+mod store;
+mod writer;
+
+pub use config::{
+    DEFAULT_BATCH_SIZE, DEFAULT_CHANNEL_CAPACITY, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENTS, DEFAULT_READER_POOL_SIZE, Durability, Overflow,
+    SpoolConfig,
+};
+pub use error::{Error, Result};
+pub use event::{DEFAULT_QUERY_LIMIT, Event, EventQuery, SeqNo, StoredEvent};
+pub use metrics::MetricsSnapshot;
+pub use spool::{DEFAULT_CLOSE_TIMEOUT, Spool, SpoolBuilder};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        assert_send_sync::<Spool>();
+        assert_send_sync::<Error>();
+    }
+
+    #[test]
+    fn error_stays_small() {
+        assert!(
+            std::mem::size_of::<Error>() <= 64,
+            "{}",
+            std::mem::size_of::<Error>()
+        );
+    }
+}

@@ -1,0 +1,202 @@
+//! Counters kept in atomics, and [`MetricsSnapshot`], a plain copy of them.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Keeps a hot counter on its own cache line so producers and the writer do not
+/// contend on the same line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Padded(pub(crate) AtomicU64);
+
+impl std::ops::Deref for Padded {
+    type Target = AtomicU64;
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
+}
+
+/// The live counters, shared by the handle and the threads.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Written by callers (every `emit`/`append` event).
+    pub(crate) emitted: Padded,
+    pub(crate) filtered: Padded,
+    pub(crate) dropped_overflow: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    /// Written by the writer.
+    pub(crate) committed: Padded,
+    pub(crate) evicted: AtomicU64,
+    pub(crate) commit_errors: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) abandoned: AtomicU64,
+    pub(crate) pending_retry: AtomicU64,
+    pub(crate) stored_events: AtomicU64,
+    pub(crate) stored_bytes: AtomicU64,
+    pub(crate) last_seq: AtomicU64,
+}
+
+impl Counters {
+    /// Events handed over that have reached a final count (all but the in-flight ones).
+    pub(crate) fn settled(&self) -> u64 {
+        let r = |c: &AtomicU64| c.load(Ordering::SeqCst);
+        r(&self.committed)
+            + r(&self.filtered)
+            + r(&self.dropped_overflow)
+            + r(&self.rejected)
+            + r(&self.abandoned)
+    }
+
+    pub(crate) fn snapshot(&self, channel_depth: usize) -> MetricsSnapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let batches = r(&self.batches);
+        let committed = r(&self.committed);
+        MetricsSnapshot {
+            emitted: r(&self.emitted),
+            committed,
+            filtered: r(&self.filtered),
+            dropped_overflow: r(&self.dropped_overflow),
+            rejected: r(&self.rejected),
+            abandoned: r(&self.abandoned),
+            evicted: r(&self.evicted),
+            commit_errors: r(&self.commit_errors),
+            pending_retry: r(&self.pending_retry),
+            stored_events: r(&self.stored_events),
+            stored_bytes: r(&self.stored_bytes),
+            last_seq: r(&self.last_seq),
+            channel_depth: channel_depth as u64,
+            batches,
+            mean_batch_size: if batches == 0 {
+                0.0
+            } else {
+                committed as f64 / batches as f64
+            },
+        }
+    }
+}
+
+/// A copy of the spool's counters at one moment.
+///
+/// The counters balance: `emitted = committed + filtered + dropped_overflow + rejected
+/// + abandoned + in flight`, where in flight is what sits in the channel or in the
+/// writer's current batch (0 after [`Spool::flush`](crate::Spool::flush) returns).
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct MetricsSnapshot {
+    /// Events handed to `emit`, `append` or `append_batch`.
+    pub emitted: u64,
+    /// Events committed to the file.
+    pub committed: u64,
+    /// Events dropped by the filter.
+    pub filtered: u64,
+    /// Events dropped because the channel was full under `Overflow::DropNewest`.
+    pub dropped_overflow: u64,
+    /// Events refused with an error: invalid, `Overflow::Reject`/`BlockFor`, after
+    /// close, or an `append` whose commit failed.
+    pub rejected: u64,
+    /// Events still uncommitted when `close` timed out.
+    pub abandoned: u64,
+    /// Stored events evicted by `max_events` / `max_bytes`.
+    pub evicted: u64,
+    /// Commits that failed (each is retried).
+    pub commit_errors: u64,
+    /// Emitted events held by the writer for a retry after a failed commit.
+    pub pending_retry: u64,
+    /// Events in the file.
+    pub stored_events: u64,
+    /// Bytes of events in the file (as counted for `max_bytes`).
+    pub stored_bytes: u64,
+    /// Highest `seq` assigned.
+    pub last_seq: u64,
+    /// Messages waiting in the channel to the writer.
+    pub channel_depth: u64,
+    /// Transactions committed with events.
+    pub batches: u64,
+    /// `committed / batches`.
+    pub mean_batch_size: f64,
+}
+
+impl MetricsSnapshot {
+    /// Renders the snapshot in the Prometheus text exposition format, with
+    /// `eventspool_` names.
+    ///
+    /// ```
+    /// let text = eventspool::MetricsSnapshot::default().to_prometheus();
+    /// assert!(text.contains("eventspool_committed_total 0"));
+    /// ```
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        let counters = [
+            ("emitted_total", "Events handed to the spool.", self.emitted),
+            ("committed_total", "Events committed.", self.committed),
+            (
+                "filtered_total",
+                "Events dropped by the filter.",
+                self.filtered,
+            ),
+            (
+                "dropped_overflow_total",
+                "Events dropped on a full channel.",
+                self.dropped_overflow,
+            ),
+            (
+                "rejected_total",
+                "Events refused with an error.",
+                self.rejected,
+            ),
+            (
+                "abandoned_total",
+                "Events uncommitted when close timed out.",
+                self.abandoned,
+            ),
+            ("evicted_total", "Events evicted by the caps.", self.evicted),
+            ("commit_errors_total", "Failed commits.", self.commit_errors),
+            ("batches_total", "Committed batches.", self.batches),
+        ];
+        for (name, help, value) in counters {
+            metric(&mut out, name, help, "counter", value as f64);
+        }
+        let gauges = [
+            (
+                "pending_retry",
+                "Events held for a commit retry.",
+                self.pending_retry as f64,
+            ),
+            (
+                "stored_events",
+                "Events in the file.",
+                self.stored_events as f64,
+            ),
+            (
+                "stored_bytes",
+                "Bytes of events in the file.",
+                self.stored_bytes as f64,
+            ),
+            (
+                "last_seq",
+                "Highest sequence number assigned.",
+                self.last_seq as f64,
+            ),
+            (
+                "channel_depth",
+                "Messages queued for the writer.",
+                self.channel_depth as f64,
+            ),
+            (
+                "mean_batch_size",
+                "Mean events per batch.",
+                self.mean_batch_size,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            metric(&mut out, name, help, "gauge", value);
+        }
+        out
+    }
+}
+
+fn metric(out: &mut String, name: &str, help: &str, kind: &str, value: f64) {
+    let _ = writeln!(out, "# HELP eventspool_{name} {help}");
+    let _ = writeln!(out, "# TYPE eventspool_{name} {kind}");
+    let _ = writeln!(out, "eventspool_{name} {value}");
+}

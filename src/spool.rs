@@ -1,0 +1,586 @@
+//! [`Spool`], the handle applications hold, and [`SpoolBuilder`].
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{SendTimeoutError, Sender, TrySendError, bounded};
+
+use crate::config::{Durability, Overflow, SpoolConfig};
+use crate::error::{Error, Result};
+use crate::event::{Event, EventQuery, SeqNo, StoredEvent};
+use crate::metrics::{Counters, MetricsSnapshot};
+use crate::store::{self, ReaderPool};
+use crate::writer::{Msg, Writer};
+
+/// How long `Drop` waits for a spool that was not closed to commit what is queued.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Filter = Arc<dyn Fn(&Event) -> bool + Send + Sync>;
+type ErrorHook = Arc<dyn Fn(&Error) + Send + Sync>;
+
+/// What the handle shares with the worker threads.
+pub(crate) struct Shared {
+    pub(crate) counters: Counters,
+    on_error: Option<ErrorHook>,
+}
+
+impl Shared {
+    /// Hands a failure no caller sees to the user's `on_error` hook.
+    pub(crate) fn report(&self, error: &Error) {
+        if let Some(hook) = &self.on_error {
+            hook(error);
+        }
+    }
+}
+
+/// Configures and opens a [`Spool`]. Every setter has a default (see [`SpoolConfig`]);
+/// values are checked by [`open`](SpoolBuilder::open), setters never panic.
+///
+/// ```
+/// use std::time::Duration;
+/// use eventspool::{Durability, Overflow, Spool};
+///
+/// let dir = tempfile::tempdir()?;
+/// let spool = Spool::builder(dir.path().join("events.db"))
+///     .max_events(1_000_000)
+///     .max_bytes(512 << 20)
+///     .batch_size(1024)
+///     .channel_capacity(65_536)
+///     .overflow(Overflow::Block)
+///     .durability(Durability::Normal)
+///     .filter(|e| e.event_type != "debug")
+///     .on_error(|err| log::error!("spool: {err}"))
+///     .open()?;
+/// spool.close(Duration::from_secs(5))?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "a builder does nothing until `open` is called"]
+pub struct SpoolBuilder {
+    config: SpoolConfig,
+    filter: Option<Filter>,
+    on_error: Option<ErrorHook>,
+}
+
+impl fmt::Debug for SpoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpoolBuilder")
+            .field("config", &self.config)
+            .field("filter", &self.filter.is_some())
+            .field("on_error", &self.on_error.is_some())
+            .finish()
+    }
+}
+
+impl SpoolBuilder {
+    /// Most events kept; the oldest are evicted beyond it. Defaults to unbounded.
+    pub fn max_events(mut self, n: u64) -> Self {
+        self.config.max_events = n;
+        self
+    }
+
+    /// Most bytes of events kept; the oldest are evicted beyond it. Defaults to 1 GiB.
+    pub fn max_bytes(mut self, n: u64) -> Self {
+        self.config.max_bytes = n;
+        self
+    }
+
+    /// Largest event accepted. Defaults to 1 MiB.
+    pub fn max_event_bytes(mut self, n: u64) -> Self {
+        self.config.max_event_bytes = n;
+        self
+    }
+
+    /// Hard ceiling on the file size: beyond it commits fail as on a full disk and are
+    /// retried. Defaults to none.
+    pub fn max_file_bytes(mut self, n: u64) -> Self {
+        self.config.max_file_bytes = Some(n);
+        self
+    }
+
+    /// Most events per transaction. Defaults to 1024.
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.config.batch_size = n;
+        self
+    }
+
+    /// How long the writer may wait to fill a batch; durable waiters are never held
+    /// back by it. Defaults to zero (commit as soon as the queue is drained).
+    pub fn flush_interval(mut self, interval: Duration) -> Self {
+        self.config.flush_interval_ms = interval.as_millis() as u64;
+        self
+    }
+
+    /// Capacity of the channel to the writer, in messages. Defaults to 65 536.
+    pub fn channel_capacity(mut self, n: usize) -> Self {
+        self.config.channel_capacity = n;
+        self
+    }
+
+    /// What `emit` does on a full channel. Defaults to [`Overflow::Block`].
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.config.overflow = overflow;
+        self
+    }
+
+    /// How hard commits push to the disk. Defaults to [`Durability::Normal`].
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.config.durability = durability;
+        self
+    }
+
+    /// Pooled reader connections for queries. Defaults to 4.
+    pub fn reader_pool_size(mut self, n: u32) -> Self {
+        self.config.reader_pool_size = n;
+        self
+    }
+
+    /// Drops events for which `keep` returns false before they reach the writer
+    /// (counted in `filtered`). It runs on the caller's thread inside `emit`/`append`:
+    /// keep it cheap. Defaults to none.
+    pub fn filter(mut self, keep: impl Fn(&Event) -> bool + Send + Sync + 'static) -> Self {
+        self.filter = Some(Arc::new(keep));
+        self
+    }
+
+    /// Called from the worker threads for failures no caller sees (a failed commit of
+    /// emitted events). It runs on the writer thread: it must not block for long.
+    /// Defaults to none (failures are still logged).
+    pub fn on_error(mut self, hook: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+        self.on_error = Some(Arc::new(hook));
+        self
+    }
+
+    /// Validates the settings, takes ownership of the file and starts the writer.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`]; [`Error::Locked`] if another `Spool` owns the file;
+    /// [`Error::NotASpool`], [`Error::NewerSchema`], [`Error::Corrupt`] for a file
+    /// that cannot be used (it is left untouched); [`Error::Io`] / [`Error::Sqlite`].
+    pub fn open(self) -> Result<Spool> {
+        Spool::start(self)
+    }
+}
+
+/// A crash-safe spool of events in one SQLite file.
+///
+/// # About threads and cloning
+/// `Spool` is `Send + Sync` and cheap to clone (an `Arc` inside): share it between
+/// threads by cloning. All clones are the same spool; it closes when
+/// [`close`](Spool::close) is called or the last clone is dropped (with a bounded
+/// wait of [`DEFAULT_CLOSE_TIMEOUT`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use eventspool::{Event, EventQuery, Spool};
+/// use serde_json::json;
+///
+/// let dir = tempfile::tempdir()?;
+/// let spool = Spool::open(dir.path().join("events.db"))?;
+/// spool.emit(Event::new("order.created", json!({"id": 42})).subject("order/42"))?;
+/// let seq = spool.append(Event::new("order.paid", json!({"id": 42})))?;
+/// assert_eq!(seq, 2);
+/// let events = spool.query(&EventQuery::new().event_types(["order.*"]))?;
+/// assert_eq!(events.len(), 2);
+/// spool.close(Duration::from_secs(5))?;
+/// # Ok::<(), eventspool::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: Sender<Msg>,
+    shared: Arc<Shared>,
+    pool: ReaderPool,
+    path: PathBuf,
+    spool_id: String,
+    journal_mode: String,
+    synchronous: String,
+    overflow: Overflow,
+    event_limit: u64,
+    filter: Option<Filter>,
+    closed: AtomicBool,
+    /// Set while `Overflow::DropNewest` is dropping, so a burst is logged once.
+    dropping: AtomicBool,
+    lifecycle: Mutex<Lifecycle>,
+}
+
+/// What `close` tears down, once.
+struct Lifecycle {
+    writer: Option<JoinHandle<()>>,
+    /// Dropped to tell the writer to give up (close timed out).
+    stop: Option<Sender<()>>,
+}
+
+/// How long a timed-out `close` waits for the writer to give up before leaving it to
+/// finish on its own (it may be inside a SQLite call that cannot be interrupted).
+const ABANDON_GRACE: Duration = Duration::from_millis(200);
+
+impl fmt::Debug for Spool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Spool")
+            .field("path", &self.inner.path)
+            .field("closed", &self.inner.closed.load(Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Spool {
+    /// Opens (or creates) the spool at `path` with every default.
+    ///
+    /// # Errors
+    /// As [`SpoolBuilder::open`].
+    pub fn open(path: impl Into<PathBuf>) -> Result<Spool> {
+        Spool::builder(path).open()
+    }
+
+    /// A builder for the spool at `path`.
+    pub fn builder(path: impl Into<PathBuf>) -> SpoolBuilder {
+        SpoolBuilder {
+            config: SpoolConfig::new(path),
+            filter: None,
+            on_error: None,
+        }
+    }
+
+    /// Opens the spool an operator configured.
+    ///
+    /// # Errors
+    /// As [`SpoolBuilder::open`].
+    pub fn from_config(config: &SpoolConfig) -> Result<Spool> {
+        SpoolBuilder {
+            config: config.clone(),
+            filter: None,
+            on_error: None,
+        }
+        .open()
+    }
+
+    fn start(builder: SpoolBuilder) -> Result<Spool> {
+        let SpoolBuilder {
+            config,
+            filter,
+            on_error,
+        } = builder;
+        config.validate()?;
+        let path = config.path.clone();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
+        }
+        let lock = store::lock(&path)?;
+        let opened = store::open_writer(&config)?;
+        let pool = store::reader_pool(&path, config.reader_pool_size)?;
+        let (tx, rx) = bounded(config.channel_capacity);
+        let (stop_tx, stop_rx) = bounded(0);
+        let shared = Arc::new(Shared {
+            counters: Counters::default(),
+            on_error,
+        });
+        let spool_id = opened.state.spool_id.clone();
+        let writer = Writer::new(
+            lock,
+            opened.conn,
+            &opened.state,
+            &config,
+            rx,
+            stop_rx,
+            shared.clone(),
+        );
+        let handle = thread::Builder::new()
+            .name("eventspool-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| Error::io("cannot spawn the writer thread", e))?;
+        Ok(Spool {
+            inner: Arc::new(Inner {
+                tx,
+                shared,
+                pool,
+                path,
+                spool_id,
+                journal_mode: opened.journal_mode,
+                synchronous: opened.synchronous,
+                overflow: config.overflow,
+                event_limit: config.event_limit(),
+                filter,
+                closed: AtomicBool::new(false),
+                dropping: AtomicBool::new(false),
+                lifecycle: Mutex::new(Lifecycle {
+                    writer: Some(handle),
+                    stop: Some(stop_tx),
+                }),
+            }),
+        })
+    }
+
+    /// Hands an event to the writer and returns at once; it is committed shortly
+    /// after (see [`flush`](Spool::flush)). Validation and JSON encoding happen here,
+    /// on the caller's thread; the writer is reached by one channel send. When the
+    /// channel is full, the [`Overflow`] policy decides.
+    ///
+    /// # Errors
+    /// [`Error::InvalidEvent`]; [`Error::Full`] (giving the event back) under
+    /// `Overflow::Reject` or when `Overflow::BlockFor` runs out; [`Error::Closed`].
+    pub fn emit(&self, mut event: Event) -> Result<()> {
+        let inner = &*self.inner;
+        let c = &inner.shared.counters;
+        if !inner.admit(&mut event)? {
+            return Ok(());
+        }
+        let full = match inner.tx.try_send(Msg::Emit(event)) {
+            Ok(()) => {
+                if inner.dropping.load(Relaxed) && inner.dropping.swap(false, Relaxed) {
+                    log::info!("spool channel has room again: no longer dropping events");
+                }
+                return Ok(());
+            }
+            Err(TrySendError::Full(msg)) => msg,
+            Err(TrySendError::Disconnected(_)) => return inner.refuse(1, Error::Closed),
+        };
+        match inner.overflow {
+            Overflow::Block => match inner.tx.send(full) {
+                Ok(()) => Ok(()),
+                Err(_) => inner.refuse(1, Error::Closed),
+            },
+            Overflow::BlockFor(wait) => match inner.tx.send_timeout(full, wait) {
+                Ok(()) => Ok(()),
+                Err(SendTimeoutError::Timeout(msg)) => inner.refuse(1, full_error(msg)),
+                Err(SendTimeoutError::Disconnected(_)) => inner.refuse(1, Error::Closed),
+            },
+            Overflow::DropNewest => {
+                c.dropped_overflow.fetch_add(1, SeqCst);
+                if !inner.dropping.swap(true, Relaxed) {
+                    log::warn!("spool channel is full: dropping new events (counted)");
+                }
+                Ok(())
+            }
+            Overflow::Reject => inner.refuse(1, full_error(full)),
+        }
+    }
+
+    /// Stores an event and returns its `seq` once it is committed. Concurrent callers
+    /// share transactions (group commit).
+    ///
+    /// # Errors
+    /// [`Error::InvalidEvent`]; [`Error::Filtered`] if the filter dropped it;
+    /// [`Error::Commit`] if the commit failed (the event is not stored);
+    /// [`Error::Closed`].
+    pub fn append(&self, mut event: Event) -> Result<SeqNo> {
+        if !self.inner.admit(&mut event)? {
+            return Err(Error::Filtered);
+        }
+        self.inner.send_durable(vec![event])
+    }
+
+    /// Stores events in order, in one transaction, and returns their `seq`s once
+    /// committed. Events dropped by the filter get no `seq` and are left out. If any
+    /// event is invalid, none is stored.
+    ///
+    /// # Errors
+    /// As [`append`](Spool::append), except that filtered events are not an error.
+    pub fn append_batch(&self, mut events: Vec<Event>) -> Result<Vec<SeqNo>> {
+        let inner = &*self.inner;
+        let n = events.len() as u64;
+        inner.shared.counters.emitted.fetch_add(n, SeqCst);
+        if inner.closed.load(SeqCst) {
+            return inner.refuse(n, Error::Closed);
+        }
+        for event in &mut events {
+            if let Err(e) = event.prepare(inner.event_limit) {
+                return inner.refuse(n, e);
+            }
+        }
+        if let Some(keep) = &inner.filter {
+            events.retain(|e| keep(e));
+            inner
+                .shared
+                .counters
+                .filtered
+                .fetch_add(n - events.len() as u64, SeqCst);
+        }
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let len = events.len() as u64;
+        let last = inner.send_durable(events)?;
+        Ok((last + 1 - len..=last).collect())
+    }
+
+    /// Returns once everything emitted before the call is committed.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if that takes longer than `timeout` (for example while the
+    /// disk is full); [`Error::Closed`].
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let (reply, done) = bounded(1);
+        match self.inner.tx.send_deadline(Msg::Flush(reply), deadline) {
+            Ok(()) => {}
+            Err(SendTimeoutError::Timeout(_)) => return Err(Error::Timeout),
+            Err(SendTimeoutError::Disconnected(_)) => return Err(Error::Closed),
+        }
+        match done.recv_deadline(deadline) {
+            Ok(()) => Ok(()),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(Error::Timeout),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(Error::Closed),
+        }
+    }
+
+    /// Commits everything emitted so far, stops the threads and releases the file.
+    /// Idempotent: later calls return `Ok(())`; `emit`/`append` then fail with
+    /// [`Error::Closed`]. Queries keep working on a closed spool.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if not everything was committed in time: the rest is
+    /// abandoned and counted in `abandoned`.
+    pub fn close(&self, timeout: Duration) -> Result<()> {
+        self.inner.close(timeout)
+    }
+
+    /// Number of events in the file.
+    ///
+    /// # Errors
+    /// [`Error::Pool`] / [`Error::Sqlite`] if the file cannot be read.
+    pub fn len(&self) -> Result<u64> {
+        let (first, last) = store::bounds(&*self.inner.pool.get()?)?;
+        Ok(first.map_or(0, |f| last + 1 - f))
+    }
+
+    /// True when the file holds no event.
+    ///
+    /// # Errors
+    /// As [`len`](Spool::len).
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// The highest `seq` ever committed (0 for a new spool); it stays after events are
+    /// deleted, and the next event gets a higher one.
+    ///
+    /// # Errors
+    /// As [`len`](Spool::len).
+    pub fn last_seq(&self) -> Result<SeqNo> {
+        Ok(store::bounds(&*self.inner.pool.get()?)?.1)
+    }
+
+    /// Runs a query on a pooled reader connection; it never waits for the writer.
+    ///
+    /// # Errors
+    /// As [`len`](Spool::len).
+    pub fn query(&self, query: &EventQuery) -> Result<Vec<StoredEvent>> {
+        store::query(&*self.inner.pool.get()?, &self.inner.spool_id, query)
+    }
+
+    /// A copy of the counters.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.shared.counters.snapshot(self.inner.tx.len())
+    }
+
+    /// The journal mode in force on the writer connection: `"wal"`.
+    pub fn journal_mode(&self) -> &str {
+        &self.inner.journal_mode
+    }
+
+    /// The `synchronous` setting in force on the writer connection: `"normal"` or
+    /// `"full"` (see [`Durability`]).
+    pub fn synchronous(&self) -> &str {
+        &self.inner.synchronous
+    }
+
+    /// The spool file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+}
+
+fn full_error(msg: Msg) -> Error {
+    match msg {
+        Msg::Emit(event) => Error::Full(Box::new(event)),
+        _ => Error::Closed,
+    }
+}
+
+impl Inner {
+    /// Counts the event(s), then validates and filters on the caller's thread.
+    /// Returns false when the filter dropped the event.
+    fn admit(&self, event: &mut Event) -> Result<bool> {
+        let c = &self.shared.counters;
+        // `emitted` is counted before `closed` is read (both SeqCst): a close that
+        // happens later sees this event in `emitted` and waits for it.
+        c.emitted.fetch_add(1, SeqCst);
+        if self.closed.load(SeqCst) {
+            return self.refuse(1, Error::Closed);
+        }
+        if let Err(e) = event.prepare(self.event_limit) {
+            return self.refuse(1, e);
+        }
+        if let Some(keep) = &self.filter
+            && !keep(event)
+        {
+            c.filtered.fetch_add(1, SeqCst);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn refuse<T>(&self, n: u64, error: Error) -> Result<T> {
+        self.shared.counters.rejected.fetch_add(n, SeqCst);
+        Err(error)
+    }
+
+    /// Sends admitted events to the writer and waits for their commit.
+    fn send_durable(&self, events: Vec<Event>) -> Result<SeqNo> {
+        let n = events.len() as u64;
+        let (reply, done) = bounded(1);
+        if self.tx.send(Msg::Append(events, reply)).is_err() {
+            return self.refuse(n, Error::Closed);
+        }
+        // A dropped reply means the writer gave up at close: it counted the events.
+        done.recv().unwrap_or(Err(Error::Closed))
+    }
+
+    fn close(&self, timeout: Duration) -> Result<()> {
+        let mut lifecycle = self
+            .lifecycle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(writer) = lifecycle.writer.take() else {
+            return Ok(());
+        };
+        self.closed.store(true, SeqCst);
+        let deadline = Instant::now() + timeout;
+        let (reply, done) = bounded(1);
+        let finished = self.tx.send_deadline(Msg::Close(reply), deadline).is_ok()
+            && done.recv_deadline(deadline).is_ok();
+        if !finished {
+            drop(lifecycle.stop.take());
+            let grace = Instant::now() + ABANDON_GRACE;
+            while !writer.is_finished() && Instant::now() < grace {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // The writer owns the file lock: the file stays locked until it has exited.
+        if writer.is_finished() && writer.join().is_err() {
+            log::error!("eventspool writer thread panicked");
+        }
+        if finished {
+            Ok(())
+        } else {
+            Err(Error::Timeout)
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(e) = self.close(DEFAULT_CLOSE_TIMEOUT) {
+            log::error!("closing spool {} on drop: {e}", self.path.display());
+        }
+    }
+}

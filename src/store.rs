@@ -1,0 +1,410 @@
+//! The SQLite file: schema, pragmas, validation at open, and every SQL statement.
+//!
+//! Tables:
+//! - `events(seq, id, type, source, subject, ts, size, data)`: the stored events, always
+//!   one contiguous range of `seq`. `id` is NULL when the spool derives it from `seq`.
+//! - `state`: one row with the spool's random id, the highest `seq` ever assigned (so
+//!   `seq` is never reused, even after every event was deleted) and the stored bytes.
+//! - `consumers(name, kind, acked)`: durable cursors of sinks and subscribers.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, params};
+use serde_json::value::RawValue;
+
+use crate::config::SpoolConfig;
+use crate::error::{Error, Result};
+use crate::event::{Event, EventQuery, SeqNo, StoredEvent};
+
+/// The newest schema this build writes and understands.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+/// `PRAGMA application_id` of a spool file: "EvSp".
+const APPLICATION_ID: i64 = 0x4576_5370;
+/// Largest WAL kept on disk after a checkpoint resets it.
+const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Tables are created with `IF NOT EXISTS` at every open, so additive tables need
+/// no migration step.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq     INTEGER PRIMARY KEY,
+    id      TEXT,
+    type    TEXT NOT NULL,
+    source  TEXT,
+    subject TEXT,
+    ts      INTEGER NOT NULL,
+    size    INTEGER NOT NULL,
+    data    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (
+    one          INTEGER PRIMARY KEY CHECK (one = 0),
+    spool_id     TEXT NOT NULL,
+    last_seq     INTEGER NOT NULL,
+    stored_bytes INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consumers (
+    name  TEXT PRIMARY KEY,
+    kind  TEXT NOT NULL,
+    acked INTEGER NOT NULL
+);
+";
+
+/// What the writer needs to know about the file when it starts.
+#[derive(Debug)]
+pub(crate) struct StoreState {
+    pub(crate) spool_id: String,
+    /// Highest `seq` ever assigned (0 for a new spool).
+    pub(crate) last_seq: SeqNo,
+    /// Lowest stored `seq`, or `last_seq + 1` when nothing is stored.
+    pub(crate) first_seq: SeqNo,
+    pub(crate) stored_bytes: u64,
+}
+
+/// The writer's connection, with what is in force on it.
+pub(crate) struct Opened {
+    pub(crate) conn: Connection,
+    pub(crate) state: StoreState,
+    pub(crate) journal_mode: String,
+    pub(crate) synchronous: String,
+}
+
+/// Takes the OS lock that makes one `Spool` the owner of `path`.
+pub(crate) fn lock(path: &Path) -> Result<File> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let file = create_private(Path::new(&lock_path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked(path.to_owned())),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io(
+            format!("cannot lock {}", Path::new(&lock_path).display()),
+            e,
+        )),
+    }
+}
+
+/// Opens (creating it if needed) a file readable and writable by its owner only.
+fn create_private(path: &Path) -> Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))
+}
+
+/// Refuses a file that is not SQLite before SQLite may touch it.
+fn check_header(path: &Path) -> Result<()> {
+    let mut file =
+        File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let mut header = [0u8; 100];
+    let mut read = 0;
+    while read < header.len() {
+        match file.read(&mut header[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
+        }
+    }
+    match read {
+        0 => Ok(()), // empty: a new spool
+        100 if header.starts_with(b"SQLite format 3\0") => Ok(()),
+        _ => Err(Error::NotASpool(path.to_owned())),
+    }
+}
+
+/// Maps errors met while reading an existing file at open.
+fn at_open(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |e| match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => Error::Corrupt {
+            path: path.to_owned(),
+            source: e,
+        },
+        _ => Error::Sqlite(e),
+    }
+}
+
+/// Opens the writer's connection: validates the file, then sets WAL and the schema.
+/// A file that fails validation is not modified.
+pub(crate) fn open_writer(config: &SpoolConfig) -> Result<Opened> {
+    let path = config.path.as_path();
+    drop(create_private(path)?);
+    check_header(path)?;
+    let conn = Connection::open(path).map_err(at_open(path))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let app_id: i64 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(at_open(path))?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(at_open(path))?;
+    if app_id == 0 {
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+            .map_err(at_open(path))?;
+        if tables > 0 {
+            return Err(Error::NotASpool(path.to_owned()));
+        }
+    } else if app_id != APPLICATION_ID {
+        return Err(Error::NotASpool(path.to_owned()));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(Error::NewerSchema {
+            path: path.to_owned(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+
+    let journal_mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    conn.pragma_update(None, "synchronous", config.durability.pragma())?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
+    if let Some(max) = config.max_file_bytes {
+        let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        conn.pragma_update(
+            None,
+            "max_page_count",
+            (max / page_size as u64).max(1) as i64,
+        )?;
+    }
+    let synchronous = match conn.pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0))? {
+        0 => "off",
+        1 => "normal",
+        2 => "full",
+        _ => "extra",
+    }
+    .to_owned();
+
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE;
+         {SCHEMA}
+         INSERT OR IGNORE INTO state (one, spool_id, last_seq, stored_bytes)
+             VALUES (0, lower(hex(randomblob(8))), 0, 0);
+         PRAGMA application_id = {APPLICATION_ID};
+         PRAGMA user_version = {SCHEMA_VERSION};
+         COMMIT;"
+    ))
+    .map_err(at_open(path))?;
+    let state = load_state(&conn).map_err(at_open(path))?;
+    Ok(Opened {
+        conn,
+        state,
+        journal_mode,
+        synchronous,
+    })
+}
+
+fn load_state(conn: &Connection) -> rusqlite::Result<StoreState> {
+    let (spool_id, last_seq, stored_bytes): (String, i64, i64) = conn.query_row(
+        "SELECT spool_id, last_seq, stored_bytes FROM state WHERE one = 0",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let (first, max): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT min(seq), max(seq) FROM events", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let last_seq = (last_seq.max(max.unwrap_or(0))) as u64;
+    Ok(StoreState {
+        spool_id,
+        last_seq,
+        first_seq: first.map_or(last_seq + 1, |f| f as u64),
+        stored_bytes: stored_bytes as u64,
+    })
+}
+
+/// The pool of read-only connections used by queries.
+pub(crate) type ReaderPool = r2d2::Pool<SqliteConnectionManager>;
+
+pub(crate) fn reader_pool(path: &Path, size: u32) -> Result<ReaderPool> {
+    let manager = SqliteConnectionManager::file(path)
+        .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .with_init(|c| c.busy_timeout(BUSY_TIMEOUT));
+    Ok(r2d2::Pool::builder()
+        .max_size(size)
+        .min_idle(Some(1))
+        .build(manager)?)
+}
+
+// ---- writer side ------------------------------------------------------------------
+
+/// Inserts `events` with the seqs `first_seq..`.
+pub(crate) fn insert(
+    tx: &Transaction<'_>,
+    first_seq: SeqNo,
+    events: &[Event],
+) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO events (seq, id, type, source, subject, ts, size, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for (seq, event) in (first_seq..).zip(events) {
+        stmt.execute(params![
+            seq as i64,
+            event.id,
+            event.event_type,
+            event.source,
+            event.subject,
+            event.timestamp_ms.unwrap_or_default(),
+            event.size() as i64,
+            event.data_json().unwrap_or("null"),
+        ])?;
+    }
+    Ok(())
+}
+
+/// Deletes every event with `seq < before`; returns how many and their bytes.
+pub(crate) fn delete_before(tx: &Transaction<'_>, before: SeqNo) -> rusqlite::Result<(u64, u64)> {
+    let (count, bytes): (i64, i64) = tx
+        .prepare_cached("SELECT count(*), coalesce(sum(size), 0) FROM events WHERE seq < ?1")?
+        .query_row([before as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if count > 0 {
+        tx.prepare_cached("DELETE FROM events WHERE seq < ?1")?
+            .execute([before as i64])?;
+    }
+    Ok((count as u64, bytes as u64))
+}
+
+/// The first `seq` to keep so that at least `excess` bytes are freed from the oldest end.
+pub(crate) fn keep_from_for_bytes(
+    tx: &Transaction<'_>,
+    first_seq: SeqNo,
+    excess: u64,
+) -> rusqlite::Result<SeqNo> {
+    let mut stmt =
+        tx.prepare_cached("SELECT seq, size FROM events WHERE seq >= ?1 ORDER BY seq")?;
+    let mut rows = stmt.query([first_seq as i64])?;
+    let mut freed = 0u64;
+    let mut keep_from = first_seq;
+    while freed < excess {
+        let Some(row) = rows.next()? else { break };
+        let seq: i64 = row.get(0)?;
+        let size: i64 = row.get(1)?;
+        freed += size as u64;
+        keep_from = seq as u64 + 1;
+    }
+    Ok(keep_from)
+}
+
+pub(crate) fn save_state(
+    tx: &Transaction<'_>,
+    last_seq: SeqNo,
+    stored_bytes: u64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE state SET last_seq = ?1, stored_bytes = ?2 WHERE one = 0")?
+        .execute([last_seq as i64, stored_bytes as i64])?;
+    Ok(())
+}
+
+/// Copies the WAL into the database without waiting for readers (PASSIVE).
+pub(crate) fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+}
+
+// ---- reader side ------------------------------------------------------------------
+
+/// `(lowest stored seq, highest seq ever assigned)`; the first is `None` when empty.
+pub(crate) fn bounds(conn: &Connection) -> Result<(Option<SeqNo>, SeqNo)> {
+    let first: Option<i64> = conn
+        .prepare_cached("SELECT min(seq) FROM events")?
+        .query_row([], |r| r.get(0))?;
+    let last: i64 = conn
+        .prepare_cached(
+            "SELECT max(last_seq, coalesce((SELECT max(seq) FROM events), 0)) FROM state",
+        )?
+        .query_row([], |r| r.get(0))?;
+    Ok((first.map(|f| f as u64), last as u64))
+}
+
+/// Runs an [`EventQuery`].
+pub(crate) fn query(conn: &Connection, spool_id: &str, q: &EventQuery) -> Result<Vec<StoredEvent>> {
+    let mut sql =
+        String::from("SELECT seq, id, type, source, subject, ts, data FROM events WHERE seq > ?");
+    let mut args: Vec<rusqlite::types::Value> = vec![(q.after_seq.unwrap_or(0) as i64).into()];
+    if let Some(since) = q.since_ms {
+        sql.push_str(" AND ts >= ?");
+        args.push(since.into());
+    }
+    if let Some(until) = q.until_ms {
+        sql.push_str(" AND ts < ?");
+        args.push(until.into());
+    }
+    if !q.event_types.is_empty() {
+        sql.push_str(" AND (");
+        for (i, pattern) in q.event_types.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(" OR ");
+            }
+            match pattern.strip_suffix('*') {
+                Some(prefix) => {
+                    sql.push_str("type GLOB ?");
+                    args.push(format!("{}*", glob_escape(prefix)).into());
+                }
+                None => {
+                    sql.push_str("type = ?");
+                    args.push(pattern.clone().into());
+                }
+            }
+        }
+        sql.push(')');
+    }
+    if let Some(subject) = &q.subject {
+        sql.push_str(" AND subject = ?");
+        args.push(subject.clone().into());
+    }
+    if let Some(source) = &q.source {
+        sql.push_str(" AND source = ?");
+        args.push(source.clone().into());
+    }
+    sql.push_str(" ORDER BY seq LIMIT ?");
+    args.push((q.limit.min(i64::MAX as usize) as i64).into());
+
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), |row| {
+        stored_event(row, spool_id)
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Escapes GLOB's special characters so `prefix` matches literally.
+fn glob_escape(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len());
+    for c in prefix.chars() {
+        match c {
+            '*' | '?' | '[' => {
+                out.push('[');
+                out.push(c);
+                out.push(']');
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Maps a row of `seq, id, type, source, subject, ts, data`.
+fn stored_event(row: &rusqlite::Row<'_>, spool_id: &str) -> rusqlite::Result<StoredEvent> {
+    let seq = row.get::<_, i64>(0)? as u64;
+    let id: Option<String> = row.get(1)?;
+    let data: String = row.get(6)?;
+    let data = RawValue::from_string(data).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(StoredEvent {
+        id: id.unwrap_or_else(|| format!("{spool_id}-{seq}")),
+        seq,
+        event_type: row.get(2)?,
+        source: row.get(3)?,
+        subject: row.get(4)?,
+        timestamp_ms: row.get(5)?,
+        data,
+    })
+}

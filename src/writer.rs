@@ -1,0 +1,368 @@
+//! The writer thread: the one owner of the writer connection.
+//!
+//! It blocks on the first message, drains what is already queued (up to `batch_size`
+//! events) into one transaction, assigns `seq`, enforces the caps in the same
+//! transaction, then answers the durable waiters (`append`, `flush`, `close`) that
+//! were queued behind the data. A failed commit keeps the emitted events (up to the
+//! channel capacity) and retries them with backoff; `append` callers get the error.
+
+use std::fs::File;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, never, select};
+use rusqlite::Connection;
+
+use crate::config::SpoolConfig;
+use crate::error::{Error, Result};
+use crate::event::{Event, SeqNo};
+use crate::spool::Shared;
+use crate::store::{self, StoreState};
+
+/// What callers send to the writer, in one ordered channel.
+pub(crate) enum Msg {
+    /// An event from `emit`.
+    Emit(Event),
+    /// Events from `append`/`append_batch`; the reply carries the seq of the last one.
+    Append(Vec<Event>, Sender<Result<SeqNo>>),
+    /// Answered once everything sent before it is committed.
+    Flush(Sender<()>),
+    /// Like `Flush`, then the writer stops once no event is in flight.
+    Close(Sender<()>),
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often the writer re-checks the counters while waiting for in-flight events at close.
+const SETTLE_POLL: Duration = Duration::from_millis(1);
+/// A checkpoint runs when the channel is idle, or after this many batches regardless.
+const CHECKPOINT_EVERY: u32 = 64;
+
+/// `append` events in the current batch: `batch[start..start + len]`.
+struct Waiter {
+    start: usize,
+    len: usize,
+    reply: Sender<Result<SeqNo>>,
+}
+
+pub(crate) struct Writer {
+    /// The OS lock that makes this spool the file's owner; released when the writer ends.
+    _lock: File,
+    conn: Connection,
+    rx: Receiver<Msg>,
+    stop: Receiver<()>,
+    shared: Arc<Shared>,
+    max_events: u64,
+    max_bytes: u64,
+    batch_size: usize,
+    flush_interval: Duration,
+    /// Most events held across failed commits (the channel capacity).
+    pending_cap: usize,
+    next_seq: SeqNo,
+    first_seq: SeqNo,
+    stored_bytes: u64,
+    batch: Vec<Event>,
+    appends: Vec<Waiter>,
+    flushes: Vec<Sender<()>>,
+    closing: Option<Sender<()>>,
+    /// Set after a failed commit: when to try again, and the delay used.
+    retry: Option<(Instant, Duration)>,
+    evicting: bool,
+    batches_since_checkpoint: u32,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        lock: File,
+        conn: Connection,
+        state: &StoreState,
+        config: &SpoolConfig,
+        rx: Receiver<Msg>,
+        stop: Receiver<()>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let c = &shared.counters;
+        c.last_seq.store(state.last_seq, Relaxed);
+        c.stored_events
+            .store(state.last_seq + 1 - state.first_seq, Relaxed);
+        c.stored_bytes.store(state.stored_bytes, Relaxed);
+        Writer {
+            _lock: lock,
+            conn,
+            rx,
+            stop,
+            max_events: config.max_events,
+            max_bytes: config.max_bytes,
+            batch_size: config.batch_size,
+            flush_interval: Duration::from_millis(config.flush_interval_ms),
+            pending_cap: config.channel_capacity.max(config.batch_size),
+            next_seq: state.last_seq + 1,
+            first_seq: state.first_seq,
+            stored_bytes: state.stored_bytes,
+            batch: Vec::with_capacity(config.batch_size),
+            appends: Vec::new(),
+            flushes: Vec::new(),
+            closing: None,
+            retry: None,
+            evicting: false,
+            batches_since_checkpoint: 0,
+            shared,
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        while self.gather() {
+            if self.batch.is_empty() {
+                // Only control messages: nothing is pending, so they are satisfied.
+                self.answer_flushes();
+            } else {
+                self.commit();
+            }
+            if self.batch.is_empty() && self.closing.is_some() && self.settled() {
+                if let Some(reply) = self.closing.take() {
+                    let _ = store::checkpoint(&self.conn);
+                    let _ = reply.send(());
+                }
+                return;
+            }
+        }
+        self.abandon();
+    }
+
+    /// Waits for work and collects a batch. Returns false when the writer must stop
+    /// without finishing (close timed out).
+    fn gather(&mut self) -> bool {
+        loop {
+            if self.stop.try_recv() == Err(TryRecvError::Disconnected) {
+                return false;
+            }
+            let accepting = self.batch.len() < self.pending_cap;
+            let rx = if accepting { self.rx.clone() } else { never() };
+            let wait = match (self.retry, &self.closing) {
+                (Some((at, _)), _) => Some(at.saturating_duration_since(Instant::now())),
+                (None, Some(_)) => Some(SETTLE_POLL),
+                (None, None) => None,
+            };
+            let first = match wait {
+                None => select! {
+                    recv(rx) -> m => m.ok(),
+                    recv(self.stop) -> _ => return false,
+                },
+                Some(timeout) => select! {
+                    recv(rx) -> m => m.ok(),
+                    recv(self.stop) -> _ => return false,
+                    default(timeout) => None,
+                },
+            };
+            if let Some(msg) = first {
+                self.take(msg);
+            }
+            if accepting {
+                self.drain_queued();
+            }
+            // While a retry is due later, keep collecting unless a waiter wants an answer.
+            let retry_later = self.retry.is_some_and(|(at, _)| Instant::now() < at);
+            if !retry_later || !self.no_waiters() {
+                return true;
+            }
+        }
+    }
+
+    /// Takes what is already queued, up to `batch_size` more events; with a flush
+    /// interval, waits that long for more unless a waiter is in the batch.
+    fn drain_queued(&mut self) {
+        let limit = self.batch.len() + self.batch_size;
+        while self.batch.len() < limit {
+            match self.rx.try_recv() {
+                Ok(msg) => self.take(msg),
+                Err(_) => break,
+            }
+        }
+        if !self.flush_interval.is_zero() && self.retry.is_none() {
+            let deadline = Instant::now() + self.flush_interval;
+            while self.batch.len() < limit && self.no_waiters() {
+                match self.rx.recv_deadline(deadline) {
+                    Ok(msg) => self.take(msg),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    fn no_waiters(&self) -> bool {
+        self.appends.is_empty() && self.flushes.is_empty() && self.closing.is_none()
+    }
+
+    fn take(&mut self, msg: Msg) {
+        match msg {
+            Msg::Emit(event) => self.batch.push(event),
+            Msg::Append(events, reply) => {
+                let start = self.batch.len();
+                let len = events.len();
+                self.batch.extend(events);
+                self.appends.push(Waiter { start, len, reply });
+            }
+            Msg::Flush(reply) => self.flushes.push(reply),
+            Msg::Close(reply) => self.closing = Some(reply),
+        }
+    }
+
+    fn answer_flushes(&mut self) {
+        for reply in self.flushes.drain(..) {
+            let _ = reply.send(());
+        }
+    }
+
+    /// True when every event handed to the spool has reached a final count.
+    fn settled(&self) -> bool {
+        let c = &self.shared.counters;
+        c.emitted.load(SeqCst) == c.settled()
+    }
+
+    fn commit(&mut self) {
+        let n = self.batch.len() as u64;
+        let first = self.next_seq;
+        let added: u64 = self.batch.iter().map(Event::size).sum();
+        match commit_batch(
+            &mut self.conn,
+            &self.batch,
+            first,
+            self.first_seq,
+            self.stored_bytes + added,
+            self.max_events,
+            self.max_bytes,
+        ) {
+            Ok(kept) => self.committed(n, kept),
+            Err(e) => self.failed(e),
+        }
+    }
+
+    fn committed(&mut self, n: u64, kept: Kept) {
+        let evicted = kept.first_seq - self.first_seq;
+        let first = self.next_seq;
+        self.next_seq += n;
+        self.first_seq = kept.first_seq;
+        self.stored_bytes = kept.stored_bytes;
+        let c = &self.shared.counters;
+        c.last_seq.store(self.next_seq - 1, Relaxed);
+        c.stored_events
+            .store(self.next_seq - self.first_seq, Relaxed);
+        c.stored_bytes.store(self.stored_bytes, Relaxed);
+        c.evicted.fetch_add(evicted, Relaxed);
+        c.batches.fetch_add(1, Relaxed);
+        c.pending_retry.store(0, Relaxed);
+        c.committed.fetch_add(n, SeqCst);
+        if evicted > 0 && !self.evicting {
+            log::warn!("spool is at its cap: evicting the oldest events ({evicted} in this batch)");
+        }
+        self.evicting = evicted > 0;
+        if self.retry.take().is_some() {
+            log::info!("spool commits again after failures");
+        }
+        for w in self.appends.drain(..) {
+            let _ = w.reply.send(Ok(first + (w.start + w.len) as u64 - 1));
+        }
+        self.batch.clear();
+        self.answer_flushes();
+
+        self.batches_since_checkpoint += 1;
+        if self.rx.is_empty() || self.batches_since_checkpoint >= CHECKPOINT_EVERY {
+            self.batches_since_checkpoint = 0;
+            if let Err(e) = store::checkpoint(&self.conn) {
+                log::debug!("checkpoint failed: {e}");
+            }
+        }
+    }
+
+    fn failed(&mut self, e: rusqlite::Error) {
+        let c = &self.shared.counters;
+        c.commit_errors.fetch_add(1, Relaxed);
+        let e = Arc::new(e);
+        // `append` callers learn of the failure and own the retry: their events go.
+        for w in self.appends.drain(..).rev() {
+            self.batch.drain(w.start..w.start + w.len);
+            c.rejected.fetch_add(w.len as u64, SeqCst);
+            let _ = w.reply.send(Err(Error::Commit(e.clone())));
+        }
+        c.pending_retry.store(self.batch.len() as u64, Relaxed);
+        if self.batch.is_empty() {
+            log::warn!("spool commit failed; the append callers were told: {e}");
+            self.retry = None;
+        } else {
+            let delay = self
+                .retry
+                .map_or(RETRY_MIN, |(_, d)| (d * 2).min(RETRY_MAX));
+            self.retry = Some((Instant::now() + delay, delay));
+            log::error!(
+                "spool commit failed, keeping {} events and retrying in {delay:?}: {e}",
+                self.batch.len()
+            );
+            self.shared.report(&Error::Commit(e));
+        }
+    }
+
+    /// Close timed out: count what will never be committed, then let go of the channel.
+    fn abandon(&mut self) {
+        let c = &self.shared.counters;
+        let mut lost = self.batch.len() as u64;
+        self.batch.clear();
+        self.appends.clear();
+        let deadline = Instant::now() + Duration::from_millis(100);
+        loop {
+            while let Ok(msg) = self.rx.try_recv() {
+                lost += match msg {
+                    Msg::Emit(_) => 1,
+                    Msg::Append(events, _) => events.len() as u64,
+                    Msg::Flush(_) | Msg::Close(_) => 0,
+                };
+            }
+            c.abandoned.fetch_add(std::mem::take(&mut lost), SeqCst);
+            if self.settled() || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        c.pending_retry.store(0, Relaxed);
+        log::error!(
+            "spool closed before everything was committed: {} events abandoned",
+            c.abandoned.load(Relaxed)
+        );
+    }
+}
+
+/// What is stored after a commit.
+struct Kept {
+    first_seq: SeqNo,
+    stored_bytes: u64,
+}
+
+/// One transaction: insert the batch, evict the oldest beyond the caps, save the state.
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &[Event],
+    first: SeqNo,
+    stored_first: SeqNo,
+    mut stored_bytes: u64,
+    max_events: u64,
+    max_bytes: u64,
+) -> rusqlite::Result<Kept> {
+    let tx = conn.transaction()?;
+    store::insert(&tx, first, batch)?;
+    let end = first + batch.len() as u64; // one past the last seq
+    let mut keep_from = stored_first;
+    if end - keep_from > max_events {
+        keep_from = end - max_events;
+        stored_bytes -= store::delete_before(&tx, keep_from)?.1;
+    }
+    if stored_bytes > max_bytes {
+        keep_from = store::keep_from_for_bytes(&tx, keep_from, stored_bytes - max_bytes)?;
+        stored_bytes -= store::delete_before(&tx, keep_from)?.1;
+    }
+    store::save_state(&tx, end - 1, stored_bytes)?;
+    tx.commit()?;
+    Ok(Kept {
+        first_seq: keep_from,
+        stored_bytes,
+    })
+}
