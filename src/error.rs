@@ -48,7 +48,7 @@ pub enum Error {
         /// The spool file.
         path: PathBuf,
         /// What SQLite said.
-        source: rusqlite::Error,
+        source: Box<rusqlite::Error>,
     },
     /// A commit failed (full disk, I/O error, ...). The events of `append` callers
     /// were not stored; emitted events are kept and retried by the writer.
@@ -131,7 +131,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Corrupt { source, .. } => Some(source),
+            Error::Corrupt { source, .. } => Some(&**source),
             Error::Commit(e) => Some(&**e),
             Error::Sqlite(e) => Some(e),
             Error::Pool(e) => Some(e),

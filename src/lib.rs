@@ -22,7 +22,7 @@
 //! use eventspool::{Event, EventQuery, Spool};
 //! use serde_json::json;
 //!
-//! let dir = tempfile::tempdir()?;
+//! let dir = tempfile::tempdir().expect("temp dir");
 //! let path = dir.path().join("events.db");
 //! let spool = Spool::builder(&path).max_events(1_000_000).open()?;
 //!

@@ -45,7 +45,7 @@ impl Shared {
 /// use std::time::Duration;
 /// use eventspool::{Durability, Overflow, Spool};
 ///
-/// let dir = tempfile::tempdir()?;
+/// let dir = tempfile::tempdir().expect("temp dir");
 /// let spool = Spool::builder(dir.path().join("events.db"))
 ///     .max_events(1_000_000)
 ///     .max_bytes(512 << 20)
@@ -57,7 +57,7 @@ impl Shared {
 ///     .on_error(|err| log::error!("spool: {err}"))
 ///     .open()?;
 /// spool.close(Duration::from_secs(5))?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # Ok::<(), eventspool::Error>(())
 /// ```
 #[must_use = "a builder does nothing until `open` is called"]
 pub struct SpoolBuilder {
@@ -179,7 +179,7 @@ impl SpoolBuilder {
 /// use eventspool::{Event, EventQuery, Spool};
 /// use serde_json::json;
 ///
-/// let dir = tempfile::tempdir()?;
+/// let dir = tempfile::tempdir().expect("temp dir");
 /// let spool = Spool::open(dir.path().join("events.db"))?;
 /// spool.emit(Event::new("order.created", json!({"id": 42})).subject("order/42"))?;
 /// let seq = spool.append(Event::new("order.paid", json!({"id": 42})))?;

@@ -124,7 +124,7 @@ fn at_open(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
     move |e| match e.sqlite_error_code() {
         Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => Error::Corrupt {
             path: path.to_owned(),
-            source: e,
+            source: Box::new(e),
         },
         _ => Error::Sqlite(e),
     }
@@ -144,10 +144,11 @@ pub(crate) fn open_writer(config: &SpoolConfig) -> Result<Opened> {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(at_open(path))?;
+    // Reading the schema reads the first page: corruption there shows before any write.
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .map_err(at_open(path))?;
     if app_id == 0 {
-        let tables: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
-            .map_err(at_open(path))?;
         if tables > 0 {
             return Err(Error::NotASpool(path.to_owned()));
         }
@@ -162,6 +163,28 @@ pub(crate) fn open_writer(config: &SpoolConfig) -> Result<Opened> {
         });
     }
 
+    let (journal_mode, synchronous) = configure(&conn, config).map_err(at_open(path))?;
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE;
+         {SCHEMA}
+         INSERT OR IGNORE INTO state (one, spool_id, last_seq, stored_bytes)
+             VALUES (0, lower(hex(randomblob(8))), 0, 0);
+         PRAGMA application_id = {APPLICATION_ID};
+         PRAGMA user_version = {SCHEMA_VERSION};
+         COMMIT;"
+    ))
+    .map_err(at_open(path))?;
+    let state = load_state(&conn).map_err(at_open(path))?;
+    Ok(Opened {
+        conn,
+        state,
+        journal_mode,
+        synchronous,
+    })
+}
+
+/// Sets the writer's pragmas; returns the journal mode and `synchronous` in force.
+fn configure(conn: &Connection, config: &SpoolConfig) -> rusqlite::Result<(String, String)> {
     let journal_mode: String =
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     conn.pragma_update(None, "synchronous", config.durability.pragma())?;
@@ -182,24 +205,7 @@ pub(crate) fn open_writer(config: &SpoolConfig) -> Result<Opened> {
         _ => "extra",
     }
     .to_owned();
-
-    conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE;
-         {SCHEMA}
-         INSERT OR IGNORE INTO state (one, spool_id, last_seq, stored_bytes)
-             VALUES (0, lower(hex(randomblob(8))), 0, 0);
-         PRAGMA application_id = {APPLICATION_ID};
-         PRAGMA user_version = {SCHEMA_VERSION};
-         COMMIT;"
-    ))
-    .map_err(at_open(path))?;
-    let state = load_state(&conn).map_err(at_open(path))?;
-    Ok(Opened {
-        conn,
-        state,
-        journal_mode,
-        synchronous,
-    })
+    Ok((journal_mode, synchronous))
 }
 
 fn load_state(conn: &Connection) -> rusqlite::Result<StoreState> {

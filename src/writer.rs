@@ -34,10 +34,18 @@ pub(crate) enum Msg {
 
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long the writer waits for the `append` callers it just answered to come back
+/// with their next event, so concurrent callers share one transaction.
+const GROUP_WAIT: Duration = Duration::from_micros(250);
 /// How often the writer re-checks the counters while waiting for in-flight events at close.
 const SETTLE_POLL: Duration = Duration::from_millis(1);
-/// A checkpoint runs when the channel is idle, or after this many batches regardless.
-const CHECKPOINT_EVERY: u32 = 64;
+/// A checkpoint (copying the WAL into the database, with an fsync) runs after this many
+/// events were committed since the last one ...
+const CHECKPOINT_EVENTS: u64 = 8192;
+/// ... or this many batches ...
+const CHECKPOINT_BATCHES: u32 = 256;
+/// ... or when the writer has been idle this long with a WAL to copy.
+const CHECKPOINT_IDLE: Duration = Duration::from_millis(50);
 
 /// `append` events in the current batch: `batch[start..start + len]`.
 struct Waiter {
@@ -69,7 +77,10 @@ pub(crate) struct Writer {
     /// Set after a failed commit: when to try again, and the delay used.
     retry: Option<(Instant, Duration)>,
     evicting: bool,
-    batches_since_checkpoint: u32,
+    /// `append` callers answered by the last commit: as many are expected back.
+    expected_waiters: usize,
+    /// Batches and events committed since the last checkpoint.
+    unchecked: (u32, u64),
 }
 
 impl Writer {
@@ -106,7 +117,8 @@ impl Writer {
             closing: None,
             retry: None,
             evicting: false,
-            batches_since_checkpoint: 0,
+            unchecked: (0, 0),
+            expected_waiters: 0,
             shared,
         }
     }
@@ -139,9 +151,11 @@ impl Writer {
             }
             let accepting = self.batch.len() < self.pending_cap;
             let rx = if accepting { self.rx.clone() } else { never() };
+            let idle_checkpoint = self.retry.is_none() && self.unchecked.0 > 0;
             let wait = match (self.retry, &self.closing) {
                 (Some((at, _)), _) => Some(at.saturating_duration_since(Instant::now())),
                 (None, Some(_)) => Some(SETTLE_POLL),
+                (None, None) if idle_checkpoint => Some(CHECKPOINT_IDLE),
                 (None, None) => None,
             };
             let first = match wait {
@@ -155,8 +169,10 @@ impl Writer {
                     default(timeout) => None,
                 },
             };
-            if let Some(msg) = first {
-                self.take(msg);
+            match first {
+                Some(msg) => self.take(msg),
+                None if idle_checkpoint && self.closing.is_none() => self.checkpoint(),
+                None => {}
             }
             if accepting {
                 self.drain_queued();
@@ -179,7 +195,21 @@ impl Writer {
                 Err(_) => break,
             }
         }
-        if !self.flush_interval.is_zero() && self.retry.is_none() {
+        if self.retry.is_some() {
+            return;
+        }
+        // Group commit: several callers were answered last time; give them a moment
+        // to return, so they share this transaction instead of one each.
+        if self.expected_waiters > 1 && !self.appends.is_empty() {
+            let deadline = Instant::now() + GROUP_WAIT;
+            while self.batch.len() < limit && self.appends.len() < self.expected_waiters {
+                match self.rx.recv_deadline(deadline) {
+                    Ok(msg) => self.take(msg),
+                    Err(_) => break,
+                }
+            }
+        }
+        if !self.flush_interval.is_zero() {
             let deadline = Instant::now() + self.flush_interval;
             while self.batch.len() < limit && self.no_waiters() {
                 match self.rx.recv_deadline(deadline) {
@@ -260,18 +290,24 @@ impl Writer {
         if self.retry.take().is_some() {
             log::info!("spool commits again after failures");
         }
+        self.expected_waiters = self.appends.len();
         for w in self.appends.drain(..) {
             let _ = w.reply.send(Ok(first + (w.start + w.len) as u64 - 1));
         }
         self.batch.clear();
         self.answer_flushes();
 
-        self.batches_since_checkpoint += 1;
-        if self.rx.is_empty() || self.batches_since_checkpoint >= CHECKPOINT_EVERY {
-            self.batches_since_checkpoint = 0;
-            if let Err(e) = store::checkpoint(&self.conn) {
-                log::debug!("checkpoint failed: {e}");
-            }
+        self.unchecked.0 += 1;
+        self.unchecked.1 += n;
+        if self.unchecked.0 >= CHECKPOINT_BATCHES || self.unchecked.1 >= CHECKPOINT_EVENTS {
+            self.checkpoint();
+        }
+    }
+
+    fn checkpoint(&mut self) {
+        self.unchecked = (0, 0);
+        if let Err(e) = store::checkpoint(&self.conn) {
+            log::debug!("checkpoint failed: {e}");
         }
     }
 

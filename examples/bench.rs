@@ -1,0 +1,235 @@
+//! The benchmark harness: `cargo run --release --example bench [-- --quick]`.
+//!
+//! Every figure is printed next to a baseline measured in the same run (raw rusqlite
+//! batched inserts, and a naive autocommit-per-event loop), because the machines this
+//! runs on are shared and noisy: compare ratios, not absolute numbers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventspool::{Event, Spool};
+use rusqlite::{Connection, params};
+
+const EVENT_BYTES: usize = 256;
+
+struct Scale {
+    baseline: u64,
+    naive: u64,
+    emit: u64,
+    append: [(usize, u64); 3],
+    latency_rounds: usize,
+    rss_events: u64,
+}
+
+const FULL: Scale = Scale {
+    baseline: 500_000,
+    naive: 20_000,
+    emit: 1_000_000,
+    append: [(1, 20_000), (8, 100_000), (64, 300_000)],
+    latency_rounds: 8,
+    rss_events: 5_000_000,
+};
+
+const QUICK: Scale = Scale {
+    baseline: 100_000,
+    naive: 5_000,
+    emit: 100_000,
+    append: [(1, 5_000), (8, 20_000), (64, 50_000)],
+    latency_rounds: 2,
+    rss_events: 200_000,
+};
+
+/// 256 bytes of JSON.
+fn payload(n: u64) -> String {
+    let head = format!("{{\"n\":{n},\"pad\":\"");
+    let pad = EVENT_BYTES - head.len() - 2;
+    format!("{head}{}\"}}", "x".repeat(pad))
+}
+
+fn event(n: u64) -> Event {
+    Event::from_json("bench.event", payload(n))
+}
+
+fn rate(n: u64, took: Duration) -> f64 {
+    n as f64 / took.as_secs_f64()
+}
+
+fn raw_conn(dir: &std::path::Path, name: &str) -> Connection {
+    let conn = Connection::open(dir.join(name)).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    conn.execute_batch(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY, type TEXT NOT NULL, ts INTEGER NOT NULL,
+         data TEXT NOT NULL)",
+    )
+    .unwrap();
+    conn
+}
+
+/// Raw rusqlite: prepared INSERT, 1000 rows per transaction, WAL + NORMAL.
+fn raw_baseline(dir: &std::path::Path, n: u64) -> f64 {
+    let mut conn = raw_conn(dir, "raw.db");
+    let bodies: Vec<String> = (0..n).map(payload).collect();
+    let start = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let tx = conn.transaction().unwrap();
+        {
+            let mut stmt = tx
+                .prepare_cached("INSERT INTO events (seq, type, ts, data) VALUES (?1, ?2, ?3, ?4)")
+                .unwrap();
+            for &i in chunk {
+                stmt.execute(params![i as i64 + 1, "bench.event", 0, bodies[i as usize]])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    rate(n, start.elapsed())
+}
+
+/// Naive: one autocommit INSERT per event.
+fn naive_baseline(dir: &std::path::Path, n: u64) -> f64 {
+    let conn = raw_conn(dir, "naive.db");
+    let start = Instant::now();
+    for i in 0..n {
+        conn.execute(
+            "INSERT INTO events (seq, type, ts, data) VALUES (?1, ?2, ?3, ?4)",
+            params![i as i64 + 1, "bench.event", 0, payload(i)],
+        )
+        .unwrap();
+    }
+    rate(n, start.elapsed())
+}
+
+fn open(dir: &std::path::Path, name: &str) -> Spool {
+    Spool::builder(dir.join(name))
+        .max_bytes(u64::MAX)
+        .open()
+        .unwrap()
+}
+
+fn emit_throughput(dir: &std::path::Path, n: u64) -> f64 {
+    let spool = open(dir, "emit.db");
+    let start = Instant::now();
+    for i in 0..n {
+        spool.emit(event(i)).unwrap();
+    }
+    spool.flush(Duration::from_secs(600)).unwrap();
+    rate(n, start.elapsed())
+}
+
+fn append_throughput(dir: &std::path::Path, threads: usize, n: u64) -> (f64, f64) {
+    let spool = Arc::new(open(dir, &format!("append{threads}.db")));
+    let per = n / threads as u64;
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let spool = spool.clone();
+            std::thread::spawn(move || {
+                for i in 0..per {
+                    spool.append(event(t as u64 * per + i)).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let took = start.elapsed();
+    (
+        rate(per * threads as u64, took),
+        spool.metrics().mean_batch_size,
+    )
+}
+
+/// `emit` call latency on the caller's thread, while the channel has room.
+fn emit_latency(dir: &std::path::Path, rounds: usize) -> (u64, u64, u64) {
+    let spool = open(dir, "latency.db");
+    let per_round = 50_000u64; // below the channel capacity: there is always room
+    let mut samples = Vec::with_capacity(rounds * per_round as usize);
+    for r in 0..rounds as u64 {
+        let events: Vec<Event> = (0..per_round).map(|i| event(r * per_round + i)).collect();
+        for e in events {
+            let t = Instant::now();
+            spool.emit(e).unwrap();
+            samples.push(t.elapsed().as_nanos() as u64);
+        }
+        spool.flush(Duration::from_secs(60)).unwrap();
+    }
+    samples.sort_unstable();
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    (pct(0.50), pct(0.99), pct(0.999))
+}
+
+fn rss_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let s = if quick { QUICK } else { FULL };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    println!(
+        "eventspool bench ({} events of {EVENT_BYTES} B JSON{})",
+        s.emit,
+        if quick { ", --quick" } else { "" }
+    );
+    println!();
+
+    let base = raw_baseline(d, s.baseline);
+    let naive = naive_baseline(d, s.naive);
+    println!("| measure | events/s | vs raw baseline | vs naive |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| raw rusqlite, 1000-row transactions (baseline) | {base:.0} | 1.00× | {:.1}× |",
+        base / naive
+    );
+    println!(
+        "| naive autocommit per event (second baseline) | {naive:.0} | {:.2}× | 1.0× |",
+        naive / base
+    );
+    let emit = emit_throughput(d, s.emit);
+    println!(
+        "| `emit`, 1 thread, until `flush` returns | {emit:.0} | {:.2}× | {:.1}× |",
+        emit / base,
+        emit / naive
+    );
+    for (threads, n) in s.append {
+        let (r, batch) = append_throughput(d, threads, n);
+        println!(
+            "| `append`, {threads} threads (mean batch {batch:.1}) | {r:.0} | {:.2}× | {:.1}× |",
+            r / base,
+            r / naive
+        );
+    }
+    let (p50, p99, p999) = emit_latency(d, s.latency_rounds);
+    println!();
+    println!(
+        "`emit` latency on the caller's thread (channel has room): p50 {p50} ns, p99 {p99} ns, p99.9 {p999} ns"
+    );
+
+    let spool = open(d, "rss.db");
+    let before = rss_kib("VmRSS:");
+    let start = Instant::now();
+    for i in 0..s.rss_events {
+        spool.emit(event(i)).unwrap();
+    }
+    spool.flush(Duration::from_secs(600)).unwrap();
+    let took = start.elapsed();
+    let stored = spool.metrics().stored_events;
+    println!(
+        "{stored} events stored in {:.1} s ({:.0}/s): RSS {} MiB before, {} MiB after, peak (VmHWM) {} MiB",
+        took.as_secs_f64(),
+        rate(s.rss_events, took),
+        before / 1024,
+        rss_kib("VmRSS:") / 1024,
+        rss_kib("VmHWM:") / 1024
+    );
+}
