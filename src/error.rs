@@ -57,6 +57,13 @@ pub enum Error {
     Sqlite(rusqlite::Error),
     /// The reader pool could not provide a connection.
     Pool(r2d2::Error),
+    /// A sink refused a delivery; `delivered` events went through before it.
+    Delivery {
+        /// Events delivered (and acknowledged) before the failure.
+        delivered: usize,
+        /// The sink's error.
+        source: Box<crate::sink::DeliveryError>,
+    },
     /// A file-system operation failed.
     Io {
         /// What was being done.
@@ -123,6 +130,9 @@ impl fmt::Display for Error {
             Error::Commit(e) => write!(f, "commit failed: {e}"),
             Error::Sqlite(e) => write!(f, "sqlite: {e}"),
             Error::Pool(e) => write!(f, "reader pool: {e}"),
+            Error::Delivery { delivered, source } => {
+                write!(f, "delivery failed after {delivered} events: {source}")
+            }
             Error::Io { context, source } => write!(f, "{context}: {source}"),
         }
     }
@@ -136,6 +146,7 @@ impl std::error::Error for Error {
             Error::Sqlite(e) => Some(e),
             Error::Pool(e) => Some(e),
             Error::Io { source, .. } => Some(source),
+            Error::Delivery { source, .. } => Some(&**source),
             _ => None,
         }
     }

@@ -14,8 +14,9 @@ use crate::config::{Durability, Overflow, SpoolConfig};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventQuery, SeqNo, StoredEvent};
 use crate::metrics::{Counters, MetricsSnapshot};
+use crate::sink::Sink;
 use crate::store::{self, ReaderPool};
-use crate::writer::{Msg, Writer};
+use crate::writer::{Ack, Msg, Register, Writer};
 
 /// How long `Drop` waits for a spool that was not closed to commit what is queued.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,6 +28,21 @@ type ErrorHook = Arc<dyn Fn(&Error) + Send + Sync>;
 pub(crate) struct Shared {
     pub(crate) counters: Counters,
     on_error: Option<ErrorHook>,
+    /// One doorbell per consumer thread, rung after every commit with new events.
+    doorbells: Mutex<Vec<Sender<()>>>,
+}
+
+impl Shared {
+    /// Wakes every consumer thread waiting for new events.
+    pub(crate) fn ring(&self) {
+        let bells = self
+            .doorbells
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for bell in bells.iter() {
+            let _ = bell.try_send(());
+        }
+    }
 }
 
 impl Shared {
@@ -282,6 +298,7 @@ impl Spool {
         let shared = Arc::new(Shared {
             counters: Counters::default(),
             on_error,
+            doorbells: Mutex::new(Vec::new()),
         });
         let spool_id = opened.state.spool_id.clone();
         let writer = Writer::new(
@@ -477,6 +494,64 @@ impl Spool {
         store::query(&*self.inner.pool.get()?, &self.inner.spool_id, query)
     }
 
+    /// Replays stored events through `sink` on the caller's thread, in `seq` order,
+    /// from its cursor (named by [`Sink::name`]) to the newest event, advancing the
+    /// cursor durably past every batch the sink acknowledged. A name seen for the
+    /// first time starts with the oldest stored event. The cursor is a consumer like
+    /// any other: events it has not acknowledged are kept (the caps still apply).
+    ///
+    /// Returns how many events were delivered.
+    ///
+    /// ```
+    /// use eventspool::{DeliveryError, Event, Sink, Spool, StoredEvent};
+    ///
+    /// struct Collect(Vec<u64>);
+    /// impl Sink for Collect {
+    ///     fn name(&self) -> &str { "collect" }
+    ///     fn deliver(&mut self, events: &[StoredEvent]) -> Result<(), DeliveryError> {
+    ///         self.0.extend(events.iter().map(|e| e.seq));
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let dir = tempfile::tempdir().expect("temp dir");
+    /// let spool = Spool::open(dir.path().join("events.db"))?;
+    /// spool.append_batch(vec![Event::new("a", 1), Event::new("b", 2)])?;
+    /// let mut sink = Collect(Vec::new());
+    /// assert_eq!(spool.drain_to(&mut sink)?, 2);
+    /// assert_eq!(spool.drain_to(&mut sink)?, 0, "the cursor moved past both");
+    /// assert_eq!(sink.0, [1, 2]);
+    /// # Ok::<(), eventspool::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Delivery`] at the first failure, with the count delivered before it
+    /// (the failed batch stays for the next call); [`Error::Closed`]; read errors.
+    pub fn drain_to<S: Sink + ?Sized>(&self, sink: &mut S) -> Result<usize> {
+        let name = sink.name().to_owned();
+        let mut cursor = self.inner.register(&name, "drain")?;
+        let batch = sink.batch_size().max(1);
+        let mut delivered = 0;
+        loop {
+            let events = {
+                let conn = self.inner.pool.get()?;
+                store::read_after(&conn, &self.inner.spool_id, cursor, batch)?
+            };
+            let Some(last) = events.last().map(|e| e.seq) else {
+                return Ok(delivered);
+            };
+            if let Err(e) = sink.deliver(&events) {
+                return Err(Error::Delivery {
+                    delivered,
+                    source: Box::new(e),
+                });
+            }
+            self.inner.ack(&name, last)?;
+            cursor = last;
+            delivered += events.len();
+        }
+    }
+
     /// A copy of the counters.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.inner.shared.counters.snapshot(self.inner.tx.len())
@@ -542,6 +617,30 @@ impl Inner {
             return self.refuse(n, Error::Closed);
         }
         // A dropped reply means the writer gave up at close: it counted the events.
+        done.recv().unwrap_or(Err(Error::Closed))
+    }
+
+    /// Registers a consumer through the writer; returns its cursor.
+    fn register(&self, consumer: &str, kind: &'static str) -> Result<SeqNo> {
+        let (reply, done) = bounded(1);
+        let msg = Msg::Register(Register {
+            consumer: consumer.to_owned(),
+            kind,
+            reply,
+        });
+        self.tx.send(msg).map_err(|_| Error::Closed)?;
+        done.recv().unwrap_or(Err(Error::Closed))
+    }
+
+    /// Moves a consumer's cursor to `seq` and waits until that is committed.
+    fn ack(&self, consumer: &str, seq: SeqNo) -> Result<()> {
+        let (reply, done) = bounded(1);
+        let msg = Msg::Ack(Ack {
+            consumer: consumer.to_owned(),
+            seq,
+            reply,
+        });
+        self.tx.send(msg).map_err(|_| Error::Closed)?;
         done.recv().unwrap_or(Err(Error::Closed))
     }
 

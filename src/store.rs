@@ -267,16 +267,22 @@ pub(crate) fn insert(
     Ok(())
 }
 
+/// How many events have `seq < before`, and their bytes.
+pub(crate) fn bytes_before(tx: &Transaction<'_>, before: SeqNo) -> rusqlite::Result<(u64, u64)> {
+    tx.prepare_cached("SELECT count(*), coalesce(sum(size), 0) FROM events WHERE seq < ?1")?
+        .query_row([before as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })
+}
+
 /// Deletes every event with `seq < before`; returns how many and their bytes.
 pub(crate) fn delete_before(tx: &Transaction<'_>, before: SeqNo) -> rusqlite::Result<(u64, u64)> {
-    let (count, bytes): (i64, i64) = tx
-        .prepare_cached("SELECT count(*), coalesce(sum(size), 0) FROM events WHERE seq < ?1")?
-        .query_row([before as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (count, bytes) = bytes_before(tx, before)?;
     if count > 0 {
         tx.prepare_cached("DELETE FROM events WHERE seq < ?1")?
             .execute([before as i64])?;
     }
-    Ok((count as u64, bytes as u64))
+    Ok((count, bytes))
 }
 
 /// The first `seq` to keep so that at least `excess` bytes are freed from the oldest end.
@@ -308,6 +314,58 @@ pub(crate) fn save_state(
     tx.prepare_cached("UPDATE state SET last_seq = ?1, stored_bytes = ?2 WHERE one = 0")?
         .execute([last_seq as i64, stored_bytes as i64])?;
     Ok(())
+}
+
+/// Registers `name` if it is new, starting with the oldest stored event; returns its
+/// cursor (the last acknowledged seq).
+pub(crate) fn register(
+    tx: &Transaction<'_>,
+    name: &str,
+    kind: &str,
+    first_seq: SeqNo,
+) -> rusqlite::Result<SeqNo> {
+    let acked = first_seq.saturating_sub(1);
+    tx.prepare_cached("INSERT OR IGNORE INTO consumers (name, kind, acked) VALUES (?1, ?2, ?3)")?
+        .execute(params![name, kind, acked as i64])?;
+    cursor(tx, name).map(|c| c.unwrap_or(acked))
+}
+
+/// Moves a consumer's cursor forward (never back) to `seq`.
+pub(crate) fn ack(tx: &Transaction<'_>, name: &str, seq: SeqNo) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE consumers SET acked = max(acked, ?2) WHERE name = ?1")?
+        .execute(params![name, seq as i64])?;
+    Ok(())
+}
+
+/// The lowest cursor over all consumers: every event up to it was acknowledged by all.
+/// `None` when there is no consumer (events are then kept until the caps evict them).
+pub(crate) fn min_acked(tx: &Transaction<'_>) -> rusqlite::Result<Option<SeqNo>> {
+    tx.prepare_cached("SELECT min(acked) FROM consumers")?
+        .query_row([], |r| r.get::<_, Option<i64>>(0))
+        .map(|v| v.map(|v| v as u64))
+}
+
+/// One consumer's cursor, if it is registered.
+pub(crate) fn cursor(conn: &Connection, name: &str) -> rusqlite::Result<Option<SeqNo>> {
+    use rusqlite::OptionalExtension;
+    conn.prepare_cached("SELECT acked FROM consumers WHERE name = ?1")?
+        .query_row([name], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|v| v.map(|v| v as u64))
+}
+
+/// Up to `limit` events with `seq > after`, in order.
+pub(crate) fn read_after(
+    conn: &Connection,
+    spool_id: &str,
+    after: SeqNo,
+    limit: usize,
+) -> Result<Vec<StoredEvent>> {
+    query(
+        conn,
+        spool_id,
+        &EventQuery::new().after_seq(after).limit(limit),
+    )
 }
 
 /// Copies the WAL into the database without waiting for readers (PASSIVE).

@@ -30,6 +30,25 @@ pub(crate) enum Msg {
     Flush(Sender<()>),
     /// Like `Flush`, then the writer stops once no event is in flight.
     Close(Sender<()>),
+    /// Registers a consumer (sink or subscriber) if new; the reply carries its cursor.
+    Register(Register),
+    /// Moves a consumer's cursor forward; events every consumer acknowledged are deleted.
+    Ack(Ack),
+}
+
+/// A cursor move; the reply is answered once it is committed.
+pub(crate) struct Ack {
+    pub(crate) consumer: String,
+    pub(crate) seq: SeqNo,
+    pub(crate) reply: Sender<Result<()>>,
+}
+
+/// A consumer to register (starting with the oldest stored event), with the kind
+/// recorded in the file.
+pub(crate) struct Register {
+    pub(crate) consumer: String,
+    pub(crate) kind: &'static str,
+    pub(crate) reply: Sender<Result<SeqNo>>,
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(50);
@@ -73,6 +92,8 @@ pub(crate) struct Writer {
     batch: Vec<Event>,
     appends: Vec<Waiter>,
     flushes: Vec<Sender<()>>,
+    registers: Vec<Register>,
+    acks: Vec<Ack>,
     closing: Option<Sender<()>>,
     /// Set after a failed commit: when to try again, and the delay used.
     retry: Option<(Instant, Duration)>,
@@ -114,6 +135,8 @@ impl Writer {
             batch: Vec::with_capacity(config.batch_size),
             appends: Vec::new(),
             flushes: Vec::new(),
+            registers: Vec::new(),
+            acks: Vec::new(),
             closing: None,
             retry: None,
             evicting: false,
@@ -125,7 +148,7 @@ impl Writer {
 
     pub(crate) fn run(mut self) {
         while self.gather() {
-            if self.batch.is_empty() {
+            if self.batch.is_empty() && self.acks.is_empty() && self.registers.is_empty() {
                 // Only control messages: nothing is pending, so they are satisfied.
                 self.answer_flushes();
             } else {
@@ -221,7 +244,10 @@ impl Writer {
     }
 
     fn no_waiters(&self) -> bool {
-        self.appends.is_empty() && self.flushes.is_empty() && self.closing.is_none()
+        self.appends.is_empty()
+            && self.flushes.is_empty()
+            && self.registers.is_empty()
+            && self.closing.is_none()
     }
 
     fn take(&mut self, msg: Msg) {
@@ -235,6 +261,8 @@ impl Writer {
             }
             Msg::Flush(reply) => self.flushes.push(reply),
             Msg::Close(reply) => self.closing = Some(reply),
+            Msg::Register(r) => self.registers.push(r),
+            Msg::Ack(ack) => self.acks.push(ack),
         }
     }
 
@@ -252,16 +280,22 @@ impl Writer {
 
     fn commit(&mut self) {
         let n = self.batch.len() as u64;
-        let first = self.next_seq;
         let added: u64 = self.batch.iter().map(Event::size).sum();
+        let before = Kept {
+            first_seq: self.first_seq,
+            stored_bytes: self.stored_bytes + added,
+            evicted: 0,
+            cursors: Vec::new(),
+        };
+        let caps = (self.max_events, self.max_bytes);
         match commit_batch(
             &mut self.conn,
             &self.batch,
-            first,
-            self.first_seq,
-            self.stored_bytes + added,
-            self.max_events,
-            self.max_bytes,
+            self.next_seq,
+            &self.registers,
+            &self.acks,
+            before,
+            caps,
         ) {
             Ok(kept) => self.committed(n, kept),
             Err(e) => self.failed(e),
@@ -269,7 +303,7 @@ impl Writer {
     }
 
     fn committed(&mut self, n: u64, kept: Kept) {
-        let evicted = kept.first_seq - self.first_seq;
+        let evicted = kept.evicted;
         let first = self.next_seq;
         self.next_seq += n;
         self.first_seq = kept.first_seq;
@@ -280,9 +314,18 @@ impl Writer {
             .store(self.next_seq - self.first_seq, Relaxed);
         c.stored_bytes.store(self.stored_bytes, Relaxed);
         c.evicted.fetch_add(evicted, Relaxed);
-        c.batches.fetch_add(1, Relaxed);
+        c.batches.fetch_add(u64::from(n > 0), Relaxed);
         c.pending_retry.store(0, Relaxed);
         c.committed.fetch_add(n, SeqCst);
+        for (r, cursor) in self.registers.drain(..).zip(kept.cursors) {
+            let _ = r.reply.send(Ok(cursor));
+        }
+        for ack in self.acks.drain(..) {
+            let _ = ack.reply.send(Ok(()));
+        }
+        if n > 0 {
+            self.shared.ring();
+        }
         if evicted > 0 && !self.evicting {
             log::warn!("spool is at its cap: evicting the oldest events ({evicted} in this batch)");
         }
@@ -315,6 +358,12 @@ impl Writer {
         let c = &self.shared.counters;
         c.commit_errors.fetch_add(1, Relaxed);
         let e = Arc::new(e);
+        for r in self.registers.drain(..) {
+            let _ = r.reply.send(Err(Error::Commit(e.clone())));
+        }
+        for ack in self.acks.drain(..) {
+            let _ = ack.reply.send(Err(Error::Commit(e.clone())));
+        }
         // `append` callers learn of the failure and own the retry: their events go.
         for w in self.appends.drain(..).rev() {
             self.batch.drain(w.start..w.start + w.len);
@@ -350,7 +399,7 @@ impl Writer {
                 lost += match msg {
                     Msg::Emit(_) => 1,
                     Msg::Append(events, _) => events.len() as u64,
-                    Msg::Flush(_) | Msg::Close(_) => 0,
+                    _ => 0,
                 };
             }
             c.abandoned.fetch_add(std::mem::take(&mut lost), SeqCst);
@@ -371,34 +420,59 @@ impl Writer {
 struct Kept {
     first_seq: SeqNo,
     stored_bytes: u64,
+    /// Events evicted by the caps (not those every consumer had acknowledged).
+    evicted: u64,
+    /// The cursors of the consumers registered in this transaction.
+    cursors: Vec<SeqNo>,
 }
 
-/// One transaction: insert the batch, evict the oldest beyond the caps, save the state.
+/// One transaction: insert the batch, register consumers, move cursors, delete what
+/// every consumer acknowledged, evict the oldest beyond the caps, save the state.
 fn commit_batch(
     conn: &mut Connection,
     batch: &[Event],
     first: SeqNo,
-    stored_first: SeqNo,
-    mut stored_bytes: u64,
-    max_events: u64,
-    max_bytes: u64,
+    registers: &[Register],
+    acks: &[Ack],
+    mut kept: Kept,
+    (max_events, max_bytes): (u64, u64),
 ) -> rusqlite::Result<Kept> {
     let tx = conn.transaction()?;
     store::insert(&tx, first, batch)?;
     let end = first + batch.len() as u64; // one past the last seq
-    let mut keep_from = stored_first;
-    if end - keep_from > max_events {
-        keep_from = end - max_events;
-        stored_bytes -= store::delete_before(&tx, keep_from)?.1;
+    for r in registers {
+        let cursor = store::register(&tx, &r.consumer, r.kind, kept.first_seq)?;
+        kept.cursors.push(cursor);
     }
-    if stored_bytes > max_bytes {
-        keep_from = store::keep_from_for_bytes(&tx, keep_from, stored_bytes - max_bytes)?;
-        stored_bytes -= store::delete_before(&tx, keep_from)?.1;
+    for ack in acks {
+        store::ack(&tx, &ack.consumer, ack.seq)?;
     }
-    store::save_state(&tx, end - 1, stored_bytes)?;
+    if let Some(acked) = store::min_acked(&tx)? {
+        let consumed_to = (acked + 1).min(end);
+        if consumed_to > kept.first_seq {
+            kept.stored_bytes -= store::delete_before(&tx, consumed_to)?.1;
+            kept.first_seq = consumed_to;
+        }
+    }
+    let mut evict_to = kept.first_seq;
+    if end - evict_to > max_events {
+        evict_to = end - max_events;
+    }
+    if kept.stored_bytes > max_bytes {
+        // Bytes still to free once the count cap has evicted up to `evict_to`.
+        let (_, bytes) = store::bytes_before(&tx, evict_to)?;
+        if kept.stored_bytes - bytes > max_bytes {
+            evict_to =
+                store::keep_from_for_bytes(&tx, evict_to, kept.stored_bytes - bytes - max_bytes)?;
+        }
+    }
+    if evict_to > kept.first_seq {
+        let (count, bytes) = store::delete_before(&tx, evict_to)?;
+        kept.evicted = count;
+        kept.stored_bytes -= bytes;
+        kept.first_seq = evict_to;
+    }
+    store::save_state(&tx, end - 1, kept.stored_bytes)?;
     tx.commit()?;
-    Ok(Kept {
-        first_seq: keep_from,
-        stored_bytes,
-    })
+    Ok(kept)
 }
