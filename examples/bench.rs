@@ -22,7 +22,7 @@ struct Scale {
 }
 
 const FULL: Scale = Scale {
-    baseline: 500_000,
+    baseline: 1_000_000,
     naive: 20_000,
     emit: 1_000_000,
     append: [(1, 20_000), (8, 100_000), (64, 300_000)],

@@ -71,6 +71,7 @@ pub use config::{
 pub use error::{Error, Result};
 pub use event::{DEFAULT_QUERY_LIMIT, Event, EventQuery, SeqNo, StoredEvent};
 pub use metrics::MetricsSnapshot;
+pub use sink::signing::{SigningSecret, verify};
 pub use sink::{DeliveryError, Sink};
 pub use spool::{DEFAULT_CLOSE_TIMEOUT, Spool, SpoolBuilder};
 

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use crate::event::StoredEvent;
 
+pub(crate) mod signing;
+
 /// A destination the spool delivers stored events to, in `seq` order.
 ///
 /// `deliver` gets a batch of up to [`batch_size`](Sink::batch_size) events; returning
