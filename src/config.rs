@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::sink::webhook::{Content, DEFAULT_WEBHOOK_TIMEOUT, WebhookSink};
+use crate::sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES};
 
 /// Default for [`SpoolConfig::max_events`]: unbounded (only `max_bytes` applies).
 pub const DEFAULT_MAX_EVENTS: u64 = u64::MAX;
@@ -112,6 +114,120 @@ pub struct SpoolConfig {
     /// Number of pooled reader connections for queries.
     #[serde(default = "default_reader_pool_size")]
     pub reader_pool_size: u32,
+    /// Webhooks to deliver to.
+    #[serde(default)]
+    pub sinks: Vec<WebhookConfig>,
+}
+
+/// A webhook in a [`SpoolConfig`]; every field but `name` and `url` has the default of
+/// the matching [`WebhookSink`] setter.
+///
+/// ```
+/// let config: eventspool::SpoolConfig = serde_json::from_str(r#"{
+///     "path": "events.db",
+///     "sinks": [{"name": "audit", "url": "https://example.test/hook",
+///                "max_retries": null, "batch": 100, "signing_secret": "whsec_c2VjcmV0",
+///                "headers": {"authorization": "Bearer t"}, "event_types": ["order.*"]}]
+/// }"#).unwrap();
+/// assert_eq!(config.sinks[0].max_retries, None);
+/// assert!(!format!("{config:?}").contains("c2VjcmV0"), "the secret stays out of Debug");
+/// ```
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The sink's name (the key of its cursor).
+    pub name: String,
+    /// Where to POST.
+    pub url: String,
+    /// Whole-request timeout in ms.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries before dead-lettering; `null` retries forever.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: Option<u32>,
+    /// First backoff ceiling in ms.
+    #[serde(default = "default_backoff_min_ms")]
+    pub backoff_min_ms: u64,
+    /// Longest backoff (and `Retry-After` cap) in ms.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// `"full"` or `"summary"`.
+    #[serde(default)]
+    pub content: Content,
+    /// Events per request.
+    #[serde(default = "default_webhook_batch")]
+    pub batch: usize,
+    /// Post CloudEvents 1.0 JSON.
+    #[serde(default)]
+    pub cloudevents: bool,
+    /// Standard Webhooks secret (`whsec_...` or raw text). Never shown by `Debug`.
+    #[serde(default)]
+    pub signing_secret: Option<String>,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Only these event types (a trailing `*` matches a prefix); empty: all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_retries", &self.max_retries)
+            .field("backoff_min_ms", &self.backoff_min_ms)
+            .field("backoff_max_ms", &self.backoff_max_ms)
+            .field("content", &self.content)
+            .field("batch", &self.batch)
+            .field("cloudevents", &self.cloudevents)
+            .field("signed", &self.signing_secret.is_some())
+            .field("header_names", &self.headers.keys().collect::<Vec<_>>())
+            .field("event_types", &self.event_types)
+            .finish()
+    }
+}
+
+impl WebhookConfig {
+    /// The [`WebhookSink`] this entry describes.
+    pub fn to_sink(&self) -> WebhookSink {
+        let mut sink = WebhookSink::new(&self.name, &self.url)
+            .timeout(Duration::from_millis(self.timeout_ms))
+            .max_retries(self.max_retries)
+            .backoff(Backoff::exponential(
+                Duration::from_millis(self.backoff_min_ms),
+                Duration::from_millis(self.backoff_max_ms),
+            ))
+            .content(self.content)
+            .batch(self.batch)
+            .cloudevents(self.cloudevents)
+            .event_types(self.event_types.iter().cloned());
+        if let Some(secret) = &self.signing_secret {
+            sink = sink.signing_secret(secret);
+        }
+        for (name, value) in &self.headers {
+            sink = sink.header(name, value);
+        }
+        sink
+    }
+}
+
+fn default_timeout_ms() -> u64 {
+    DEFAULT_WEBHOOK_TIMEOUT.as_millis() as u64
+}
+fn default_max_retries() -> Option<u32> {
+    DEFAULT_MAX_RETRIES
+}
+fn default_backoff_min_ms() -> u64 {
+    DEFAULT_BACKOFF.min().as_millis() as u64
+}
+fn default_backoff_max_ms() -> u64 {
+    DEFAULT_BACKOFF.max().as_millis() as u64
+}
+fn default_webhook_batch() -> usize {
+    1
 }
 
 fn default_max_events() -> u64 {
@@ -152,6 +268,7 @@ impl SpoolConfig {
             overflow: Overflow::Block,
             durability: Durability::Normal,
             reader_pool_size: DEFAULT_READER_POOL_SIZE,
+            sinks: Vec::new(),
         }
     }
 

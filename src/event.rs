@@ -310,3 +310,12 @@ impl EventQuery {
         self
     }
 }
+
+/// Whether `event_type` matches `pattern`: equal, or for a pattern ending in `*`,
+/// starting with what precedes the `*`.
+pub(crate) fn type_matches(pattern: &str, event_type: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => event_type.starts_with(prefix),
+        None => pattern == event_type,
+    }
+}

@@ -55,6 +55,7 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 mod config;
+mod delivery;
 mod error;
 mod event;
 mod metrics;
@@ -66,13 +67,15 @@ mod writer;
 pub use config::{
     DEFAULT_BATCH_SIZE, DEFAULT_CHANNEL_CAPACITY, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_BYTES,
     DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENTS, DEFAULT_READER_POOL_SIZE, Durability, Overflow,
-    SpoolConfig,
+    SpoolConfig, WebhookConfig,
 };
+pub use delivery::{DeadLetter, SinkMetrics};
 pub use error::{Error, Result};
 pub use event::{DEFAULT_QUERY_LIMIT, Event, EventQuery, SeqNo, StoredEvent};
 pub use metrics::MetricsSnapshot;
 pub use sink::signing::{SigningSecret, verify};
-pub use sink::{DeliveryError, Sink};
+pub use sink::webhook::{Content, DEFAULT_WEBHOOK_TIMEOUT, WebhookSink, parse_retry_after};
+pub use sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, DeliveryError, Sink};
 pub use spool::{DEFAULT_CLOSE_TIMEOUT, Spool, SpoolBuilder};
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::delivery::SinkMetrics;
+
 /// Keeps a hot counter on its own cache line so producers and the writer do not
 /// contend on the same line.
 #[derive(Debug, Default)]
@@ -71,6 +73,7 @@ impl Counters {
             } else {
                 committed as f64 / batches as f64
             },
+            sinks: Vec::new(),
         }
     }
 }
@@ -114,6 +117,8 @@ pub struct MetricsSnapshot {
     pub batches: u64,
     /// `committed / batches`.
     pub mean_batch_size: f64,
+    /// One entry per sink.
+    pub sinks: Vec<SinkMetrics>,
 }
 
 impl MetricsSnapshot {
@@ -190,6 +195,87 @@ impl MetricsSnapshot {
         ];
         for (name, help, value) in gauges {
             metric(&mut out, name, help, "gauge", value);
+        }
+        if self.sinks.is_empty() {
+            return out;
+        }
+        type Field = fn(&SinkMetrics) -> u64;
+        let per_sink: [(&str, &str, &str, Field); 11] = [
+            (
+                "sink_delivered_total",
+                "Events acknowledged by the sink.",
+                "counter",
+                |s| s.delivered,
+            ),
+            (
+                "sink_attempts_total",
+                "Delivery attempts.",
+                "counter",
+                |s| s.attempts,
+            ),
+            ("sink_retries_total", "Repeated attempts.", "counter", |s| {
+                s.retries
+            }),
+            (
+                "sink_failures_retryable_total",
+                "Retryable failures.",
+                "counter",
+                |s| s.failures_retryable,
+            ),
+            (
+                "sink_failures_permanent_total",
+                "Permanent failures.",
+                "counter",
+                |s| s.failures_permanent,
+            ),
+            (
+                "sink_dead_lettered_total",
+                "Events dead-lettered.",
+                "counter",
+                |s| s.dead_lettered,
+            ),
+            (
+                "sink_evicted_unsent_total",
+                "Events evicted before delivery.",
+                "counter",
+                |s| s.evicted_unsent,
+            ),
+            (
+                "sink_filtered_total",
+                "Events skipped by type.",
+                "counter",
+                |s| s.filtered,
+            ),
+            (
+                "sink_lag",
+                "Stored events not yet delivered.",
+                "gauge",
+                |s| s.lag,
+            ),
+            (
+                "sink_oldest_undelivered_age_ms",
+                "Age of the oldest event in delivery.",
+                "gauge",
+                |s| s.oldest_undelivered_age_ms,
+            ),
+            (
+                "sink_backoff_ms",
+                "Wait before the next retry.",
+                "gauge",
+                |s| s.backoff_ms,
+            ),
+        ];
+        for (name, help, kind, field) in per_sink {
+            let _ = writeln!(out, "# HELP eventspool_{name} {help}");
+            let _ = writeln!(out, "# TYPE eventspool_{name} {kind}");
+            for sink in &self.sinks {
+                let label = sink
+                    .name
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                let _ = writeln!(out, "eventspool_{name}{{sink=\"{label}\"}} {}", field(sink));
+            }
         }
         out
     }

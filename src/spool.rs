@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError, bounded};
 
 use crate::config::{Durability, Overflow, SpoolConfig};
+use crate::delivery::{Control, DeadLetter, SinkCounters, Worker, WorkerParts};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventQuery, SeqNo, StoredEvent};
 use crate::metrics::{Counters, MetricsSnapshot};
 use crate::sink::Sink;
-use crate::store::{self, ReaderPool};
-use crate::writer::{Ack, Msg, Register, Writer};
+use crate::store::{self, Op, ReaderPool, StartAt};
+use crate::writer::{self, Msg, Writer};
 
 /// How long `Drop` waits for a spool that was not closed to commit what is queued.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,6 +31,8 @@ pub(crate) struct Shared {
     on_error: Option<ErrorHook>,
     /// One doorbell per consumer thread, rung after every commit with new events.
     doorbells: Mutex<Vec<Sender<()>>>,
+    /// The counters of each sink, in the order the sinks were added.
+    pub(crate) sinks: Vec<Arc<SinkCounters>>,
 }
 
 impl Shared {
@@ -43,9 +46,24 @@ impl Shared {
             let _ = bell.try_send(());
         }
     }
-}
 
-impl Shared {
+    /// A doorbell rung after every commit with new events.
+    pub(crate) fn doorbell(&self) -> crossbeam_channel::Receiver<()> {
+        let (tx, rx) = bounded(1);
+        self.doorbells
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(tx);
+        rx
+    }
+
+    /// Counts events the caps evicted before `consumer` had them.
+    pub(crate) fn evicted_unsent(&self, consumer: &str, n: u64) {
+        if let Some(sink) = self.sinks.iter().find(|s| s.name == consumer) {
+            sink.evicted_unsent.fetch_add(n, Relaxed);
+        }
+    }
+
     /// Hands a failure no caller sees to the user's `on_error` hook.
     pub(crate) fn report(&self, error: &Error) {
         if let Some(hook) = &self.on_error {
@@ -80,6 +98,7 @@ pub struct SpoolBuilder {
     config: SpoolConfig,
     filter: Option<Filter>,
     on_error: Option<ErrorHook>,
+    sinks: Vec<Box<dyn Sink>>,
 }
 
 impl fmt::Debug for SpoolBuilder {
@@ -88,6 +107,10 @@ impl fmt::Debug for SpoolBuilder {
             .field("config", &self.config)
             .field("filter", &self.filter.is_some())
             .field("on_error", &self.on_error.is_some())
+            .field(
+                "sinks",
+                &self.sinks.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -171,6 +194,15 @@ impl SpoolBuilder {
         self
     }
 
+    /// Adds a sink: a worker thread delivers every event committed from now on to it,
+    /// in order, at least once (see [`Sink`] and [`WebhookSink`](crate::WebhookSink)).
+    /// A sink added for the first time starts with the next event committed; a known
+    /// name resumes from its cursor in the file.
+    pub fn sink(mut self, sink: impl Sink + 'static) -> Self {
+        self.sinks.push(Box::new(sink));
+        self
+    }
+
     /// Validates the settings, takes ownership of the file and starts the writer.
     ///
     /// # Errors
@@ -232,6 +264,11 @@ struct Lifecycle {
     writer: Option<JoinHandle<()>>,
     /// Dropped to tell the writer to give up (close timed out).
     stop: Option<Sender<()>>,
+    workers: Vec<JoinHandle<()>>,
+    /// Dropped to tell the sink workers to stop at once.
+    stop_workers: Option<Sender<()>>,
+    /// Set to tell the sink workers to stop once caught up.
+    draining: Arc<AtomicBool>,
 }
 
 /// How long a timed-out `close` waits for the writer to give up before leaving it to
@@ -262,6 +299,7 @@ impl Spool {
             config: SpoolConfig::new(path),
             filter: None,
             on_error: None,
+            sinks: Vec::new(),
         }
     }
 
@@ -270,12 +308,12 @@ impl Spool {
     /// # Errors
     /// As [`SpoolBuilder::open`].
     pub fn from_config(config: &SpoolConfig) -> Result<Spool> {
-        SpoolBuilder {
-            config: config.clone(),
-            filter: None,
-            on_error: None,
+        let mut builder = Spool::builder(&config.path);
+        builder.config = config.clone();
+        for webhook in &config.sinks {
+            builder = builder.sink(webhook.to_sink());
         }
-        .open()
+        builder.open()
     }
 
     fn start(builder: SpoolBuilder) -> Result<Spool> {
@@ -283,8 +321,10 @@ impl Spool {
             config,
             filter,
             on_error,
+            sinks,
         } = builder;
         config.validate()?;
+        check_sinks(&sinks)?;
         let path = config.path.clone();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
@@ -292,13 +332,17 @@ impl Spool {
         }
         let lock = store::lock(&path)?;
         let opened = store::open_writer(&config)?;
-        let pool = store::reader_pool(&path, config.reader_pool_size)?;
+        let pool = store::reader_pool(&path, config.reader_pool_size + sinks.len() as u32)?;
         let (tx, rx) = bounded(config.channel_capacity);
         let (stop_tx, stop_rx) = bounded(0);
         let shared = Arc::new(Shared {
             counters: Counters::default(),
             on_error,
             doorbells: Mutex::new(Vec::new()),
+            sinks: sinks
+                .iter()
+                .map(|s| Arc::new(SinkCounters::new(s.name())))
+                .collect(),
         });
         let spool_id = opened.state.spool_id.clone();
         let writer = Writer::new(
@@ -314,7 +358,12 @@ impl Spool {
             .name("eventspool-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| Error::io("cannot spawn the writer thread", e))?;
-        Ok(Spool {
+        let (stop_workers, stop_workers_rx) = bounded(0);
+        let control = Control {
+            stop: stop_workers_rx,
+            draining: Arc::new(AtomicBool::new(false)),
+        };
+        let spool = Spool {
             inner: Arc::new(Inner {
                 tx,
                 shared,
@@ -331,9 +380,35 @@ impl Spool {
                 lifecycle: Mutex::new(Lifecycle {
                     writer: Some(handle),
                     stop: Some(stop_tx),
+                    workers: Vec::new(),
+                    stop_workers: Some(stop_workers),
+                    draining: control.draining.clone(),
                 }),
             }),
-        })
+        };
+        // On an error below, dropping `spool` closes what was started.
+        for (sink, counters) in sinks.into_iter().zip(spool.inner.shared.sinks.clone()) {
+            let name = sink.name().to_owned();
+            let cursor = spool.inner.call(Op::Register {
+                consumer: name.clone(),
+                kind: "sink",
+                start: StartAt::Next,
+            })?;
+            let parts = WorkerParts {
+                tx: spool.inner.tx.clone(),
+                pool: spool.inner.pool.clone(),
+                spool_id: spool.inner.spool_id.clone(),
+                shared: spool.inner.shared.clone(),
+                control: control.clone(),
+            };
+            let worker = Worker::new(sink, cursor, counters, spool.inner.shared.doorbell(), parts);
+            let handle = thread::Builder::new()
+                .name(format!("eventspool-sink-{name}"))
+                .spawn(move || worker.run())
+                .map_err(|e| Error::io("cannot spawn a sink thread", e))?;
+            spool.inner.lock_lifecycle().workers.push(handle);
+        }
+        Ok(spool)
     }
 
     /// Hands an event to the writer and returns at once; it is committed shortly
@@ -529,7 +604,11 @@ impl Spool {
     /// (the failed batch stays for the next call); [`Error::Closed`]; read errors.
     pub fn drain_to<S: Sink + ?Sized>(&self, sink: &mut S) -> Result<usize> {
         let name = sink.name().to_owned();
-        let mut cursor = self.inner.register(&name, "drain")?;
+        let mut cursor = self.inner.call(Op::Register {
+            consumer: name.clone(),
+            kind: "drain",
+            start: StartAt::Oldest,
+        })?;
         let batch = sink.batch_size().max(1);
         let mut delivered = 0;
         loop {
@@ -546,15 +625,49 @@ impl Spool {
                     source: Box::new(e),
                 });
             }
-            self.inner.ack(&name, last)?;
+            self.inner.call(Op::Ack {
+                consumer: name.clone(),
+                seq: last,
+            })?;
             cursor = last;
             delivered += events.len();
         }
     }
 
-    /// A copy of the counters.
+    /// Up to `limit` events `sink` gave up on, in seq order, with attempts and the
+    /// last error.
+    ///
+    /// # Errors
+    /// As [`len`](Spool::len).
+    pub fn dead_letters(&self, sink: &str, limit: usize) -> Result<Vec<DeadLetter>> {
+        store::dead_letters(&*self.inner.pool.get()?, &self.inner.spool_id, sink, limit)
+    }
+
+    /// Puts `sink`'s dead letters back in line: its worker delivers them (in seq order)
+    /// before going on with new events; those that fail again return to the dead
+    /// letters. Returns how many were requeued.
+    ///
+    /// # Errors
+    /// [`Error::Closed`]; [`Error::Commit`].
+    pub fn requeue_dead_letters(&self, sink: &str) -> Result<u64> {
+        let n = self.inner.call(Op::Requeue {
+            sink: sink.to_owned(),
+        })?;
+        self.inner.shared.ring();
+        Ok(n)
+    }
+
+    /// A copy of the counters, with one entry per sink.
     pub fn metrics(&self) -> MetricsSnapshot {
-        self.inner.shared.counters.snapshot(self.inner.tx.len())
+        let shared = &self.inner.shared;
+        let mut snapshot = shared.counters.snapshot(self.inner.tx.len());
+        let first = snapshot.last_seq + 1 - snapshot.stored_events;
+        snapshot.sinks = shared
+            .sinks
+            .iter()
+            .map(|s| s.snapshot(first, snapshot.last_seq))
+            .collect();
+        snapshot
     }
 
     /// The journal mode in force on the writer connection: `"wal"`.
@@ -620,60 +733,101 @@ impl Inner {
         done.recv().unwrap_or(Err(Error::Closed))
     }
 
-    /// Registers a consumer through the writer; returns its cursor.
-    fn register(&self, consumer: &str, kind: &'static str) -> Result<SeqNo> {
-        let (reply, done) = bounded(1);
-        let msg = Msg::Register(Register {
-            consumer: consumer.to_owned(),
-            kind,
-            reply,
-        });
-        self.tx.send(msg).map_err(|_| Error::Closed)?;
-        done.recv().unwrap_or(Err(Error::Closed))
+    /// Sends a consumer operation to the writer and waits until it is committed.
+    fn call(&self, op: Op) -> Result<u64> {
+        writer::call(&self.tx, op)
     }
 
-    /// Moves a consumer's cursor to `seq` and waits until that is committed.
-    fn ack(&self, consumer: &str, seq: SeqNo) -> Result<()> {
-        let (reply, done) = bounded(1);
-        let msg = Msg::Ack(Ack {
-            consumer: consumer.to_owned(),
-            seq,
-            reply,
-        });
-        self.tx.send(msg).map_err(|_| Error::Closed)?;
-        done.recv().unwrap_or(Err(Error::Closed))
-    }
-
-    fn close(&self, timeout: Duration) -> Result<()> {
-        let mut lifecycle = self
-            .lifecycle
+    fn lock_lifecycle(&self) -> std::sync::MutexGuard<'_, Lifecycle> {
+        self.lifecycle
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Closing, in order: refuse new events; commit everything in flight; give the
+    /// sinks until the deadline to catch up, then stop them; stop the writer.
+    fn close(&self, timeout: Duration) -> Result<()> {
+        let mut lifecycle = self.lock_lifecycle();
         let Some(writer) = lifecycle.writer.take() else {
             return Ok(());
         };
         self.closed.store(true, SeqCst);
         let deadline = Instant::now() + timeout;
-        let (reply, done) = bounded(1);
-        let finished = self.tx.send_deadline(Msg::Close(reply), deadline).is_ok()
-            && done.recv_deadline(deadline).is_ok();
-        if !finished {
-            drop(lifecycle.stop.take());
-            let grace = Instant::now() + ABANDON_GRACE;
-            while !writer.is_finished() && Instant::now() < grace {
-                thread::sleep(Duration::from_millis(1));
+        let committed = request(&self.tx, Msg::Close, deadline);
+
+        lifecycle.draining.store(true, SeqCst);
+        self.shared.ring();
+        let workers = std::mem::take(&mut lifecycle.workers);
+        if !committed || !wait_finished(&workers, deadline) {
+            drop(lifecycle.stop_workers.take());
+            wait_finished(&workers, Instant::now() + ABANDON_GRACE);
+        }
+        for worker in workers.into_iter().filter(|w| w.is_finished()) {
+            if worker.join().is_err() {
+                log::error!("an eventspool sink thread panicked");
             }
         }
+
+        let stopped = committed
+            && request(
+                &self.tx,
+                Msg::Stop,
+                deadline.max(Instant::now() + ABANDON_GRACE),
+            );
+        if !stopped {
+            drop(lifecycle.stop.take());
+        }
+        wait_finished(
+            std::slice::from_ref(&writer),
+            Instant::now() + ABANDON_GRACE,
+        );
         // The writer owns the file lock: the file stays locked until it has exited.
         if writer.is_finished() && writer.join().is_err() {
             log::error!("eventspool writer thread panicked");
         }
-        if finished {
+        if committed {
             Ok(())
         } else {
             Err(Error::Timeout)
         }
     }
+}
+
+/// Sends a message that carries a reply channel and waits for the reply until `deadline`.
+fn request(tx: &Sender<Msg>, msg: fn(Sender<()>) -> Msg, deadline: Instant) -> bool {
+    let (reply, done) = bounded(1);
+    tx.send_deadline(msg(reply), deadline).is_ok() && done.recv_deadline(deadline).is_ok()
+}
+
+/// Waits until every thread finished or `deadline` passed; true if they all finished.
+fn wait_finished(threads: &[JoinHandle<()>], deadline: Instant) -> bool {
+    loop {
+        if threads.iter().all(JoinHandle::is_finished) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Sink names must be unique and not empty, and each sink's own check must pass.
+fn check_sinks(sinks: &[Box<dyn Sink>]) -> Result<()> {
+    let mut names = std::collections::HashSet::new();
+    for sink in sinks {
+        let name = sink.name();
+        if name.is_empty() {
+            return Err(Error::InvalidConfig("sink name must not be empty".into()));
+        }
+        if !names.insert(name) {
+            return Err(Error::InvalidConfig(format!(
+                "two sinks are named {name:?}"
+            )));
+        }
+        sink.check().map_err(Error::InvalidConfig)?;
+    }
+    Ok(())
 }
 
 impl Drop for Inner {

@@ -17,6 +17,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, params};
 use serde_json::value::RawValue;
 
 use crate::config::SpoolConfig;
+use crate::delivery::DeadLetter;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventQuery, SeqNo, StoredEvent};
 
@@ -52,7 +53,146 @@ CREATE TABLE IF NOT EXISTS consumers (
     kind  TEXT NOT NULL,
     acked INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dead_letters (
+    sink        TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    id          TEXT,
+    type        TEXT NOT NULL,
+    source      TEXT,
+    subject     TEXT,
+    ts          INTEGER NOT NULL,
+    data        TEXT NOT NULL,
+    attempts    INTEGER NOT NULL,
+    last_status INTEGER,
+    last_error  TEXT NOT NULL,
+    failed_at   INTEGER NOT NULL,
+    requeued    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (sink, seq)
+);
 ";
+
+/// Where a newly registered consumer starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartAt {
+    /// With the oldest stored event.
+    Oldest,
+    /// With the next event committed.
+    Next,
+}
+
+/// A change to consumers or dead letters, applied by the writer in its transaction.
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// Registers a consumer if it is new; yields its cursor.
+    Register {
+        consumer: String,
+        kind: &'static str,
+        start: StartAt,
+    },
+    /// Moves a cursor forward (never back).
+    Ack { consumer: String, seq: SeqNo },
+    /// Records events a sink gave up on (copying them, so deletion can go on), and
+    /// moves its cursor to `ack_to` when they came from the stream.
+    DeadLetter {
+        sink: String,
+        seqs: Vec<SeqNo>,
+        attempts: u32,
+        status: Option<u16>,
+        error: String,
+        ack_to: Option<SeqNo>,
+    },
+    /// Marks a sink's dead letters for redelivery; yields how many.
+    Requeue { sink: String },
+    /// Removes redelivered dead letters.
+    Redelivered { sink: String, seqs: Vec<SeqNo> },
+}
+
+/// Applies `op`; `first_seq..=last_seq` is what is stored after this transaction's
+/// inserts.
+pub(crate) fn apply(
+    tx: &Transaction<'_>,
+    op: &Op,
+    first_seq: SeqNo,
+    last_seq: SeqNo,
+) -> rusqlite::Result<u64> {
+    match op {
+        Op::Register {
+            consumer,
+            kind,
+            start,
+        } => {
+            let acked = match start {
+                StartAt::Oldest => first_seq.saturating_sub(1),
+                StartAt::Next => last_seq,
+            };
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO consumers (name, kind, acked) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![consumer, kind, acked as i64])?;
+            Ok(cursor(tx, consumer)?.unwrap_or(acked))
+        }
+        Op::Ack { consumer, seq } => ack(tx, consumer, *seq).map(|()| 0),
+        Op::DeadLetter {
+            sink,
+            seqs,
+            attempts,
+            status,
+            error,
+            ack_to,
+        } => {
+            let now = crate::event::now_ms();
+            for &seq in seqs {
+                let args = params![sink, seq as i64, attempts, status, error, now];
+                let again = tx
+                    .prepare_cached(
+                        "UPDATE dead_letters SET attempts = attempts + ?3, last_status = ?4,
+                             last_error = ?5, failed_at = ?6, requeued = 0
+                         WHERE sink = ?1 AND seq = ?2",
+                    )?
+                    .execute(args)?;
+                if again == 0 {
+                    tx.prepare_cached(
+                        "INSERT INTO dead_letters (sink, seq, id, type, source, subject, ts, data,
+                             attempts, last_status, last_error, failed_at)
+                         SELECT ?1, seq, id, type, source, subject, ts, data, ?3, ?4, ?5, ?6
+                         FROM events WHERE seq = ?2",
+                    )?
+                    .execute(args)?;
+                }
+            }
+            if let Some(seq) = ack_to {
+                ack(tx, sink, *seq)?;
+            }
+            Ok(seqs.len() as u64)
+        }
+        Op::Requeue { sink } => Ok(tx
+            .prepare_cached(
+                "UPDATE dead_letters SET requeued = 1 WHERE sink = ?1 AND requeued = 0",
+            )?
+            .execute([sink])? as u64),
+        Op::Redelivered { sink, seqs } => {
+            let mut stmt =
+                tx.prepare_cached("DELETE FROM dead_letters WHERE sink = ?1 AND seq = ?2")?;
+            for &seq in seqs {
+                stmt.execute(params![sink, seq as i64])?;
+            }
+            Ok(seqs.len() as u64)
+        }
+    }
+}
+
+/// Consumers whose cursor is before `before - 1`: they have not read everything an
+/// eviction up to `before` removes.
+pub(crate) fn consumers_behind(
+    tx: &Transaction<'_>,
+    before: SeqNo,
+) -> rusqlite::Result<Vec<(String, SeqNo)>> {
+    let mut stmt = tx.prepare_cached("SELECT name, acked FROM consumers WHERE acked + 1 < ?1")?;
+    let rows = stmt.query_map([before as i64], |r| {
+        Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    rows.collect()
+}
 
 /// What the writer needs to know about the file when it starts.
 #[derive(Debug)]
@@ -316,20 +456,6 @@ pub(crate) fn save_state(
     Ok(())
 }
 
-/// Registers `name` if it is new, starting with the oldest stored event; returns its
-/// cursor (the last acknowledged seq).
-pub(crate) fn register(
-    tx: &Transaction<'_>,
-    name: &str,
-    kind: &str,
-    first_seq: SeqNo,
-) -> rusqlite::Result<SeqNo> {
-    let acked = first_seq.saturating_sub(1);
-    tx.prepare_cached("INSERT OR IGNORE INTO consumers (name, kind, acked) VALUES (?1, ?2, ?3)")?
-        .execute(params![name, kind, acked as i64])?;
-    cursor(tx, name).map(|c| c.unwrap_or(acked))
-}
-
 /// Moves a consumer's cursor forward (never back) to `seq`.
 pub(crate) fn ack(tx: &Transaction<'_>, name: &str, seq: SeqNo) -> rusqlite::Result<()> {
     tx.prepare_cached("UPDATE consumers SET acked = max(acked, ?2) WHERE name = ?1")?
@@ -366,6 +492,48 @@ pub(crate) fn read_after(
         spool_id,
         &EventQuery::new().after_seq(after).limit(limit),
     )
+}
+
+/// Dead letters of `sink` marked for redelivery, in seq order.
+pub(crate) fn requeued(
+    conn: &Connection,
+    spool_id: &str,
+    sink: &str,
+    limit: usize,
+) -> Result<Vec<StoredEvent>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, id, type, source, subject, ts, data FROM dead_letters
+         WHERE sink = ?1 AND requeued = 1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![sink, limit as i64], |row| {
+        stored_event(row, spool_id)
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Up to `limit` dead letters of `sink`, in seq order.
+pub(crate) fn dead_letters(
+    conn: &Connection,
+    spool_id: &str,
+    sink: &str,
+    limit: usize,
+) -> Result<Vec<DeadLetter>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, id, type, source, subject, ts, data, attempts, last_status, last_error,
+                failed_at, requeued
+         FROM dead_letters WHERE sink = ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![sink, limit.min(i64::MAX as usize) as i64], |row| {
+        Ok(DeadLetter {
+            event: stored_event(row, spool_id)?,
+            attempts: row.get(7)?,
+            last_status: row.get(8)?,
+            last_error: row.get(9)?,
+            failed_at_ms: row.get(10)?,
+            requeued: row.get(11)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 /// Copies the WAL into the database without waiting for readers (PASSIVE).

@@ -18,7 +18,7 @@ use crate::config::SpoolConfig;
 use crate::error::{Error, Result};
 use crate::event::{Event, SeqNo};
 use crate::spool::Shared;
-use crate::store::{self, StoreState};
+use crate::store::{self, Op, StoreState};
 
 /// What callers send to the writer, in one ordered channel.
 pub(crate) enum Msg {
@@ -28,27 +28,21 @@ pub(crate) enum Msg {
     Append(Vec<Event>, Sender<Result<SeqNo>>),
     /// Answered once everything sent before it is committed.
     Flush(Sender<()>),
-    /// Like `Flush`, then the writer stops once no event is in flight.
+    /// Like `Flush`, once no event is in flight any more; the writer then serves only
+    /// consumer operations until `Stop`.
     Close(Sender<()>),
-    /// Registers a consumer (sink or subscriber) if new; the reply carries its cursor.
-    Register(Register),
-    /// Moves a consumer's cursor forward; events every consumer acknowledged are deleted.
-    Ack(Ack),
+    /// Commits what is pending and ends the writer.
+    Stop(Sender<()>),
+    /// A change to consumers or dead letters, committed with the next batch; the reply
+    /// carries what [`store::apply`] yields.
+    Op(Op, Sender<Result<u64>>),
 }
 
-/// A cursor move; the reply is answered once it is committed.
-pub(crate) struct Ack {
-    pub(crate) consumer: String,
-    pub(crate) seq: SeqNo,
-    pub(crate) reply: Sender<Result<()>>,
-}
-
-/// A consumer to register (starting with the oldest stored event), with the kind
-/// recorded in the file.
-pub(crate) struct Register {
-    pub(crate) consumer: String,
-    pub(crate) kind: &'static str,
-    pub(crate) reply: Sender<Result<SeqNo>>,
+/// Sends `op` to the writer and waits until it is committed.
+pub(crate) fn call(tx: &Sender<Msg>, op: Op) -> Result<u64> {
+    let (reply, done) = crossbeam_channel::bounded(1);
+    tx.send(Msg::Op(op, reply)).map_err(|_| Error::Closed)?;
+    done.recv().unwrap_or(Err(Error::Closed))
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(50);
@@ -92,9 +86,9 @@ pub(crate) struct Writer {
     batch: Vec<Event>,
     appends: Vec<Waiter>,
     flushes: Vec<Sender<()>>,
-    registers: Vec<Register>,
-    acks: Vec<Ack>,
+    ops: Vec<(Op, Sender<Result<u64>>)>,
     closing: Option<Sender<()>>,
+    stopping: Option<Sender<()>>,
     /// Set after a failed commit: when to try again, and the delay used.
     retry: Option<(Instant, Duration)>,
     evicting: bool,
@@ -135,9 +129,9 @@ impl Writer {
             batch: Vec::with_capacity(config.batch_size),
             appends: Vec::new(),
             flushes: Vec::new(),
-            registers: Vec::new(),
-            acks: Vec::new(),
+            ops: Vec::new(),
             closing: None,
+            stopping: None,
             retry: None,
             evicting: false,
             unchecked: (0, 0),
@@ -148,17 +142,22 @@ impl Writer {
 
     pub(crate) fn run(mut self) {
         while self.gather() {
-            if self.batch.is_empty() && self.acks.is_empty() && self.registers.is_empty() {
+            if self.batch.is_empty() && self.ops.is_empty() {
                 // Only control messages: nothing is pending, so they are satisfied.
                 self.answer_flushes();
             } else {
                 self.commit();
             }
-            if self.batch.is_empty() && self.closing.is_some() && self.settled() {
-                if let Some(reply) = self.closing.take() {
-                    let _ = store::checkpoint(&self.conn);
-                    let _ = reply.send(());
-                }
+            if self.closing.is_some()
+                && self.batch.is_empty()
+                && self.settled()
+                && let Some(reply) = self.closing.take()
+            {
+                let _ = reply.send(());
+            }
+            if let Some(reply) = self.stopping.take() {
+                let _ = store::checkpoint(&self.conn);
+                let _ = reply.send(());
                 return;
             }
         }
@@ -246,8 +245,9 @@ impl Writer {
     fn no_waiters(&self) -> bool {
         self.appends.is_empty()
             && self.flushes.is_empty()
-            && self.registers.is_empty()
+            && self.ops.is_empty()
             && self.closing.is_none()
+            && self.stopping.is_none()
     }
 
     fn take(&mut self, msg: Msg) {
@@ -261,8 +261,8 @@ impl Writer {
             }
             Msg::Flush(reply) => self.flushes.push(reply),
             Msg::Close(reply) => self.closing = Some(reply),
-            Msg::Register(r) => self.registers.push(r),
-            Msg::Ack(ack) => self.acks.push(ack),
+            Msg::Stop(reply) => self.stopping = Some(reply),
+            Msg::Op(op, reply) => self.ops.push((op, reply)),
         }
     }
 
@@ -285,15 +285,15 @@ impl Writer {
             first_seq: self.first_seq,
             stored_bytes: self.stored_bytes + added,
             evicted: 0,
-            cursors: Vec::new(),
+            results: Vec::new(),
+            unsent: Vec::new(),
         };
         let caps = (self.max_events, self.max_bytes);
         match commit_batch(
             &mut self.conn,
             &self.batch,
             self.next_seq,
-            &self.registers,
-            &self.acks,
+            &self.ops,
             before,
             caps,
         ) {
@@ -317,11 +317,11 @@ impl Writer {
         c.batches.fetch_add(u64::from(n > 0), Relaxed);
         c.pending_retry.store(0, Relaxed);
         c.committed.fetch_add(n, SeqCst);
-        for (r, cursor) in self.registers.drain(..).zip(kept.cursors) {
-            let _ = r.reply.send(Ok(cursor));
+        for ((_, reply), result) in self.ops.drain(..).zip(kept.results) {
+            let _ = reply.send(Ok(result));
         }
-        for ack in self.acks.drain(..) {
-            let _ = ack.reply.send(Ok(()));
+        for (consumer, unsent) in kept.unsent {
+            self.shared.evicted_unsent(&consumer, unsent);
         }
         if n > 0 {
             self.shared.ring();
@@ -358,11 +358,8 @@ impl Writer {
         let c = &self.shared.counters;
         c.commit_errors.fetch_add(1, Relaxed);
         let e = Arc::new(e);
-        for r in self.registers.drain(..) {
-            let _ = r.reply.send(Err(Error::Commit(e.clone())));
-        }
-        for ack in self.acks.drain(..) {
-            let _ = ack.reply.send(Err(Error::Commit(e.clone())));
+        for (_, reply) in self.ops.drain(..) {
+            let _ = reply.send(Err(Error::Commit(e.clone())));
         }
         // `append` callers learn of the failure and own the retry: their events go.
         for w in self.appends.drain(..).rev() {
@@ -422,30 +419,28 @@ struct Kept {
     stored_bytes: u64,
     /// Events evicted by the caps (not those every consumer had acknowledged).
     evicted: u64,
-    /// The cursors of the consumers registered in this transaction.
-    cursors: Vec<SeqNo>,
+    /// What each operation yielded, in order.
+    results: Vec<u64>,
+    /// Per consumer, evicted events it had not acknowledged.
+    unsent: Vec<(String, u64)>,
 }
 
-/// One transaction: insert the batch, register consumers, move cursors, delete what
-/// every consumer acknowledged, evict the oldest beyond the caps, save the state.
+/// One transaction: insert the batch, apply the consumer operations, delete what every
+/// consumer acknowledged, evict the oldest beyond the caps, save the state.
 fn commit_batch(
     conn: &mut Connection,
     batch: &[Event],
     first: SeqNo,
-    registers: &[Register],
-    acks: &[Ack],
+    ops: &[(Op, Sender<Result<u64>>)],
     mut kept: Kept,
     (max_events, max_bytes): (u64, u64),
 ) -> rusqlite::Result<Kept> {
     let tx = conn.transaction()?;
     store::insert(&tx, first, batch)?;
     let end = first + batch.len() as u64; // one past the last seq
-    for r in registers {
-        let cursor = store::register(&tx, &r.consumer, r.kind, kept.first_seq)?;
-        kept.cursors.push(cursor);
-    }
-    for ack in acks {
-        store::ack(&tx, &ack.consumer, ack.seq)?;
+    for (op, _) in ops {
+        kept.results
+            .push(store::apply(&tx, op, kept.first_seq, end - 1)?);
     }
     if let Some(acked) = store::min_acked(&tx)? {
         let consumed_to = (acked + 1).min(end);
@@ -467,6 +462,10 @@ fn commit_batch(
         }
     }
     if evict_to > kept.first_seq {
+        for (consumer, acked) in store::consumers_behind(&tx, evict_to)? {
+            kept.unsent
+                .push((consumer, evict_to - (acked + 1).max(kept.first_seq)));
+        }
         let (count, bytes) = store::delete_before(&tx, evict_to)?;
         kept.evicted = count;
         kept.stored_bytes -= bytes;

@@ -6,7 +6,15 @@ use std::time::Duration;
 use crate::event::StoredEvent;
 
 pub(crate) mod signing;
+pub(crate) mod webhook;
 
+/// Default for [`Sink::max_retries`]: 20 retries, then the events are dead-lettered.
+pub const DEFAULT_MAX_RETRIES: Option<u32> = Some(20);
+/// Default for [`Sink::backoff`]: exponential from 100 ms to 60 s, with full jitter.
+pub const DEFAULT_BACKOFF: Backoff = Backoff {
+    min: Duration::from_millis(100),
+    max: Duration::from_secs(60),
+};
 /// A destination the spool delivers stored events to, in `seq` order.
 ///
 /// `deliver` gets a batch of up to [`batch_size`](Sink::batch_size) events; returning
@@ -45,6 +53,77 @@ pub trait Sink: Send {
     fn batch_size(&self) -> usize {
         1
     }
+
+    /// Retries after a retryable failure before the events are dead-lettered; `None`
+    /// retries forever. Defaults to [`DEFAULT_MAX_RETRIES`].
+    fn max_retries(&self) -> Option<u32> {
+        DEFAULT_MAX_RETRIES
+    }
+
+    /// The wait between retries. Defaults to [`DEFAULT_BACKOFF`].
+    fn backoff(&self) -> Backoff {
+        DEFAULT_BACKOFF
+    }
+
+    /// Whether events of this type go to the sink; the others are skipped (counted in
+    /// the sink's `filtered`). Defaults to every type.
+    fn accepts(&self, event_type: &str) -> bool {
+        let _ = event_type;
+        true
+    }
+
+    /// Checked when the spool opens: a misconfigured sink is refused with
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) and this message.
+    /// Defaults to `Ok`.
+    ///
+    /// # Errors
+    /// What is wrong with the sink's configuration.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Exponential backoff with full jitter: before retry `n` (from 1) the worker waits a
+/// random time between zero and `min(max, min × 2^(n-1))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Backoff growing from `min` to at most `max`.
+    pub const fn exponential(min: Duration, max: Duration) -> Self {
+        Backoff { min, max }
+    }
+
+    /// The first retry's ceiling.
+    pub fn min(&self) -> Duration {
+        self.min
+    }
+
+    /// The longest wait, also the cap on a receiver's `Retry-After`.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.min.is_zero() || self.max < self.min {
+            return Err(format!(
+                "backoff needs 0 < min <= max, got {:?}..{:?}",
+                self.min, self.max
+            ));
+        }
+        Ok(())
+    }
+
+    /// The ceiling before retry `retry` (1-based).
+    pub(crate) fn ceiling(&self, retry: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(retry.saturating_sub(1).min(31))
+            .unwrap_or(u32::MAX);
+        self.min.saturating_mul(factor).min(self.max)
+    }
 }
 
 /// Why a delivery failed, and whether trying again may help.
@@ -57,11 +136,15 @@ pub enum DeliveryError {
         message: String,
         /// The receiver asked to wait this long (`Retry-After`).
         retry_after: Option<Duration>,
+        /// The HTTP status, if there was a response.
+        status: Option<u16>,
     },
     /// Trying again will not help (other 4xx, redirects): the events go to dead letters.
     Permanent {
         /// What went wrong.
         message: String,
+        /// The HTTP status, if there was a response.
+        status: Option<u16>,
     },
 }
 
@@ -71,6 +154,7 @@ impl DeliveryError {
         DeliveryError::Retryable {
             message: message.into(),
             retry_after: None,
+            status: None,
         }
     }
 
@@ -79,6 +163,7 @@ impl DeliveryError {
         DeliveryError::Retryable {
             message: message.into(),
             retry_after: Some(wait),
+            status: None,
         }
     }
 
@@ -86,6 +171,34 @@ impl DeliveryError {
     pub fn permanent(message: impl Into<String>) -> Self {
         DeliveryError::Permanent {
             message: message.into(),
+            status: None,
+        }
+    }
+
+    /// The same error, recording the HTTP status that caused it.
+    pub fn with_status(mut self, code: u16) -> Self {
+        match &mut self {
+            DeliveryError::Retryable { status, .. } | DeliveryError::Permanent { status, .. } => {
+                *status = Some(code)
+            }
+        }
+        self
+    }
+
+    /// The HTTP status that caused the error, if any.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            DeliveryError::Retryable { status, .. } | DeliveryError::Permanent { status, .. } => {
+                *status
+            }
+        }
+    }
+
+    /// The wait the receiver asked for, if any.
+    pub fn retry_after_hint(&self) -> Option<Duration> {
+        match self {
+            DeliveryError::Retryable { retry_after, .. } => *retry_after,
+            DeliveryError::Permanent { .. } => None,
         }
     }
 
@@ -101,9 +214,10 @@ impl fmt::Display for DeliveryError {
             DeliveryError::Retryable {
                 message,
                 retry_after: Some(wait),
+                ..
             } => write!(f, "{message} (retry after {wait:?})"),
             DeliveryError::Retryable { message, .. } => f.write_str(message),
-            DeliveryError::Permanent { message } => write!(f, "{message} (permanent)"),
+            DeliveryError::Permanent { message, .. } => write!(f, "{message} (permanent)"),
         }
     }
 }

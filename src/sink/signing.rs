@@ -40,7 +40,9 @@ impl SigningSecret {
     pub fn from_bytes(key: impl Into<Vec<u8>>) -> Result<Self> {
         let key = key.into();
         if key.is_empty() {
-            return Err(Error::InvalidConfig("signing secret must not be empty".into()));
+            return Err(Error::InvalidConfig(
+                "signing secret must not be empty".into(),
+            ));
         }
         Ok(SigningSecret(key))
     }

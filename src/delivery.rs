@@ -1,0 +1,416 @@
+//! One worker thread per sink: read after the cursor, deliver, and on success move the
+//! cursor (through the writer); on failure back off and retry; when retries run out,
+//! or on a permanent failure, dead-letter the batch and move on.
+//!
+//! The cursor is committed before the next batch is read, so a crash replays at most
+//! the batch that was in flight.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, select};
+
+use crate::error::{Error, Result};
+use crate::event::{SeqNo, StoredEvent, now_ms};
+use crate::sink::{Backoff, DeliveryError, Sink};
+use crate::spool::Shared;
+use crate::store::{self, Op, ReaderPool};
+use crate::writer::{self, Msg};
+
+/// An event a sink gave up on, with why.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The event as it was stored.
+    pub event: StoredEvent,
+    /// Delivery attempts made.
+    pub attempts: u32,
+    /// The last HTTP status, if there was a response.
+    pub last_status: Option<u16>,
+    /// The last error.
+    pub last_error: String,
+    /// When the sink gave up, in ms since the epoch.
+    pub failed_at_ms: i64,
+    /// Marked for redelivery by `requeue_dead_letters`, not yet delivered.
+    pub requeued: bool,
+}
+
+/// A sink's live counters.
+#[derive(Debug, Default)]
+pub(crate) struct SinkCounters {
+    pub(crate) name: String,
+    delivered: AtomicU64,
+    attempts: AtomicU64,
+    retries: AtomicU64,
+    failures_retryable: AtomicU64,
+    failures_permanent: AtomicU64,
+    dead_lettered: AtomicU64,
+    pub(crate) evicted_unsent: AtomicU64,
+    filtered: AtomicU64,
+    cursor: AtomicU64,
+    backoff_ms: AtomicU64,
+    /// Timestamp of the oldest event being delivered; 0 when caught up.
+    oldest_pending_ms: AtomicI64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl SinkCounters {
+    pub(crate) fn new(name: &str) -> Self {
+        SinkCounters {
+            name: name.to_owned(),
+            ..SinkCounters::default()
+        }
+    }
+
+    /// A snapshot; `first_seq..=last_seq` is what the file holds.
+    pub(crate) fn snapshot(&self, first_seq: SeqNo, last_seq: SeqNo) -> SinkMetrics {
+        let r = |c: &AtomicU64| c.load(Relaxed);
+        let read_to = r(&self.cursor).max(first_seq.saturating_sub(1));
+        let oldest = self.oldest_pending_ms.load(Relaxed);
+        SinkMetrics {
+            name: self.name.clone(),
+            delivered: r(&self.delivered),
+            attempts: r(&self.attempts),
+            retries: r(&self.retries),
+            failures_retryable: r(&self.failures_retryable),
+            failures_permanent: r(&self.failures_permanent),
+            dead_lettered: r(&self.dead_lettered),
+            evicted_unsent: r(&self.evicted_unsent),
+            filtered: r(&self.filtered),
+            cursor: r(&self.cursor),
+            lag: last_seq.saturating_sub(read_to),
+            oldest_undelivered_age_ms: if oldest == 0 {
+                0
+            } else {
+                (now_ms() - oldest).max(0) as u64
+            },
+            backoff_ms: r(&self.backoff_ms),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+}
+
+/// One sink's counters at one moment.
+///
+/// They balance: every event committed after the sink was registered is `delivered`,
+/// `dead_lettered`, `evicted_unsent`, `filtered`, or still in `lag`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SinkMetrics {
+    /// The sink's name.
+    pub name: String,
+    /// Events acknowledged by the sink.
+    pub delivered: u64,
+    /// `deliver` calls.
+    pub attempts: u64,
+    /// Attempts that repeated a failed one.
+    pub retries: u64,
+    /// Failures that were retried (or would have been).
+    pub failures_retryable: u64,
+    /// Failures no retry could fix.
+    pub failures_permanent: u64,
+    /// Events moved to the dead letters.
+    pub dead_lettered: u64,
+    /// Events evicted by the caps before the sink had them.
+    pub evicted_unsent: u64,
+    /// Events skipped because the sink does not accept their type.
+    pub filtered: u64,
+    /// The last seq the sink acknowledged (or skipped).
+    pub cursor: SeqNo,
+    /// Stored events the sink has not had yet.
+    pub lag: u64,
+    /// Age of the oldest event being delivered, in ms (0 when caught up).
+    pub oldest_undelivered_age_ms: u64,
+    /// The wait before the next retry, in ms (0 when not backing off).
+    pub backoff_ms: u64,
+    /// The last delivery error.
+    pub last_error: Option<String>,
+}
+
+/// What the worker shares with `close`.
+#[derive(Debug, Clone)]
+pub(crate) struct Control {
+    /// Disconnected when the workers must stop at once.
+    pub(crate) stop: Receiver<()>,
+    /// Set by `close`: exit once caught up.
+    pub(crate) draining: Arc<AtomicBool>,
+}
+
+/// The events of one delivery: from the stream after the cursor (`ack_to` is the last
+/// seq read, filtered ones included), or requeued dead letters (`ack_to` is `None`).
+struct Batch {
+    events: Vec<StoredEvent>,
+    ack_to: Option<SeqNo>,
+}
+
+pub(crate) struct Worker {
+    sink: Box<dyn Sink>,
+    name: String,
+    tx: Sender<Msg>,
+    pool: ReaderPool,
+    spool_id: String,
+    shared: Arc<Shared>,
+    counters: Arc<SinkCounters>,
+    doorbell: Receiver<()>,
+    control: Control,
+    cursor: SeqNo,
+    batch_size: usize,
+    max_retries: Option<u32>,
+    backoff: Backoff,
+    rng: u64,
+}
+
+/// Everything a worker needs from the spool.
+pub(crate) struct WorkerParts {
+    pub(crate) tx: Sender<Msg>,
+    pub(crate) pool: ReaderPool,
+    pub(crate) spool_id: String,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) control: Control,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        sink: Box<dyn Sink>,
+        cursor: SeqNo,
+        counters: Arc<SinkCounters>,
+        doorbell: Receiver<()>,
+        parts: WorkerParts,
+    ) -> Self {
+        counters.cursor.store(cursor, Relaxed);
+        let mut seed = std::collections::hash_map::RandomState::new().build_hasher();
+        seed.write(sink.name().as_bytes());
+        Worker {
+            name: sink.name().to_owned(),
+            batch_size: sink.batch_size().max(1),
+            max_retries: sink.max_retries(),
+            backoff: sink.backoff(),
+            sink,
+            tx: parts.tx,
+            pool: parts.pool,
+            spool_id: parts.spool_id,
+            shared: parts.shared,
+            counters,
+            doorbell,
+            control: parts.control,
+            cursor,
+            rng: seed.finish() | 1,
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        loop {
+            if self.stopped() {
+                return;
+            }
+            let batch = match self.next_batch() {
+                Ok(batch) => batch,
+                Err(e) => {
+                    log::error!("sink {}: cannot read the spool: {e}", self.name);
+                    self.shared.report(&e);
+                    if self.pause(Duration::from_secs(1)) {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match batch {
+                Some(batch) => {
+                    if !self.deliver(batch) {
+                        return;
+                    }
+                }
+                None => {
+                    self.counters.oldest_pending_ms.store(0, Relaxed);
+                    if self.control.draining.load(Relaxed) {
+                        return;
+                    }
+                    // The writer rings after every commit; a ring that came while we
+                    // were reading is kept in the channel, so no wake-up is lost.
+                    select! {
+                        recv(self.doorbell) -> _ => {}
+                        recv(self.control.stop) -> _ => return,
+                    }
+                }
+            }
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.control.stop.try_recv() == Err(TryRecvError::Disconnected)
+    }
+
+    /// Waits `wait` unless told to stop; returns true when told to stop.
+    fn pause(&self, wait: Duration) -> bool {
+        select! {
+            recv(self.control.stop) -> _ => true,
+            default(wait) => false,
+        }
+    }
+
+    fn next_batch(&mut self) -> Result<Option<Batch>> {
+        loop {
+            let (requeued, events) = {
+                let conn = self.pool.get()?;
+                let requeued = store::requeued(&conn, &self.spool_id, &self.name, self.batch_size)?;
+                if !requeued.is_empty() {
+                    (requeued, Vec::new())
+                } else {
+                    let events =
+                        store::read_after(&conn, &self.spool_id, self.cursor, self.batch_size)?;
+                    (requeued, events)
+                }
+            };
+            if !requeued.is_empty() {
+                return Ok(Some(Batch {
+                    events: requeued,
+                    ack_to: None,
+                }));
+            }
+            let Some(last) = events.last().map(|e| e.seq) else {
+                return Ok(None);
+            };
+            let read = events.len();
+            let events: Vec<StoredEvent> = events
+                .into_iter()
+                .filter(|e| self.sink.accepts(&e.event_type))
+                .collect();
+            self.counters
+                .filtered
+                .fetch_add((read - events.len()) as u64, Relaxed);
+            if !events.is_empty() {
+                return Ok(Some(Batch {
+                    events,
+                    ack_to: Some(last),
+                }));
+            }
+            self.commit(Op::Ack {
+                consumer: self.name.clone(),
+                seq: last,
+            })?;
+            self.advance(last);
+        }
+    }
+
+    fn advance(&mut self, seq: SeqNo) {
+        self.cursor = seq;
+        self.counters.cursor.store(seq, Relaxed);
+    }
+
+    fn commit(&self, op: Op) -> Result<u64> {
+        writer::call(&self.tx, op)
+    }
+
+    /// Delivers one batch until it is acknowledged or dead-lettered. Returns false when
+    /// told to stop first.
+    fn deliver(&mut self, batch: Batch) -> bool {
+        let c = self.counters.clone();
+        c.oldest_pending_ms
+            .store(batch.events[0].timestamp_ms.max(1), Relaxed);
+        let mut retries = 0u32;
+        loop {
+            c.attempts.fetch_add(1, Relaxed);
+            let error = match self.sink.deliver(&batch.events) {
+                Ok(()) => {
+                    c.backoff_ms.store(0, Relaxed);
+                    c.delivered.fetch_add(batch.events.len() as u64, Relaxed);
+                    self.settle(&batch, None, retries);
+                    return true;
+                }
+                Err(e) => e,
+            };
+            if error.is_retryable() {
+                c.failures_retryable.fetch_add(1, Relaxed);
+            } else {
+                c.failures_permanent.fetch_add(1, Relaxed);
+            }
+            *c.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
+            let give_up =
+                !error.is_retryable() || self.max_retries.is_some_and(|max| retries >= max);
+            if give_up {
+                c.backoff_ms.store(0, Relaxed);
+                self.settle(&batch, Some(error), retries);
+                return true;
+            }
+            retries += 1;
+            c.retries.fetch_add(1, Relaxed);
+            let wait = match error.retry_after_hint() {
+                Some(asked) => asked.min(self.backoff.max()),
+                None => self.jitter(self.backoff.ceiling(retries)),
+            };
+            c.backoff_ms.store(wait.as_millis() as u64, Relaxed);
+            log::warn!(
+                "sink {}: delivery of seq {}.. failed (retry {retries} in {wait:?}): {error}",
+                self.name,
+                batch.events[0].seq
+            );
+            if self.pause(wait) {
+                return false;
+            }
+        }
+    }
+
+    /// Records the outcome of a batch: acknowledged (`failure` is `None`) or given up.
+    fn settle(&mut self, batch: &Batch, failure: Option<DeliveryError>, retries: u32) {
+        let seqs = || batch.events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        let op = match (&failure, batch.ack_to) {
+            (None, Some(seq)) => Op::Ack {
+                consumer: self.name.clone(),
+                seq,
+            },
+            (None, None) => Op::Redelivered {
+                sink: self.name.clone(),
+                seqs: seqs(),
+            },
+            (Some(e), ack_to) => Op::DeadLetter {
+                sink: self.name.clone(),
+                seqs: seqs(),
+                attempts: retries + 1,
+                status: e.status(),
+                error: e.to_string(),
+                ack_to,
+            },
+        };
+        if let Some(e) = &failure {
+            self.counters
+                .dead_lettered
+                .fetch_add(batch.events.len() as u64, Relaxed);
+            log::error!(
+                "sink {}: gave up on seq {}..={} after {} attempts: {e}",
+                self.name,
+                batch.events[0].seq,
+                batch.events[batch.events.len() - 1].seq,
+                retries + 1
+            );
+            self.shared.report(&Error::Delivery {
+                delivered: 0,
+                source: Box::new(e.clone()),
+            });
+        }
+        match self.commit(op) {
+            Ok(_) => {
+                if let Some(seq) = batch.ack_to {
+                    self.advance(seq);
+                }
+            }
+            // The cursor did not move: the batch will be delivered again (at least once).
+            Err(e) => log::error!("sink {}: cannot record progress: {e}", self.name),
+        }
+    }
+
+    /// A random duration in `[0, ceiling]` (full jitter), from a per-worker xorshift.
+    fn jitter(&mut self, ceiling: Duration) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let nanos = ceiling.as_nanos().min(u64::MAX as u128) as u64;
+        Duration::from_nanos(self.rng % nanos.saturating_add(1))
+    }
+}

@@ -1,0 +1,534 @@
+//! [`WebhookSink`]: HTTP POST delivery on ureq, with Standard Webhooks signatures.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::event::{StoredEvent, type_matches};
+use crate::sink::signing::SigningSecret;
+use crate::sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, DeliveryError, Sink};
+
+/// Default for [`WebhookSink::timeout`]: 10 s for the whole request.
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes of a response body read (the rest is discarded with the connection).
+const MAX_RESPONSE_BYTES: u64 = 64 << 10;
+
+/// What a webhook posts of each event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Content {
+    /// The whole event: `id`, `seq`, `type`, `source`, `subject`, `timestamp_ms`, `data`.
+    #[default]
+    Full,
+    /// The event without `data`.
+    Summary,
+}
+
+/// Delivers events by HTTP POST to a URL: one event per request as a JSON object, or
+/// with [`batch`](WebhookSink::batch) > 1 a JSON array of up to that many (an array
+/// even when one event is ready).
+///
+/// Every request carries `content-type`, `webhook-id` (the first event's id),
+/// `webhook-timestamp`, `eventspool-seq` (`first-last`), with a secret
+/// `webhook-signature` (Standard Webhooks), and the headers you add. A 2xx
+/// acknowledges the request. Connection errors, timeouts, 408, 429 and 5xx are
+/// retried (honouring `Retry-After` up to the backoff maximum); other 4xx and every
+/// 3xx (redirects are not followed) are permanent: the events are dead-lettered.
+///
+/// Setters never fail; [`Spool`](crate::Spool) checks the settings when it opens.
+///
+/// ```
+/// use std::time::Duration;
+/// use eventspool::{Backoff, Content, WebhookSink};
+///
+/// let sink = WebhookSink::new("audit", "https://example.test/hook")
+///     .timeout(Duration::from_secs(10))
+///     .max_retries(Some(20))
+///     .backoff(Backoff::exponential(Duration::from_millis(100), Duration::from_secs(60)))
+///     .content(Content::Full)
+///     .batch(1)
+///     .signing_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+///     .header("authorization", "Bearer token")
+///     .event_types(["order.*"]);
+/// assert!(!format!("{sink:?}").contains("MfKQ9r8"), "secrets stay out of Debug");
+/// ```
+#[derive(Clone)]
+pub struct WebhookSink {
+    name: String,
+    url: String,
+    timeout: Duration,
+    max_retries: Option<u32>,
+    backoff: Backoff,
+    content: Content,
+    batch: usize,
+    cloudevents: bool,
+    secret: Option<Result<SigningSecret, String>>,
+    headers: Vec<(String, String)>,
+    event_types: Vec<String>,
+    agent: Option<ureq::Agent>,
+}
+
+impl fmt::Debug for WebhookSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("WebhookSink")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .field("max_retries", &self.max_retries)
+            .field("backoff", &self.backoff)
+            .field("content", &self.content)
+            .field("batch", &self.batch)
+            .field("cloudevents", &self.cloudevents)
+            .field("signed", &self.secret.is_some())
+            .field("header_names", &header_names)
+            .field("event_types", &self.event_types)
+            .finish()
+    }
+}
+
+impl WebhookSink {
+    /// A webhook named `name` (the key of its cursor) posting to `url`.
+    pub fn new(name: impl Into<String>, url: impl Into<String>) -> Self {
+        WebhookSink {
+            name: name.into(),
+            url: url.into(),
+            timeout: DEFAULT_WEBHOOK_TIMEOUT,
+            max_retries: DEFAULT_MAX_RETRIES,
+            backoff: DEFAULT_BACKOFF,
+            content: Content::Full,
+            batch: 1,
+            cloudevents: false,
+            secret: None,
+            headers: Vec::new(),
+            event_types: Vec::new(),
+            agent: None,
+        }
+    }
+
+    /// Time allowed for a whole request (connect, send, response). Defaults to 10 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Retries before dead-lettering; `None` retries forever. Defaults to `Some(20)`.
+    pub fn max_retries(mut self, retries: Option<u32>) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// Wait between retries. Defaults to [`DEFAULT_BACKOFF`].
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// What is posted of each event. Defaults to [`Content::Full`].
+    pub fn content(mut self, content: Content) -> Self {
+        self.content = content;
+        self
+    }
+
+    /// Events per request; more than 1 posts a JSON array. Defaults to 1.
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n;
+        self
+    }
+
+    /// Posts CloudEvents 1.0 structured JSON (`application/cloudevents+json`, or
+    /// `application/cloudevents-batch+json` for batches) instead. Defaults to false.
+    pub fn cloudevents(mut self, on: bool) -> Self {
+        self.cloudevents = on;
+        self
+    }
+
+    /// Signs requests (Standard Webhooks): `whsec_<base64>`, or any other text as raw
+    /// key bytes. Defaults to unsigned.
+    pub fn signing_secret(mut self, secret: &str) -> Self {
+        self.secret = Some(SigningSecret::parse(secret).map_err(|e| e.to_string()));
+        self
+    }
+
+    /// Adds a header to every request.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Only events of these types (a trailing `*` matches a prefix). Defaults to all.
+    pub fn event_types<I, S>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.event_types = types.into_iter().map(Into::into).collect();
+        self
+    }
+
+    fn agent(&mut self) -> &ureq::Agent {
+        let timeout = self.timeout;
+        self.agent.get_or_insert_with(|| {
+            ureq::Agent::config_builder()
+                .timeout_global(Some(timeout))
+                .http_status_as_error(false)
+                .max_redirects(0)
+                .user_agent(concat!("eventspool/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .into()
+        })
+    }
+
+    /// The request body and its content type. A sink with `batch > 1` always posts an
+    /// array, even of one event, so its receiver sees one shape.
+    fn body(&self, events: &[StoredEvent]) -> (Vec<u8>, &'static str) {
+        let array = self.batch > 1;
+        let encoded = if self.cloudevents {
+            let items: Vec<CloudEvent<'_>> = events
+                .iter()
+                .map(|e| CloudEvent::new(e, self.content))
+                .collect();
+            encode(&items, array)
+        } else {
+            let items: Vec<Body<'_>> = events.iter().map(|e| Body::new(e, self.content)).collect();
+            encode(&items, array)
+        };
+        let content_type = match (self.cloudevents, array) {
+            (false, _) => "application/json",
+            (true, false) => "application/cloudevents+json",
+            (true, true) => "application/cloudevents-batch+json",
+        };
+        (encoded, content_type)
+    }
+}
+
+fn encode<T: Serialize>(items: &[T], array: bool) -> Vec<u8> {
+    // Serializing plain structs of strings, numbers and raw JSON cannot fail.
+    if array {
+        serde_json::to_vec(items).expect("serializable body")
+    } else {
+        serde_json::to_vec(&items[0]).expect("serializable body")
+    }
+}
+
+impl Sink for WebhookSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn deliver(&mut self, events: &[StoredEvent]) -> Result<(), DeliveryError> {
+        let (body, content_type) = self.body(events);
+        let (first, last) = (&events[0], &events[events.len() - 1]);
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .to_string();
+        let signature = match &self.secret {
+            Some(Ok(secret)) => Some(secret.sign(&first.id, &timestamp, &body)),
+            _ => None,
+        };
+        let seq_range = format!("{}-{}", first.seq, last.seq);
+        let url = self.url.clone();
+        let mut request = self
+            .agent()
+            .post(&url)
+            .header("content-type", content_type)
+            .header("webhook-id", &first.id)
+            .header("webhook-timestamp", &timestamp)
+            .header("eventspool-seq", &seq_range);
+        if let Some(signature) = signature {
+            request = request.header("webhook-signature", signature);
+        }
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        let mut response = request
+            .send(&body[..])
+            .map_err(|e| DeliveryError::retryable(format!("POST {url}: {e}")))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        // Read (a bounded amount of) the body so the connection can be reused.
+        let _ = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE_BYTES)
+            .read_to_vec();
+        classify(status, retry_after, &url)
+    }
+
+    fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    fn max_retries(&self) -> Option<u32> {
+        self.max_retries
+    }
+
+    fn backoff(&self) -> Backoff {
+        self.backoff
+    }
+
+    fn accepts(&self, event_type: &str) -> bool {
+        self.event_types.is_empty() || self.event_types.iter().any(|p| type_matches(p, event_type))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let name = &self.name;
+        let uri: ureq::http::Uri = self
+            .url
+            .parse()
+            .map_err(|e| format!("sink {name}: invalid URL {:?}: {e}", self.url))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(format!(
+                "sink {name}: URL must be http:// or https:// with a host: {:?}",
+                self.url
+            ));
+        }
+        if self.batch == 0 {
+            return Err(format!("sink {name}: batch must be at least 1"));
+        }
+        if self.timeout.is_zero() {
+            return Err(format!("sink {name}: timeout must be more than zero"));
+        }
+        if let Some(Err(e)) = &self.secret {
+            return Err(format!("sink {name}: {e}"));
+        }
+        for (header, value) in &self.headers {
+            ureq::http::HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| format!("sink {name}: invalid header name {header:?}"))?;
+            ureq::http::HeaderValue::from_str(value)
+                .map_err(|_| format!("sink {name}: invalid value for header {header}"))?;
+        }
+        self.backoff
+            .check()
+            .map_err(|e| format!("sink {name}: {e}"))
+    }
+}
+
+/// Maps an HTTP status to the delivery rules.
+fn classify(status: u16, retry_after: Option<Duration>, url: &str) -> Result<(), DeliveryError> {
+    let message = format!("POST {url}: HTTP {status}");
+    match status {
+        200..=299 => Ok(()),
+        408 | 429 | 500..=599 => Err(DeliveryError::Retryable {
+            message,
+            retry_after,
+            status: Some(status),
+        }),
+        300..=399 => Err(DeliveryError::permanent(format!(
+            "{message} (redirects are not followed)"
+        ))
+        .with_status(status)),
+        _ => Err(DeliveryError::permanent(message).with_status(status)),
+    }
+}
+
+/// Parses `Retry-After`: delta-seconds, or an HTTP date (IMF-fixdate) relative to `now`.
+/// A date in the past means no wait.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = parse_http_date(value)?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn parse_http_date(value: &str) -> Option<SystemTime> {
+    let rest = value.split_once(", ")?.1;
+    let mut parts = rest.split(' ');
+    let day: u32 = parts.next()?.parse().ok()?;
+    let month = match parts.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = parts.next()?.parse().ok()?;
+    let mut hms = parts.next()?.split(':').map(|p| p.parse::<u64>().ok());
+    let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
+    if parts.next()? != "GMT"
+        || parts.next().is_some()
+        || day == 0
+        || day > 31
+        || h > 23
+        || m > 59
+        || s > 60
+    {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + m * 60 + s;
+    Some(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// RFC 3339 UTC time with milliseconds, from milliseconds since the epoch.
+fn rfc3339_ms(ms: i64) -> String {
+    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Inverse of days_from_civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
+}
+
+/// The plain JSON body of one event.
+#[derive(Serialize)]
+struct Body<'a> {
+    id: &'a str,
+    seq: u64,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    source: Option<&'a str>,
+    subject: Option<&'a str>,
+    timestamp_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+}
+
+impl<'a> Body<'a> {
+    fn new(e: &'a StoredEvent, content: Content) -> Self {
+        Body {
+            id: &e.id,
+            seq: e.seq,
+            event_type: &e.event_type,
+            source: e.source.as_deref(),
+            subject: e.subject.as_deref(),
+            timestamp_ms: e.timestamp_ms,
+            data: (content == Content::Full).then_some(&*e.data),
+        }
+    }
+}
+
+/// A CloudEvents 1.0 structured-mode event; `seq` travels as the `sequence` extension.
+#[derive(Serialize)]
+struct CloudEvent<'a> {
+    specversion: &'static str,
+    id: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+    time: String,
+    sequence: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    datacontenttype: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+}
+
+impl<'a> CloudEvent<'a> {
+    fn new(e: &'a StoredEvent, content: Content) -> Self {
+        let full = content == Content::Full;
+        CloudEvent {
+            specversion: "1.0",
+            id: &e.id,
+            source: e.source.as_deref().unwrap_or("eventspool"),
+            event_type: &e.event_type,
+            subject: e.subject.as_deref(),
+            time: rfc3339_ms(e.timestamp_ms),
+            sequence: e.seq.to_string(),
+            datacontenttype: full.then_some("application/json"),
+            data: full.then_some(&*e.data),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        for bad in [
+            "",
+            "soon",
+            "-1",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 25:00:00 GMT",
+        ] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn statuses_follow_the_delivery_rules() {
+        assert!(classify(204, None, "u").is_ok());
+        for retryable in [408, 429, 500, 503] {
+            assert!(classify(retryable, None, "u").unwrap_err().is_retryable());
+        }
+        for permanent in [301, 302, 400, 401, 404, 410] {
+            let e = classify(permanent, None, "u").unwrap_err();
+            assert!(!e.is_retryable());
+            assert_eq!(e.status(), Some(permanent));
+        }
+    }
+
+    #[test]
+    fn rfc3339_round_trips_known_dates() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(784_111_777_123), "1994-11-06T08:49:37.123Z");
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn backoff_ceiling_doubles_up_to_max() {
+        let b = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1));
+        let ceilings: Vec<u128> = (1..=6).map(|n| b.ceiling(n).as_millis()).collect();
+        assert_eq!(ceilings, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(b.ceiling(500), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,241 @@
+//! A real HTTP/1.1 receiver on 127.0.0.1 for the delivery tests, whose answers are
+//! scripted: any status and headers, never answering, or resetting the connection.
+//! It can be taken down (connections refused) and brought back on the same port.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+    /// The scripted answer it was given.
+    pub reply: Reply,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+/// How the receiver answers a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Status(u16, Vec<(String, String)>),
+    /// Read the request and never answer (until the server is dropped).
+    Hang,
+    /// Read the request and reset the connection (RST).
+    Reset,
+}
+
+impl Reply {
+    pub fn ok() -> Reply {
+        Reply::Status(200, Vec::new())
+    }
+    pub fn status(code: u16) -> Reply {
+        Reply::Status(code, Vec::new())
+    }
+    pub fn with_header(code: u16, name: &str, value: &str) -> Reply {
+        Reply::Status(code, vec![(name.into(), value.into())])
+    }
+}
+
+type Script = Box<dyn FnMut(&Request) -> Reply + Send>;
+
+struct State {
+    requests: Mutex<Vec<Request>>,
+    arrived: Condvar,
+    script: Mutex<Script>,
+    up: AtomicBool,
+    closing: AtomicBool,
+    conns: Mutex<Vec<TcpStream>>,
+}
+
+pub struct Server {
+    addr: SocketAddr,
+    state: Arc<State>,
+    acceptor: Option<thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// A receiver answering 200 to everything.
+    pub fn start() -> Server {
+        Server::with_script(|_| Reply::ok())
+    }
+
+    pub fn with_script(script: impl FnMut(&Request) -> Reply + Send + 'static) -> Server {
+        let state = Arc::new(State {
+            requests: Mutex::new(Vec::new()),
+            arrived: Condvar::new(),
+            script: Mutex::new(Box::new(script)),
+            up: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            conns: Mutex::new(Vec::new()),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let mut server = Server {
+            addr,
+            state,
+            acceptor: None,
+        };
+        server.serve(listener);
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn set_script(&self, script: impl FnMut(&Request) -> Reply + Send + 'static) {
+        *self.state.script.lock().unwrap() = Box::new(script);
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived (or fails after `timeout`).
+    pub fn wait_requests(&self, n: usize, timeout: Duration) -> Vec<Request> {
+        let deadline = Instant::now() + timeout;
+        let mut requests = self.state.requests.lock().unwrap();
+        while requests.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "timed out waiting for {n} requests, got {}",
+                requests.len()
+            );
+            requests = self.state.arrived.wait_timeout(requests, left).unwrap().0;
+        }
+        requests.clone()
+    }
+
+    /// Takes the receiver down: the listener closes (connections are refused) and
+    /// every open connection is shut.
+    pub fn down(&mut self) {
+        self.state.up.store(false, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr); // wake the acceptor
+        if let Some(acceptor) = self.acceptor.take() {
+            acceptor.join().unwrap();
+        }
+        for conn in self.state.conns.lock().unwrap().drain(..) {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Brings the receiver back on the same port.
+    pub fn up(&mut self) {
+        let listener = TcpListener::bind(self.addr).expect("rebind the same port");
+        self.serve(listener);
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        self.state.up.store(true, Ordering::SeqCst);
+        let state = self.state.clone();
+        self.acceptor = Some(thread::spawn(move || {
+            for stream in listener.incoming() {
+                if !state.up.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                if let Ok(clone) = stream.try_clone() {
+                    state.conns.lock().unwrap().push(clone);
+                }
+                let state = state.clone();
+                thread::spawn(move || handle(stream, &state));
+            }
+        }));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.state.closing.store(true, Ordering::SeqCst);
+        self.down();
+    }
+}
+
+fn handle(stream: TcpStream, state: &State) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut out = stream;
+    loop {
+        let Some(request) = read_request(&mut reader) else {
+            return;
+        };
+        let reply = (state.script.lock().unwrap())(&request);
+        state.requests.lock().unwrap().push(Request {
+            reply: reply.clone(),
+            ..request
+        });
+        state.arrived.notify_all();
+        match reply {
+            Reply::Status(code, headers) => {
+                let mut head = format!("HTTP/1.1 {code} X\r\ncontent-length: 2\r\n");
+                for (k, v) in headers {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                head.push_str("\r\nok");
+                if out.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            Reply::Hang => {
+                while !state.closing.load(Ordering::SeqCst) && state.up.load(Ordering::SeqCst) {
+                    thread::sleep(Duration::from_millis(5));
+                }
+                return;
+            }
+            Reply::Reset => {
+                let _ = socket2::SockRef::from(&out).set_linger(Some(Duration::ZERO));
+                return; // dropping with a zero linger sends RST
+            }
+        }
+    }
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let path = line.split_whitespace().nth(1)?.to_owned();
+    let mut headers = HashMap::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(':')?;
+        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+    }
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).ok()?;
+    Some(Request {
+        path,
+        headers,
+        body,
+        reply: Reply::ok(),
+        at: Instant::now(),
+    })
+}
