@@ -4,10 +4,13 @@
 //! batched inserts, and a naive autocommit-per-event loop), because the machines this
 //! runs on are shared and noisy: compare ratios, not absolute numbers.
 
+#[path = "support/receiver.rs"]
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventspool::{Event, Spool};
+use eventspool::{Backoff, Event, Spool, StoredEvent, WebhookSink};
 use rusqlite::{Connection, params};
 
 const EVENT_BYTES: usize = 256;
@@ -19,6 +22,9 @@ struct Scale {
     append: [(usize, u64); 3],
     latency_rounds: usize,
     rss_events: u64,
+    deliver_single: u64,
+    deliver_batched: u64,
+    e2e_events: u64,
 }
 
 const FULL: Scale = Scale {
@@ -28,6 +34,9 @@ const FULL: Scale = Scale {
     append: [(1, 20_000), (8, 100_000), (64, 300_000)],
     latency_rounds: 8,
     rss_events: 5_000_000,
+    deliver_single: 20_000,
+    deliver_batched: 500_000,
+    e2e_events: 5_000,
 };
 
 const QUICK: Scale = Scale {
@@ -37,6 +46,9 @@ const QUICK: Scale = Scale {
     append: [(1, 5_000), (8, 20_000), (64, 50_000)],
     latency_rounds: 2,
     rss_events: 200_000,
+    deliver_single: 3_000,
+    deliver_batched: 50_000,
+    e2e_events: 1_000,
 };
 
 /// 256 bytes of JSON.
@@ -161,6 +173,125 @@ fn emit_latency(dir: &std::path::Path, rounds: usize) -> (u64, u64, u64) {
     (pct(0.50), pct(0.99), pct(0.999))
 }
 
+/// A stored event as a sink sees it, with 256 bytes of JSON data.
+fn stored(seq: u64) -> StoredEvent {
+    StoredEvent {
+        id: format!("bench-{seq}"),
+        seq,
+        event_type: "bench.event".into(),
+        source: None,
+        subject: None,
+        timestamp_ms: 0,
+        data: serde_json::value::RawValue::from_string(payload(seq)).unwrap(),
+    }
+}
+
+/// Raw ureq: the same bodies and headers a webhook sink sends, posted in a loop by one
+/// keep-alive agent (the baseline for delivery).
+fn raw_ureq(url: &str, events: u64, batch: u64) -> f64 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let requests: Vec<(String, Vec<u8>)> = (0..events / batch)
+        .map(|r| {
+            let (first, last) = (r * batch + 1, (r + 1) * batch);
+            let items: Vec<StoredEvent> = (first..=last).map(stored).collect();
+            let body = if batch == 1 {
+                serde_json::to_vec(&items[0]).unwrap()
+            } else {
+                serde_json::to_vec(&items).unwrap()
+            };
+            (format!("{first}-{last}"), body)
+        })
+        .collect();
+    let start = Instant::now();
+    for (range, body) in &requests {
+        let mut response = agent
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", "bench")
+            .header("webhook-timestamp", "0")
+            .header("eventspool-seq", range)
+            .send(&body[..])
+            .unwrap();
+        assert!(response.status().is_success());
+        let _ = response.body_mut().read_to_vec();
+    }
+    rate(events, start.elapsed())
+}
+
+fn bench_sink(url: &str, batch: usize) -> WebhookSink {
+    WebhookSink::new("bench", url)
+        .batch(batch)
+        .max_retries(None)
+        .backoff(Backoff::exponential(
+            Duration::from_millis(1),
+            Duration::from_millis(10),
+        ))
+}
+
+fn wait_for(receiver: &support::Receiver, events: u64) {
+    while receiver.events() < events {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Delivery through the spool: `events` are stored while the receiver is down; the
+/// clock runs from the moment it comes up until it has them all.
+fn spool_delivery(dir: &std::path::Path, name: &str, events: u64, batch: usize) -> f64 {
+    let receiver = support::Receiver::start("127.0.0.1:0", None, 2, false).unwrap();
+    let (addr, url) = (receiver.addr.to_string(), receiver.url());
+    receiver.stop();
+    let spool = Spool::builder(dir.join(name))
+        .max_bytes(u64::MAX)
+        .sink(bench_sink(&url, batch))
+        .open()
+        .unwrap();
+    for i in 0..events {
+        spool.emit(event(i)).unwrap();
+    }
+    spool.flush(Duration::from_secs(60)).unwrap();
+    let start = Instant::now();
+    let receiver = support::Receiver::start(&addr, None, 2, false).unwrap();
+    wait_for(&receiver, events);
+    let r = rate(events, start.elapsed());
+    spool.close(Duration::from_secs(10)).unwrap();
+    receiver.stop();
+    r
+}
+
+/// End-to-end latency, `emit` to receipt, at 1000 events/s, one event per request.
+fn e2e_latency(dir: &std::path::Path, events: u64) -> (Duration, Duration) {
+    let receiver = support::Receiver::start("127.0.0.1:0", None, 2, false).unwrap();
+    let spool = Spool::builder(dir.join("e2e.db"))
+        .sink(bench_sink(&receiver.url(), 1))
+        .open()
+        .unwrap();
+    let start = Instant::now();
+    let mut emitted = Vec::with_capacity(events as usize);
+    for i in 0..events {
+        let due = start + Duration::from_millis(i);
+        while Instant::now() < due {
+            std::thread::sleep(due - Instant::now());
+        }
+        emitted.push(Instant::now());
+        spool.emit(event(i)).unwrap();
+    }
+    wait_for(&receiver, events);
+    let mut latencies: Vec<Duration> = receiver
+        .log
+        .lock()
+        .unwrap()
+        .deliveries
+        .iter()
+        .map(|d| d.at - emitted[d.first as usize - 1])
+        .collect();
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    (pct(0.50), pct(0.99))
+}
+
 fn rss_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -214,6 +345,28 @@ fn main() {
     println!(
         "`emit` latency on the caller's thread (channel has room): p50 {p50} ns, p99 {p99} ns, p99.9 {p999} ns"
     );
+
+    println!();
+    println!("| delivery to a local receiver | events/s | vs raw ureq |");
+    println!("|---|---:|---:|");
+    for (batch, n, name) in [
+        (1, s.deliver_single, "one event per request"),
+        (100, s.deliver_batched, "batches of 100"),
+    ] {
+        let receiver = support::Receiver::start("127.0.0.1:0", None, 2, false).unwrap();
+        let raw = raw_ureq(&receiver.url(), n, batch);
+        receiver.stop();
+        let ours = spool_delivery(d, &format!("deliver{batch}.db"), n, batch as usize);
+        println!("| raw ureq, {name} (baseline) | {raw:.0} | 1.00× |");
+        println!(
+            "| spool → webhook sink, {name} | {ours:.0} | {:.2}× |",
+            ours / raw
+        );
+    }
+    let (p50, p99) = e2e_latency(d, s.e2e_events);
+    println!();
+    println!("end-to-end latency, `emit` to receipt at 1000 events/s: p50 {p50:?}, p99 {p99:?}");
+    println!();
 
     let spool = open(d, "rss.db");
     let before = rss_kib("VmRSS:");

@@ -5,6 +5,7 @@
 //! The cursor is committed before the next batch is read, so a crash replays at most
 //! the batch that was in flight.
 
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
@@ -19,6 +20,9 @@ use crate::sink::{Backoff, DeliveryError, Sink};
 use crate::spool::Shared;
 use crate::store::{self, Op, ReaderPool};
 use crate::writer::{self, Msg};
+
+/// Most events a worker reads ahead of its cursor in one query.
+const READ_AHEAD: usize = 512;
 
 /// An event a sink gave up on, with why.
 #[derive(Debug, Clone)]
@@ -161,6 +165,10 @@ pub(crate) struct Worker {
     doorbell: Receiver<()>,
     control: Control,
     cursor: SeqNo,
+    /// Events after the cursor read ahead in one query, not yet delivered.
+    ahead: VecDeque<StoredEvent>,
+    /// The requeue generation last checked for requeued dead letters.
+    requeues_seen: u64,
     batch_size: usize,
     max_retries: Option<u32>,
     backoff: Backoff,
@@ -201,6 +209,9 @@ impl Worker {
             doorbell,
             control: parts.control,
             cursor,
+            ahead: VecDeque::new(),
+            requeues_seen: u64::MAX, // look for requeued dead letters at start
+
             rng: seed.finish() | 1,
         }
     }
@@ -256,35 +267,45 @@ impl Worker {
     }
 
     fn next_batch(&mut self) -> Result<Option<Batch>> {
-        loop {
-            let (requeued, events) = {
-                let conn = self.pool.get()?;
-                let requeued = store::requeued(&conn, &self.spool_id, &self.name, self.batch_size)?;
-                if !requeued.is_empty() {
-                    (requeued, Vec::new())
-                } else {
-                    let events =
-                        store::read_after(&conn, &self.spool_id, self.cursor, self.batch_size)?;
-                    (requeued, events)
-                }
-            };
+        let generation = self.shared.requeues.load(Relaxed);
+        if generation != self.requeues_seen {
+            let conn = self.pool.get()?;
+            let requeued = store::requeued(&conn, &self.spool_id, &self.name, self.batch_size)?;
             if !requeued.is_empty() {
                 return Ok(Some(Batch {
                     events: requeued,
                     ack_to: None,
                 }));
             }
-            let Some(last) = events.last().map(|e| e.seq) else {
+            self.requeues_seen = generation;
+        }
+        loop {
+            // What the caps evicted since it was read ahead is not delivered.
+            let first_stored = self.shared.counters.first_seq();
+            while self.ahead.front().is_some_and(|e| e.seq < first_stored) {
+                self.ahead.pop_front();
+            }
+            if self.ahead.is_empty() {
+                let conn = self.pool.get()?;
+                let limit = READ_AHEAD.max(self.batch_size);
+                self.ahead = store::read_after(&conn, &self.spool_id, self.cursor, limit)?.into();
+            }
+            let mut events = Vec::new();
+            let mut last = None;
+            while events.len() < self.batch_size {
+                let Some(event) = self.ahead.pop_front() else {
+                    break;
+                };
+                last = Some(event.seq);
+                if self.sink.accepts(&event.event_type) {
+                    events.push(event);
+                } else {
+                    self.counters.filtered.fetch_add(1, Relaxed);
+                }
+            }
+            let Some(last) = last else {
                 return Ok(None);
             };
-            let read = events.len();
-            let events: Vec<StoredEvent> = events
-                .into_iter()
-                .filter(|e| self.sink.accepts(&e.event_type))
-                .collect();
-            self.counters
-                .filtered
-                .fetch_add((read - events.len()) as u64, Relaxed);
             if !events.is_empty() {
                 return Ok(Some(Batch {
                     events,
@@ -400,8 +421,12 @@ impl Worker {
                     self.advance(seq);
                 }
             }
-            // The cursor did not move: the batch will be delivered again (at least once).
-            Err(e) => log::error!("sink {}: cannot record progress: {e}", self.name),
+            // The cursor did not move: read again from it, so the batch is delivered
+            // again (at least once) and nothing after it jumps the queue.
+            Err(e) => {
+                log::error!("sink {}: cannot record progress: {e}", self.name);
+                self.ahead.clear();
+            }
         }
     }
 

@@ -39,6 +39,11 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    /// The lowest stored seq (one past `last_seq` when nothing is stored).
+    pub(crate) fn first_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Relaxed) + 1 - self.stored_events.load(Ordering::Relaxed)
+    }
+
     /// Events handed over that have reached a final count (all but the in-flight ones).
     pub(crate) fn settled(&self) -> u64 {
         let r = |c: &AtomicU64| c.load(Ordering::SeqCst);

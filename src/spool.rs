@@ -2,8 +2,8 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     doorbells: Mutex<Vec<Sender<()>>>,
     /// The counters of each sink, in the order the sinks were added.
     pub(crate) sinks: Vec<Arc<SinkCounters>>,
+    /// Bumped by every `requeue_dead_letters`, so workers look for requeued events.
+    pub(crate) requeues: AtomicU64,
 }
 
 impl Shared {
@@ -343,6 +345,7 @@ impl Spool {
                 .iter()
                 .map(|s| Arc::new(SinkCounters::new(s.name())))
                 .collect(),
+            requeues: AtomicU64::new(0),
         });
         let spool_id = opened.state.spool_id.clone();
         let writer = Writer::new(
@@ -653,6 +656,7 @@ impl Spool {
         let n = self.inner.call(Op::Requeue {
             sink: sink.to_owned(),
         })?;
+        self.inner.shared.requeues.fetch_add(1, SeqCst);
         self.inner.shared.ring();
         Ok(n)
     }

@@ -57,8 +57,13 @@ const SETTLE_POLL: Duration = Duration::from_millis(1);
 const CHECKPOINT_EVENTS: u64 = 8192;
 /// ... or this many batches ...
 const CHECKPOINT_BATCHES: u32 = 256;
-/// ... or when the writer has been idle this long with a WAL to copy.
+/// ... or when the writer has been idle this long with a WAL to copy (deleting what
+/// every consumer acknowledged first).
 const CHECKPOINT_IDLE: Duration = Duration::from_millis(50);
+/// Acknowledged events are deleted in the next commit once this many are waiting, else
+/// when the writer is idle: deleting after every single acknowledgement would cost a
+/// B-tree update per delivery.
+const COLLECT_AT: u64 = 1024;
 
 /// `append` events in the current batch: `batch[start..start + len]`.
 struct Waiter {
@@ -96,6 +101,8 @@ pub(crate) struct Writer {
     expected_waiters: usize,
     /// Batches and events committed since the last checkpoint.
     unchecked: (u32, u64),
+    /// Some acknowledged events wait to be deleted.
+    gc_pending: bool,
 }
 
 impl Writer {
@@ -135,6 +142,7 @@ impl Writer {
             retry: None,
             evicting: false,
             unchecked: (0, 0),
+            gc_pending: false,
             expected_waiters: 0,
             shared,
         }
@@ -156,6 +164,7 @@ impl Writer {
                 let _ = reply.send(());
             }
             if let Some(reply) = self.stopping.take() {
+                self.collect();
                 let _ = store::checkpoint(&self.conn);
                 let _ = reply.send(());
                 return;
@@ -173,7 +182,7 @@ impl Writer {
             }
             let accepting = self.batch.len() < self.pending_cap;
             let rx = if accepting { self.rx.clone() } else { never() };
-            let idle_checkpoint = self.retry.is_none() && self.unchecked.0 > 0;
+            let idle_checkpoint = self.retry.is_none() && (self.unchecked.0 > 0 || self.gc_pending);
             let wait = match (self.retry, &self.closing) {
                 (Some((at, _)), _) => Some(at.saturating_duration_since(Instant::now())),
                 (None, Some(_)) => Some(SETTLE_POLL),
@@ -193,7 +202,10 @@ impl Writer {
             };
             match first {
                 Some(msg) => self.take(msg),
-                None if idle_checkpoint && self.closing.is_none() => self.checkpoint(),
+                None if idle_checkpoint && self.closing.is_none() => {
+                    self.collect();
+                    self.checkpoint();
+                }
                 None => {}
             }
             if accepting {
@@ -279,6 +291,18 @@ impl Writer {
     }
 
     fn commit(&mut self) {
+        self.commit_with(false);
+    }
+
+    /// Deletes what every consumer acknowledged (and nothing else), in its own
+    /// transaction: run when the writer is idle.
+    fn collect(&mut self) {
+        if std::mem::take(&mut self.gc_pending) {
+            self.commit_with(true);
+        }
+    }
+
+    fn commit_with(&mut self, collect: bool) {
         let n = self.batch.len() as u64;
         let added: u64 = self.batch.iter().map(Event::size).sum();
         let before = Kept {
@@ -287,6 +311,7 @@ impl Writer {
             evicted: 0,
             results: Vec::new(),
             unsent: Vec::new(),
+            collectable: false,
         };
         let caps = (self.max_events, self.max_bytes);
         match commit_batch(
@@ -296,6 +321,7 @@ impl Writer {
             &self.ops,
             before,
             caps,
+            collect,
         ) {
             Ok(kept) => self.committed(n, kept),
             Err(e) => self.failed(e),
@@ -303,6 +329,7 @@ impl Writer {
     }
 
     fn committed(&mut self, n: u64, kept: Kept) {
+        self.gc_pending = kept.collectable;
         let evicted = kept.evicted;
         let first = self.next_seq;
         self.next_seq += n;
@@ -423,10 +450,14 @@ struct Kept {
     results: Vec<u64>,
     /// Per consumer, evicted events it had not acknowledged.
     unsent: Vec<(String, u64)>,
+    /// Events every consumer acknowledged are left to delete when the writer is idle.
+    collectable: bool,
 }
 
 /// One transaction: insert the batch, apply the consumer operations, delete what every
-/// consumer acknowledged, evict the oldest beyond the caps, save the state.
+/// consumer acknowledged (when `collect`, when at least [`COLLECT_AT`] events are
+/// waiting, or to stay within the caps), evict the oldest beyond the caps, save the
+/// state.
 fn commit_batch(
     conn: &mut Connection,
     batch: &[Event],
@@ -434,19 +465,26 @@ fn commit_batch(
     ops: &[(Op, Sender<Result<u64>>)],
     mut kept: Kept,
     (max_events, max_bytes): (u64, u64),
+    collect: bool,
 ) -> rusqlite::Result<Kept> {
     let tx = conn.transaction()?;
     store::insert(&tx, first, batch)?;
     let end = first + batch.len() as u64; // one past the last seq
+    let stored_first = kept.first_seq;
     for (op, _) in ops {
         kept.results
             .push(store::apply(&tx, op, kept.first_seq, end - 1)?);
     }
     if let Some(acked) = store::min_acked(&tx)? {
         let consumed_to = (acked + 1).min(end);
+        let over_caps = end - kept.first_seq > max_events || kept.stored_bytes > max_bytes;
         if consumed_to > kept.first_seq {
-            kept.stored_bytes -= store::delete_before(&tx, consumed_to)?.1;
-            kept.first_seq = consumed_to;
+            if collect || over_caps || consumed_to - kept.first_seq >= COLLECT_AT {
+                kept.stored_bytes -= store::delete_before(&tx, consumed_to)?.1;
+                kept.first_seq = consumed_to;
+            } else {
+                kept.collectable = true;
+            }
         }
     }
     let mut evict_to = kept.first_seq;
@@ -471,7 +509,9 @@ fn commit_batch(
         kept.stored_bytes -= bytes;
         kept.first_seq = evict_to;
     }
-    store::save_state(&tx, end - 1, kept.stored_bytes)?;
+    if !batch.is_empty() || kept.first_seq != stored_first {
+        store::save_state(&tx, end - 1, kept.stored_bytes)?;
+    }
     tx.commit()?;
     Ok(kept)
 }
