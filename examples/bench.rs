@@ -25,6 +25,7 @@ struct Scale {
     deliver_single: u64,
     deliver_batched: u64,
     e2e_events: u64,
+    consume: u64,
 }
 
 const FULL: Scale = Scale {
@@ -37,6 +38,7 @@ const FULL: Scale = Scale {
     deliver_single: 20_000,
     deliver_batched: 500_000,
     e2e_events: 5_000,
+    consume: 1_000_000,
 };
 
 const QUICK: Scale = Scale {
@@ -49,6 +51,7 @@ const QUICK: Scale = Scale {
     deliver_single: 3_000,
     deliver_batched: 50_000,
     e2e_events: 1_000,
+    consume: 100_000,
 };
 
 /// 256 bytes of JSON.
@@ -302,6 +305,62 @@ fn rss_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Raw SQLite: read 1000 rows by seq, then delete them, in a loop.
+fn raw_read_delete(dir: &std::path::Path, n: u64) -> f64 {
+    let mut conn = raw_conn(dir, "consume-raw.db");
+    {
+        let tx = conn.transaction().unwrap();
+        let mut stmt = tx
+            .prepare("INSERT INTO events (seq, type, ts, data) VALUES (?1, 'bench.event', 0, ?2)")
+            .unwrap();
+        for i in 0..n {
+            stmt.execute(params![i as i64 + 1, payload(i)]).unwrap();
+        }
+        drop(stmt);
+        tx.commit().unwrap();
+    }
+    let start = Instant::now();
+    let (mut after, mut read) = (0i64, 0u64);
+    loop {
+        let rows: Vec<(i64, String)> = conn
+            .prepare_cached("SELECT seq, data FROM events WHERE seq > ?1 ORDER BY seq LIMIT 1000")
+            .unwrap()
+            .query_map([after], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let Some(&(last, _)) = rows.last() else { break };
+        read += rows.len() as u64;
+        conn.execute("DELETE FROM events WHERE seq <= ?1", [last])
+            .unwrap();
+        after = last;
+    }
+    assert_eq!(read, n);
+    rate(n, start.elapsed())
+}
+
+/// A consumer group reading everything stored and acking every 1000 events.
+fn consume(dir: &std::path::Path, n: u64) -> f64 {
+    let spool = open(dir, "consume.db");
+    for i in 0..n {
+        spool.emit(event(i)).unwrap();
+    }
+    spool.flush(Duration::from_secs(600)).unwrap();
+    let start = Instant::now();
+    let mut sub = spool
+        .subscribe("bench", eventspool::SeekPosition::Beginning)
+        .unwrap();
+    let mut read = 0u64;
+    while let Some(e) = sub.try_next().unwrap() {
+        read += 1;
+        if read.is_multiple_of(1000) || read == n {
+            sub.ack(e.seq).unwrap();
+        }
+    }
+    assert_eq!(read, n);
+    rate(n, start.elapsed())
+}
+
 /// Stores `events` events in a fresh process and reports its memory.
 fn rss_child(events: u64) {
     let dir = tempfile::tempdir().unwrap();
@@ -392,6 +451,20 @@ fn main() {
     let (p50, p99) = e2e_latency(d, s.e2e_events);
     println!();
     println!("end-to-end latency, `emit` to receipt at 1000 events/s: p50 {p50:?}, p99 {p99:?}");
+    println!();
+
+    let raw = raw_read_delete(d, s.consume);
+    let ours = consume(d, s.consume);
+    println!(
+        "| consuming {} stored events | events/s | vs raw |",
+        s.consume
+    );
+    println!("|---|---:|---:|");
+    println!("| raw SQLite: read 1000 by seq, delete them (baseline) | {raw:.0} | 1.00× |");
+    println!(
+        "| subscription, ack every 1000 | {ours:.0} | {:.2}× |",
+        ours / raw
+    );
     println!();
 
     // Peak RSS in a process of its own, so the baselines' buffers above do not count.

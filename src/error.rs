@@ -57,6 +57,9 @@ pub enum Error {
     Sqlite(rusqlite::Error),
     /// The reader pool could not provide a connection.
     Pool(r2d2::Error),
+    /// A consumer was misused: a second subscription for one name, an ack backwards or
+    /// ahead of what was read, a seek past the last event, removing a sink.
+    Consumer(String),
     /// A sink refused a delivery; `delivered` events went through before it.
     Delivery {
         /// Events delivered (and acknowledged) before the failure.
@@ -130,6 +133,7 @@ impl fmt::Display for Error {
             Error::Commit(e) => write!(f, "commit failed: {e}"),
             Error::Sqlite(e) => write!(f, "sqlite: {e}"),
             Error::Pool(e) => write!(f, "reader pool: {e}"),
+            Error::Consumer(msg) => f.write_str(msg),
             Error::Delivery { delivered, source } => {
                 write!(f, "delivery failed after {delivered} events: {source}")
             }

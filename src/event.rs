@@ -191,6 +191,19 @@ pub struct StoredEvent {
     pub data: Box<RawValue>,
 }
 
+/// Events are equal when every field is, the data compared as stored JSON text.
+impl PartialEq for StoredEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.seq == other.seq
+            && self.id == other.id
+            && self.event_type == other.event_type
+            && self.source == other.source
+            && self.subject == other.subject
+            && self.timestamp_ms == other.timestamp_ms
+            && self.data.get() == other.data.get()
+    }
+}
+
 impl StoredEvent {
     /// Deserializes the data into `T`.
     ///

@@ -62,6 +62,7 @@ mod metrics;
 mod sink;
 mod spool;
 mod store;
+mod subscribe;
 mod writer;
 
 pub use config::{
@@ -77,6 +78,7 @@ pub use sink::signing::{SigningSecret, verify};
 pub use sink::webhook::{Content, DEFAULT_WEBHOOK_TIMEOUT, WebhookSink, parse_retry_after};
 pub use sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, DeliveryError, Sink};
 pub use spool::{DEFAULT_CLOSE_TIMEOUT, Spool, SpoolBuilder};
+pub use subscribe::{ConsumerInfo, ConsumerMetrics, SeekPosition, Subscription};
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::delivery::SinkMetrics;
+use crate::subscribe::ConsumerMetrics;
 
 /// Keeps a hot counter on its own cache line so producers and the writer do not
 /// contend on the same line.
@@ -79,6 +80,7 @@ impl Counters {
                 committed as f64 / batches as f64
             },
             sinks: Vec::new(),
+            consumers: Vec::new(),
         }
     }
 }
@@ -124,6 +126,8 @@ pub struct MetricsSnapshot {
     pub mean_batch_size: f64,
     /// One entry per sink.
     pub sinks: Vec<SinkMetrics>,
+    /// One entry per open subscription.
+    pub consumers: Vec<ConsumerMetrics>,
 }
 
 impl MetricsSnapshot {
@@ -201,6 +205,35 @@ impl MetricsSnapshot {
         for (name, help, value) in gauges {
             metric(&mut out, name, help, "gauge", value);
         }
+        type ConsumerField = fn(&ConsumerMetrics) -> u64;
+        let per_consumer: [(&str, &str, ConsumerField); 3] = [
+            ("consumer_position", "Last seq acknowledged.", |c| {
+                c.position
+            }),
+            ("consumer_lag", "Stored events after the position.", |c| {
+                c.lag
+            }),
+            (
+                "consumer_oldest_unacked_age_ms",
+                "Age of the oldest event read and not acknowledged.",
+                |c| c.oldest_unacked_age_ms,
+            ),
+        ];
+        for (name, help, field) in per_consumer {
+            if self.consumers.is_empty() {
+                break;
+            }
+            let _ = writeln!(out, "# HELP eventspool_{name} {help}");
+            let _ = writeln!(out, "# TYPE eventspool_{name} gauge");
+            for c in &self.consumers {
+                let _ = writeln!(
+                    out,
+                    "eventspool_{name}{{consumer=\"{}\"}} {}",
+                    label(&c.name),
+                    field(c)
+                );
+            }
+        }
         if self.sinks.is_empty() {
             return out;
         }
@@ -274,16 +307,24 @@ impl MetricsSnapshot {
             let _ = writeln!(out, "# HELP eventspool_{name} {help}");
             let _ = writeln!(out, "# TYPE eventspool_{name} {kind}");
             for sink in &self.sinks {
-                let label = sink
-                    .name
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
-                let _ = writeln!(out, "eventspool_{name}{{sink=\"{label}\"}} {}", field(sink));
+                let _ = writeln!(
+                    out,
+                    "eventspool_{name}{{sink=\"{}\"}} {}",
+                    label(&sink.name),
+                    field(sink)
+                );
             }
         }
         out
     }
+}
+
+/// Escapes a Prometheus label value.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn metric(out: &mut String, name: &str, help: &str, kind: &str, value: f64) {

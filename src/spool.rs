@@ -1,5 +1,6 @@
 //! [`Spool`], the handle applications hold, and [`SpoolBuilder`].
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
@@ -17,6 +18,7 @@ use crate::event::{Event, EventQuery, SeqNo, StoredEvent};
 use crate::metrics::{Counters, MetricsSnapshot};
 use crate::sink::Sink;
 use crate::store::{self, Op, ReaderPool, StartAt};
+use crate::subscribe::{ConsumerInfo, SeekPosition, SubParts, SubState, Subscription};
 use crate::writer::{self, Msg, Writer};
 
 /// How long `Drop` waits for a spool that was not closed to commit what is queued.
@@ -35,18 +37,25 @@ pub(crate) struct Shared {
     pub(crate) sinks: Vec<Arc<SinkCounters>>,
     /// Bumped by every `requeue_dead_letters`, so workers look for requeued events.
     pub(crate) requeues: AtomicU64,
+    /// Set when `close` begins: no more events are accepted, subscriptions end.
+    closed: AtomicBool,
+    /// The open subscriptions, by consumer name.
+    pub(crate) subscriptions: Mutex<HashMap<String, Arc<SubState>>>,
 }
 
 impl Shared {
-    /// Wakes every consumer thread waiting for new events.
+    /// Wakes every consumer thread waiting for new events (and forgets the doorbells
+    /// of subscriptions that were dropped).
     pub(crate) fn ring(&self) {
-        let bells = self
+        let mut bells = self
             .doorbells
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        for bell in bells.iter() {
-            let _ = bell.try_send(());
-        }
+        bells.retain(|bell| !matches!(bell.try_send(()), Err(TrySendError::Disconnected(_))));
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(SeqCst)
     }
 
     /// A doorbell rung after every commit with new events.
@@ -255,7 +264,6 @@ struct Inner {
     overflow: Overflow,
     event_limit: u64,
     filter: Option<Filter>,
-    closed: AtomicBool,
     /// Set while `Overflow::DropNewest` is dropping, so a burst is logged once.
     dropping: AtomicBool,
     lifecycle: Mutex<Lifecycle>,
@@ -281,7 +289,7 @@ impl fmt::Debug for Spool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Spool")
             .field("path", &self.inner.path)
-            .field("closed", &self.inner.closed.load(Relaxed))
+            .field("closed", &self.inner.shared.is_closed())
             .finish_non_exhaustive()
     }
 }
@@ -346,6 +354,8 @@ impl Spool {
                 .map(|s| Arc::new(SinkCounters::new(s.name())))
                 .collect(),
             requeues: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            subscriptions: Mutex::new(HashMap::new()),
         });
         let spool_id = opened.state.spool_id.clone();
         let writer = Writer::new(
@@ -378,7 +388,6 @@ impl Spool {
                 overflow: config.overflow,
                 event_limit: config.event_limit(),
                 filter,
-                closed: AtomicBool::new(false),
                 dropping: AtomicBool::new(false),
                 lifecycle: Mutex::new(Lifecycle {
                     writer: Some(handle),
@@ -483,7 +492,7 @@ impl Spool {
         let inner = &*self.inner;
         let n = events.len() as u64;
         inner.shared.counters.emitted.fetch_add(n, SeqCst);
-        if inner.closed.load(SeqCst) {
+        if inner.shared.is_closed() {
             return inner.refuse(n, Error::Closed);
         }
         for event in &mut events {
@@ -661,17 +670,169 @@ impl Spool {
         Ok(n)
     }
 
-    /// A copy of the counters, with one entry per sink.
+    /// A copy of the counters, with one entry per sink and per open subscription.
     pub fn metrics(&self) -> MetricsSnapshot {
         let shared = &self.inner.shared;
         let mut snapshot = shared.counters.snapshot(self.inner.tx.len());
-        let first = snapshot.last_seq + 1 - snapshot.stored_events;
+        let (first, last) = (
+            snapshot.last_seq + 1 - snapshot.stored_events,
+            snapshot.last_seq,
+        );
         snapshot.sinks = shared
             .sinks
             .iter()
-            .map(|s| s.snapshot(first, snapshot.last_seq))
+            .map(|s| s.snapshot(first, last))
             .collect();
+        let subscriptions = shared
+            .subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        snapshot.consumers = subscriptions
+            .iter()
+            .map(|(name, state)| state.metrics(name, first, last))
+            .collect();
+        snapshot.consumers.sort_by(|a, b| a.name.cmp(&b.name));
         snapshot
+    }
+
+    /// Opens a [`Subscription`] for the consumer `name`, registering it durably if new
+    /// (it then holds back the deletion of events it has not acknowledged; the caps
+    /// still apply). `position` other than `LastAcknowledged` first moves the
+    /// consumer's position exactly as [`seek`](Spool::seek) does.
+    ///
+    /// # Errors
+    /// [`Error::Consumer`] if the name is empty, belongs to a sink, already has an open
+    /// subscription, or `After(n)` is past the last event; [`Error::Closed`].
+    pub fn subscribe(&self, name: &str, position: SeekPosition) -> Result<Subscription> {
+        self.check_consumer(name)?;
+        let inner = &*self.inner;
+        let mut cursor = inner.call(Op::Register {
+            consumer: name.to_owned(),
+            kind: "subscriber",
+            start: StartAt::Oldest,
+        })?;
+        if position != SeekPosition::LastAcknowledged {
+            cursor = self.seek(name, position)?;
+        }
+        Subscription::new(
+            name.to_owned(),
+            cursor,
+            SubParts {
+                tx: inner.tx.clone(),
+                pool: inner.pool.clone(),
+                spool_id: inner.spool_id.clone(),
+                shared: inner.shared.clone(),
+            },
+        )
+    }
+
+    /// Moves the consumer `name` to `position` (see [`SeekPosition`]; it may move back
+    /// to replay) and returns its new position, the last `seq` counted as acknowledged.
+    /// The next `subscribe(name, LastAcknowledged)` reads the event after it. A name
+    /// not yet known is registered as a subscriber.
+    ///
+    /// # Errors
+    /// [`Error::Consumer`] if `name` has an open subscription (whose reads would not
+    /// follow), belongs to a sink, or `After(n)` is past the last event;
+    /// [`Error::Closed`].
+    pub fn seek(&self, name: &str, position: SeekPosition) -> Result<SeqNo> {
+        self.check_consumer(name)?;
+        if let SeekPosition::After(n) = position {
+            let last = self.last_seq()?;
+            if n > last {
+                return Err(Error::Consumer(format!(
+                    "consumer {name}: cannot seek after seq {n}, the last is {last}"
+                )));
+            }
+        }
+        self.inner.call(Op::Seek {
+            consumer: name.to_owned(),
+            to: position,
+        })
+    }
+
+    /// Acknowledges everything up to `seq` for the consumer `name` (as
+    /// [`Subscription::ack`] does, for a consumer read elsewhere).
+    ///
+    /// # Errors
+    /// [`Error::Consumer`] if the consumer is unknown, `seq` is before its position, or
+    /// after what its open subscription has read (without one: after the last event);
+    /// [`Error::Closed`]; [`Error::Commit`].
+    pub fn ack(&self, name: &str, seq: SeqNo) -> Result<()> {
+        let state = self.subscription_state(name);
+        match &state {
+            Some(state) => state.check_ack(name, seq)?,
+            None => {
+                let conn = self.inner.pool.get()?;
+                let Some(position) = store::cursor(&conn, name)? else {
+                    return Err(Error::Consumer(format!("no consumer is named {name}")));
+                };
+                let last = store::bounds(&conn)?.1;
+                if seq < position || seq > last {
+                    return Err(Error::Consumer(format!(
+                        "consumer {name}: ack of seq {seq} is outside {position}..={last}"
+                    )));
+                }
+            }
+        }
+        self.inner.call(Op::Ack {
+            consumer: name.to_owned(),
+            seq,
+        })?;
+        if let Some(state) = state {
+            state.acked(seq);
+        }
+        Ok(())
+    }
+
+    /// Every registered consumer (subscribers, sinks, `drain_to` sinks) with its
+    /// position and lag.
+    ///
+    /// # Errors
+    /// As [`len`](Spool::len).
+    pub fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
+        store::consumers(&*self.inner.pool.get()?)
+    }
+
+    /// Unregisters the consumer `name`, releasing the events it held back. Returns
+    /// false if there was no such consumer.
+    ///
+    /// # Errors
+    /// [`Error::Consumer`] if it has an open subscription or is a sink of this spool;
+    /// [`Error::Closed`].
+    pub fn remove_consumer(&self, name: &str) -> Result<bool> {
+        self.check_consumer(name)?;
+        Ok(self.inner.call(Op::Remove {
+            consumer: name.to_owned(),
+        })? > 0)
+    }
+
+    fn subscription_state(&self, name: &str) -> Option<Arc<SubState>> {
+        let subscriptions = self.inner.shared.subscriptions.lock();
+        subscriptions
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// A consumer name that `seek`/`subscribe`/`remove_consumer` may use: not empty,
+    /// not a sink, no open subscription.
+    fn check_consumer(&self, name: &str) -> Result<()> {
+        if name.is_empty() {
+            return Err(Error::Consumer("consumer name must not be empty".into()));
+        }
+        if self.subscription_state(name).is_some() {
+            return Err(Error::Consumer(format!(
+                "consumer {name} already has an open subscription"
+            )));
+        }
+        let kind = store::consumer_kind(&*self.inner.pool.get()?, name)?;
+        if kind.as_deref() == Some("sink") {
+            return Err(Error::Consumer(format!(
+                "{name} is a sink, not a subscriber"
+            )));
+        }
+        Ok(())
     }
 
     /// The journal mode in force on the writer connection: `"wal"`.
@@ -706,7 +867,7 @@ impl Inner {
         // `emitted` is counted before `closed` is read (both SeqCst): a close that
         // happens later sees this event in `emitted` and waits for it.
         c.emitted.fetch_add(1, SeqCst);
-        if self.closed.load(SeqCst) {
+        if self.shared.is_closed() {
             return self.refuse(1, Error::Closed);
         }
         if let Err(e) = event.prepare(self.event_limit) {
@@ -755,7 +916,7 @@ impl Inner {
         let Some(writer) = lifecycle.writer.take() else {
             return Ok(());
         };
-        self.closed.store(true, SeqCst);
+        self.shared.closed.store(true, SeqCst);
         let deadline = Instant::now() + timeout;
         let committed = request(&self.tx, Msg::Close, deadline);
 

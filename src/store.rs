@@ -20,6 +20,7 @@ use crate::config::SpoolConfig;
 use crate::delivery::DeadLetter;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventQuery, SeqNo, StoredEvent};
+use crate::subscribe::{ConsumerInfo, SeekPosition};
 
 /// The newest schema this build writes and understands.
 pub(crate) const SCHEMA_VERSION: i64 = 1;
@@ -101,6 +102,10 @@ pub(crate) enum Op {
         error: String,
         ack_to: Option<SeqNo>,
     },
+    /// Sets a consumer's position (registering it as a subscriber if new); yields it.
+    Seek { consumer: String, to: SeekPosition },
+    /// Unregisters a consumer (never a sink); yields 1 if it existed.
+    Remove { consumer: String },
     /// Marks a sink's dead letters for redelivery; yields how many.
     Requeue { sink: String },
     /// Removes redelivered dead letters.
@@ -132,6 +137,25 @@ pub(crate) fn apply(
             Ok(cursor(tx, consumer)?.unwrap_or(acked))
         }
         Op::Ack { consumer, seq } => ack(tx, consumer, *seq).map(|()| 0),
+        Op::Seek { consumer, to } => {
+            let seq = match to {
+                SeekPosition::Beginning => first_seq.saturating_sub(1),
+                SeekPosition::Latest => last_seq,
+                SeekPosition::After(n) => *n,
+                SeekPosition::LastAcknowledged => {
+                    return Ok(cursor(tx, consumer)?.unwrap_or(first_seq.saturating_sub(1)));
+                }
+            };
+            tx.prepare_cached(
+                "INSERT INTO consumers (name, kind, acked) VALUES (?1, 'subscriber', ?2)
+                 ON CONFLICT (name) DO UPDATE SET acked = excluded.acked",
+            )?
+            .execute(params![consumer, seq as i64])?;
+            Ok(seq)
+        }
+        Op::Remove { consumer } => Ok(tx
+            .prepare_cached("DELETE FROM consumers WHERE name = ?1 AND kind != 'sink'")?
+            .execute([consumer])? as u64),
         Op::DeadLetter {
             sink,
             seqs,
@@ -478,6 +502,39 @@ pub(crate) fn cursor(conn: &Connection, name: &str) -> rusqlite::Result<Option<S
         .query_row([name], |r| r.get::<_, i64>(0))
         .optional()
         .map(|v| v.map(|v| v as u64))
+}
+
+/// Every consumer with its kind, position and lag.
+pub(crate) fn consumers(conn: &Connection) -> Result<Vec<ConsumerInfo>> {
+    let (first, last) = bounds(conn)?;
+    let first = first.unwrap_or(last + 1);
+    let now = crate::event::now_ms();
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, kind, acked,
+                (SELECT ts FROM events WHERE seq > consumers.acked ORDER BY seq LIMIT 1)
+         FROM consumers ORDER BY name",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let position = r.get::<_, i64>(2)? as u64;
+        let oldest: Option<i64> = r.get(3)?;
+        Ok(ConsumerInfo {
+            name: r.get(0)?,
+            kind: r.get(1)?,
+            position,
+            lag: last.saturating_sub(position.max(first - 1)),
+            oldest_unacked_age_ms: oldest.map_or(0, |ts| (now - ts).max(0) as u64),
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// A consumer's kind, if it is registered.
+pub(crate) fn consumer_kind(conn: &Connection, name: &str) -> Result<Option<String>> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .prepare_cached("SELECT kind FROM consumers WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()?)
 }
 
 /// Up to `limit` events with `seq > after`, in order.

@@ -1,0 +1,311 @@
+//! Consumer groups: [`Subscription`]s that read the spool at their own pace, each with
+//! a durable position (the last acknowledged `seq`), like a consumer group on a broker
+//! but in one file and with blocking calls.
+//!
+//! Semantics of positions, shared by [`Spool::seek`](crate::Spool::seek) and
+//! [`Spool::subscribe`](crate::Spool::subscribe):
+//! - A consumer's *position* is the last `seq` it acknowledged; it reads from the event
+//!   after it. A new consumer's position is just before the oldest stored event.
+//! - `seek(name, pos)` sets the position: `Beginning` to just before the oldest stored
+//!   event (replay everything), `Latest` to the last committed `seq` (skip to new
+//!   events), `After(n)` to `n` (the next event read is the first with `seq > n`).
+//!   `LastAcknowledged` leaves it where it is. Seeking may move backwards.
+//! - `subscribe(name, pos)` is exactly `seek(name, pos)` followed by reading from the
+//!   position, so `subscribe(name, After(n))` and `seek(name, After(n))` then
+//!   `subscribe(name, LastAcknowledged)` read the same events.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::error::{Error, Result};
+use crate::event::{SeqNo, StoredEvent, now_ms};
+use crate::spool::Shared;
+use crate::store::{self, Op, ReaderPool};
+use crate::writer::{self, Msg};
+
+/// Most events a subscription reads ahead in one query.
+const READ_AHEAD: usize = 512;
+
+/// Where a consumer reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeekPosition {
+    /// The oldest stored event.
+    Beginning,
+    /// The event after the consumer's last acknowledgement (for a new consumer:
+    /// `Beginning`).
+    LastAcknowledged,
+    /// Only events committed after the call.
+    Latest,
+    /// The events with `seq` greater than this.
+    After(SeqNo),
+}
+
+/// What `Spool::consumers` reports of one consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerInfo {
+    /// The consumer's name.
+    pub name: String,
+    /// `"subscriber"`, `"sink"` or `"drain"`.
+    pub kind: String,
+    /// The last `seq` it acknowledged.
+    pub position: SeqNo,
+    /// Stored events after its position.
+    pub lag: u64,
+    /// Age of the oldest stored event it has not acknowledged, in ms (0 if none).
+    pub oldest_unacked_age_ms: u64,
+}
+
+/// An active subscription's counters, in [`MetricsSnapshot`](crate::MetricsSnapshot).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerMetrics {
+    /// The consumer's name.
+    pub name: String,
+    /// The last `seq` it acknowledged.
+    pub position: SeqNo,
+    /// The last `seq` it has read.
+    pub read: SeqNo,
+    /// Stored events after its position.
+    pub lag: u64,
+    /// Age of the oldest event read and not acknowledged since the last ack that
+    /// covered everything read, in ms (0 when everything read is acknowledged).
+    pub oldest_unacked_age_ms: u64,
+}
+
+/// What an active subscription shares with the spool.
+#[derive(Debug, Default)]
+pub(crate) struct SubState {
+    read: AtomicU64,
+    acked: AtomicU64,
+    unacked_since_ms: AtomicI64,
+}
+
+impl SubState {
+    pub(crate) fn metrics(&self, name: &str, first_seq: SeqNo, last_seq: SeqNo) -> ConsumerMetrics {
+        let acked = self.acked.load(Relaxed);
+        let since = self.unacked_since_ms.load(Relaxed);
+        ConsumerMetrics {
+            name: name.to_owned(),
+            position: acked,
+            read: self.read.load(Relaxed),
+            lag: last_seq.saturating_sub(acked.max(first_seq.saturating_sub(1))),
+            oldest_unacked_age_ms: if since == 0 {
+                0
+            } else {
+                (now_ms() - since).max(0) as u64
+            },
+        }
+    }
+
+    /// Checks that an ack of `seq` moves forward and stays within what was read.
+    pub(crate) fn check_ack(&self, name: &str, seq: SeqNo) -> Result<()> {
+        let (acked, read) = (self.acked.load(SeqCst), self.read.load(SeqCst));
+        if seq < acked {
+            return Err(Error::Consumer(format!(
+                "consumer {name}: ack of seq {seq} goes back before its position {acked}"
+            )));
+        }
+        if seq > read {
+            return Err(Error::Consumer(format!(
+                "consumer {name}: ack of seq {seq} is ahead of what it has read ({read})"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn acked(&self, seq: SeqNo) {
+        self.acked.fetch_max(seq, SeqCst);
+        if seq >= self.read.load(SeqCst) {
+            self.unacked_since_ms.store(0, Relaxed);
+        }
+    }
+}
+
+/// A blocking reader of the spool for one consumer: it first replays stored events
+/// after the consumer's position, then waits for new ones (woken by every commit).
+///
+/// It is an `Iterator<Item = Result<StoredEvent>>` that ends when the spool closes.
+/// Reading does not acknowledge: call [`ack`](Subscription::ack) with the last `seq`
+/// handled; after a restart the consumer resumes after its last ack. Only one
+/// subscription per consumer name may be open at a time; dropping it frees the name.
+///
+/// ```
+/// use std::time::Duration;
+/// use eventspool::{Event, SeekPosition, Spool};
+///
+/// let dir = tempfile::tempdir().expect("temp dir");
+/// let spool = Spool::open(dir.path().join("events.db"))?;
+/// spool.append_batch(vec![Event::new("a", 1), Event::new("b", 2)])?;
+/// let mut sub = spool.subscribe("billing", SeekPosition::LastAcknowledged)?;
+/// let first = sub.next_timeout(Duration::from_secs(1))?.expect("an event");
+/// sub.ack(first.seq)?;
+/// assert_eq!(sub.try_next()?.map(|e| e.seq), Some(2));
+/// assert_eq!(sub.try_next()?, None);
+/// # Ok::<(), eventspool::Error>(())
+/// ```
+pub struct Subscription {
+    name: String,
+    state: Arc<SubState>,
+    buffer: VecDeque<StoredEvent>,
+    doorbell: Receiver<()>,
+    tx: Sender<Msg>,
+    pool: ReaderPool,
+    spool_id: String,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("name", &self.name)
+            .field("position", &self.state.acked.load(Relaxed))
+            .field("read", &self.state.read.load(Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a subscription needs from the spool.
+pub(crate) struct SubParts {
+    pub(crate) tx: Sender<Msg>,
+    pub(crate) pool: ReaderPool,
+    pub(crate) spool_id: String,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Subscription {
+    /// Opens a subscription for `name` at `position` (its cursor after any seek).
+    pub(crate) fn new(name: String, position: SeqNo, parts: SubParts) -> Result<Self> {
+        let state = Arc::new(SubState::default());
+        state.read.store(position, SeqCst);
+        state.acked.store(position, SeqCst);
+        {
+            let mut active = parts
+                .shared
+                .subscriptions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if active.contains_key(&name) {
+                return Err(Error::Consumer(format!(
+                    "consumer {name} already has an open subscription"
+                )));
+            }
+            active.insert(name.clone(), state.clone());
+        }
+        Ok(Subscription {
+            doorbell: parts.shared.doorbell(),
+            name,
+            state,
+            buffer: VecDeque::new(),
+            tx: parts.tx,
+            pool: parts.pool,
+            spool_id: parts.spool_id,
+            shared: parts.shared,
+        })
+    }
+
+    /// The consumer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The last `seq` acknowledged.
+    pub fn position(&self) -> SeqNo {
+        self.state.acked.load(SeqCst)
+    }
+
+    /// The next event without waiting: `Ok(None)` when none is stored yet.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] once the spool is closed; read errors.
+    pub fn try_next(&mut self) -> Result<Option<StoredEvent>> {
+        if self.shared.is_closed() {
+            return Err(Error::Closed);
+        }
+        if self.buffer.is_empty() {
+            let after = self.state.read.load(SeqCst);
+            let conn = self.pool.get()?;
+            self.buffer = store::read_after(&conn, &self.spool_id, after, READ_AHEAD)?.into();
+        }
+        let Some(event) = self.buffer.pop_front() else {
+            return Ok(None);
+        };
+        self.state.read.store(event.seq, SeqCst);
+        let _ = self.state.unacked_since_ms.compare_exchange(
+            0,
+            event.timestamp_ms.max(1),
+            Relaxed,
+            Relaxed,
+        );
+        Ok(Some(event))
+    }
+
+    /// The next event, waiting up to `timeout` for one to be committed: `Ok(None)` on
+    /// timeout.
+    ///
+    /// # Errors
+    /// As [`try_next`](Subscription::try_next).
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<StoredEvent>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(event) = self.try_next()? {
+                return Ok(Some(event));
+            }
+            // A commit after the read above rings the bell: no wake-up is lost.
+            match self.doorbell.recv_deadline(deadline) {
+                Ok(()) => {}
+                Err(RecvTimeoutError::Timeout) => return Ok(None),
+                Err(RecvTimeoutError::Disconnected) => return Err(Error::Closed),
+            }
+        }
+    }
+
+    /// Durably records that everything up to `seq` was handled; returns once committed.
+    ///
+    /// # Errors
+    /// [`Error::Consumer`] if `seq` is before the position (backwards) or after the last
+    /// event read (ahead); [`Error::Closed`]; [`Error::Commit`].
+    pub fn ack(&self, seq: SeqNo) -> Result<()> {
+        self.state.check_ack(&self.name, seq)?;
+        writer::call(
+            &self.tx,
+            Op::Ack {
+                consumer: self.name.clone(),
+                seq,
+            },
+        )?;
+        self.state.acked(seq);
+        Ok(())
+    }
+}
+
+impl Iterator for Subscription {
+    type Item = Result<StoredEvent>;
+
+    /// Blocks until an event is committed; `None` once the spool is closed.
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.next_timeout(Duration::from_secs(3600)) {
+                Ok(Some(event)) => return Some(Ok(event)),
+                Ok(None) => continue,
+                Err(Error::Closed) => return None,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.shared
+            .subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.name);
+    }
+}

@@ -1,0 +1,338 @@
+//! Consumer groups: subscribe, ack, seek, replay, positions across restarts, deletion.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use eventspool::{Error, SeekPosition, Spool, Subscription};
+
+const T: Duration = Duration::from_secs(10);
+
+fn read_n(sub: &mut Subscription, n: usize) -> Vec<u64> {
+    (0..n)
+        .map(|_| sub.next_timeout(T).unwrap().expect("an event in time").seq)
+        .collect()
+}
+
+fn spool_with(path: &std::path::Path, n: u64) -> Result<Spool, Error> {
+    let spool = Spool::open(path)?;
+    spool.append_batch((0..n).map(numbered).collect())?;
+    Ok(spool)
+}
+
+#[test]
+fn seq_numbers_are_sequential_and_last_seq_follows() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let spool = Spool::open(&path)?;
+    assert_eq!(spool.last_seq()?, 0);
+    assert_eq!(
+        spool.append_batch((0..3).map(numbered).collect())?,
+        [1, 2, 3]
+    );
+    assert_eq!(spool.last_seq()?, 3);
+    Ok(())
+}
+
+#[test]
+fn subscribe_from_beginning_latest_and_after() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let spool = spool_with(&path, 5)?;
+    let mut from_start = spool.subscribe("a", SeekPosition::Beginning)?;
+    assert_eq!(read_n(&mut from_start, 5), [1, 2, 3, 4, 5]);
+    let mut latest = spool.subscribe("b", SeekPosition::Latest)?;
+    assert_eq!(
+        latest.try_next()?,
+        None,
+        "only events committed after the call"
+    );
+    let mut after = spool.subscribe("c", SeekPosition::After(3))?;
+    assert_eq!(read_n(&mut after, 2), [4, 5]);
+    spool.append(numbered(5))?;
+    assert_eq!(read_n(&mut latest, 1), [6]);
+    assert_eq!(read_n(&mut from_start, 1), [6]);
+    assert!(matches!(
+        spool.subscribe("d", SeekPosition::After(99)),
+        Err(Error::Consumer(_))
+    ));
+    Ok(())
+}
+
+#[test]
+fn a_new_consumer_starts_at_the_beginning_and_consumers_are_independent() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let spool = spool_with(&path, 4)?;
+    let mut a = spool.subscribe("a", SeekPosition::LastAcknowledged)?;
+    let mut b = spool.subscribe("b", SeekPosition::LastAcknowledged)?;
+    assert_eq!(read_n(&mut a, 4), [1, 2, 3, 4]);
+    a.ack(4)?;
+    assert_eq!(read_n(&mut b, 2), [1, 2], "b reads at its own pace");
+    b.ack(1)?;
+    let positions: Vec<(String, u64, u64)> = spool
+        .consumers()?
+        .into_iter()
+        .map(|c| (c.name, c.position, c.lag))
+        .collect();
+    assert_eq!(positions, [("a".into(), 4, 0), ("b".into(), 1, 3)]);
+    Ok(())
+}
+
+#[test]
+fn ack_advances_and_the_position_survives_a_restart() -> TestResult {
+    let (_dir, path) = temp_spool();
+    {
+        let spool = spool_with(&path, 10)?;
+        let mut sub = spool.subscribe("billing", SeekPosition::LastAcknowledged)?;
+        assert_eq!(read_n(&mut sub, 6), [1, 2, 3, 4, 5, 6]);
+        sub.ack(4)?; // read 6, handled 4
+        assert_eq!(sub.position(), 4);
+        spool.close(T)?;
+    }
+    let spool = Spool::open(&path)?;
+    let mut sub = spool.subscribe("billing", SeekPosition::LastAcknowledged)?;
+    assert_eq!(
+        read_n(&mut sub, 6),
+        [5, 6, 7, 8, 9, 10],
+        "resumes after the last ack"
+    );
+    Ok(())
+}
+
+#[test]
+fn seek_repositions_and_agrees_with_subscribe() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let spool = spool_with(&path, 10)?;
+    assert_eq!(spool.seek("x", SeekPosition::After(7))?, 7);
+    let via_seek = read_n(
+        &mut spool.subscribe("x", SeekPosition::LastAcknowledged)?,
+        3,
+    );
+    let via_subscribe = read_n(&mut spool.subscribe("y", SeekPosition::After(7))?, 3);
+    assert_eq!(via_seek, [8, 9, 10]);
+    assert_eq!(via_seek, via_subscribe);
+
+    {
+        let mut sub = spool.subscribe("x", SeekPosition::LastAcknowledged)?;
+        assert_eq!(read_n(&mut sub, 3), [8, 9, 10]);
+        sub.ack(10)?;
+    }
+    // Replay: seek back to the beginning, even behind the last ack.
+    assert_eq!(spool.seek("x", SeekPosition::Beginning)?, 0);
+    let mut sub = spool.subscribe("x", SeekPosition::LastAcknowledged)?;
+    assert_eq!(read_n(&mut sub, 2), [1, 2]);
+    drop(sub);
+    assert_eq!(spool.seek("x", SeekPosition::Latest)?, 10);
+    let mut sub = spool.subscribe("x", SeekPosition::LastAcknowledged)?;
+    assert_eq!(sub.try_next()?, None);
+    Ok(())
+}
+
+#[test]
+fn replay_then_live() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let spool = spool_with(&path, 3)?;
+    let mut sub = spool.subscribe("live", SeekPosition::Beginning)?;
+    assert_eq!(read_n(&mut sub, 3), [1, 2, 3]);
+    assert_eq!(
+        sub.next_timeout(Duration::from_millis(20))?,
+        None,
+        "caught up"
+    );
+    let producer = {
+        let spool = spool.clone();
+        std::thread::spawn(move || spool.emit(numbered(3)))
+    };
+    assert_eq!(read_n(&mut sub, 1), [4], "woken by the commit");
+    producer.join().unwrap()?;
+    Ok(())
+}
+
+#[test]
+fn no_lost_wake_up_with_a_concurrent_producer_and_consumer() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let spool = Spool::open(&path)?;
+    let mut sub = spool.subscribe("c", SeekPosition::LastAcknowledged)?;
+    let consumer = std::thread::spawn(move || {
+        let mut seen = Vec::with_capacity(10_000);
+        while seen.len() < 10_000 {
+            let e = sub.next_timeout(T).unwrap().expect("no wake-up lost");
+            seen.push(number_of(&e));
+            if seen.len() % 100 == 0 {
+                sub.ack(e.seq).unwrap();
+            }
+        }
+        seen
+    });
+    for n in 0..10_000 {
+        spool.emit(numbered(n))?;
+    }
+    let seen = consumer.join().unwrap();
+    assert_eq!(
+        seen,
+        (0..10_000).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    Ok(())
+}
+
+#[test]
+fn acks_must_move_forward_within_what_was_read() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let spool = spool_with(&path, 5)?;
+    let mut sub = spool.subscribe("c", SeekPosition::LastAcknowledged)?;
+    read_n(&mut sub, 3);
+    let ahead = sub.ack(4).unwrap_err();
+    assert!(
+        ahead.to_string().contains("ahead of what it has read"),
+        "{ahead}"
+    );
+    sub.ack(3)?;
+    let back = sub.ack(2).unwrap_err();
+    assert!(back.to_string().contains("goes back"), "{back}");
+    sub.ack(3)?; // the same position again is fine
+    // Through the spool, for the same consumer: the same rules.
+    assert!(matches!(spool.ack("c", 1), Err(Error::Consumer(_))));
+    assert!(matches!(spool.ack("c", 5), Err(Error::Consumer(_))));
+    assert!(matches!(spool.ack("nobody", 1), Err(Error::Consumer(_))));
+    Ok(())
+}
+
+#[test]
+fn one_open_subscription_per_consumer() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let spool = spool_with(&path, 1)?;
+    let sub = spool.subscribe("c", SeekPosition::LastAcknowledged)?;
+    let err = spool
+        .subscribe("c", SeekPosition::LastAcknowledged)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("already has an open subscription"),
+        "{err}"
+    );
+    assert!(spool.seek("c", SeekPosition::Beginning).is_err());
+    assert!(spool.remove_consumer("c").is_err());
+    drop(sub);
+    spool.subscribe("c", SeekPosition::LastAcknowledged)?;
+    Ok(())
+}
+
+#[test]
+fn events_are_deleted_only_when_every_consumer_acked_and_removal_releases() -> TestResult {
+    // Acknowledging 2000 events (over the writer's 1024 threshold) deletes them in the
+    // ack's own transaction, so the effect is visible as soon as `ack` returns.
+    let (_dir, path) = temp_spool();
+    let spool = Spool::open(&path)?;
+    let mut fast = spool.subscribe("fast", SeekPosition::LastAcknowledged)?;
+    spool.append_batch((0..2000).map(numbered).collect())?;
+    read_n(&mut fast, 2000);
+    fast.ack(2000)?;
+    assert_eq!(spool.len()?, 0, "the only consumer acknowledged everything");
+
+    let slow = spool.subscribe("slow", SeekPosition::LastAcknowledged)?;
+    spool.append_batch((0..2000).map(numbered).collect())?;
+    read_n(&mut fast, 2000);
+    fast.ack(4000)?;
+    assert_eq!(
+        spool.len()?,
+        2000,
+        "slow acknowledged nothing: everything stays"
+    );
+    drop(slow);
+    assert!(spool.remove_consumer("slow")?);
+    assert!(!spool.remove_consumer("slow")?);
+    wait_until(T, "the removed consumer's events are released", || {
+        spool.len().unwrap() == 0
+    });
+    assert_eq!(spool.last_seq()?, 4000);
+    Ok(())
+}
+
+#[test]
+fn a_subscription_ends_when_the_spool_closes() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let spool = spool_with(&path, 2)?;
+    let sub = spool.subscribe("c", SeekPosition::LastAcknowledged)?;
+    let reader = std::thread::spawn(move || sub.map(|e| e.unwrap().seq).collect::<Vec<_>>());
+    wait_until(T, "the reader is waiting for more", || {
+        spool
+            .metrics()
+            .consumers
+            .first()
+            .is_some_and(|c| c.read == 2)
+    });
+    spool.close(T)?;
+    assert_eq!(
+        reader.join().unwrap(),
+        [1, 2],
+        "the iterator ended at close"
+    );
+    Ok(())
+}
+
+#[test]
+fn consumer_metrics_report_position_lag_and_age() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let spool = spool_with(&path, 5)?;
+    let mut sub = spool.subscribe("c", SeekPosition::LastAcknowledged)?;
+    read_n(&mut sub, 3);
+    sub.ack(2)?;
+    let m = &spool.metrics().consumers[0];
+    assert_eq!((m.name.as_str(), m.position, m.read, m.lag), ("c", 2, 3, 3));
+    assert!(
+        spool
+            .metrics()
+            .to_prometheus()
+            .contains("eventspool_consumer_lag{consumer=\"c\"} 3")
+    );
+    Ok(())
+}
+
+#[test]
+fn the_position_survives_kill_9() -> TestResult {
+    if let Ok(path) = std::env::var("EVENTSPOOL_CONSUMER_CHILD") {
+        // Child: read and ack one event at a time, reporting each ack on stdout.
+        let spool = Spool::open(&path)?;
+        let mut sub = spool.subscribe("c", SeekPosition::LastAcknowledged)?;
+        while let Some(e) = sub.next() {
+            let seq = e?.seq;
+            sub.ack(seq)?;
+            println!("acked {seq}");
+        }
+        return Ok(());
+    }
+    let (_dir, path) = temp_spool();
+    spool_with(&path, 5_000)?.close(T)?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["--exact", "the_position_survives_kill_9", "--nocapture"])
+        .env("EVENTSPOOL_CONSUMER_CHILD", &path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut last_acked = 0;
+    let mut line = String::new();
+    while last_acked < 300 {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut line)? > 0,
+            "child ended early"
+        );
+        if let Some(seq) = line.trim().strip_prefix("acked ") {
+            last_acked = seq.parse()?;
+        }
+    }
+    child.kill()?; // SIGKILL
+    child.wait()?;
+    let spool = Spool::open(&path)?;
+    let position = spool.consumers()?[0].position;
+    assert!(
+        position >= last_acked,
+        "position {position} lost an ack ({last_acked})"
+    );
+    let mut sub = spool.subscribe("c", SeekPosition::LastAcknowledged)?;
+    assert_eq!(
+        read_n(&mut sub, 1),
+        [position + 1],
+        "resumes right after the position"
+    );
+    Ok(())
+}
