@@ -3,23 +3,27 @@
 //! An embedded, crash-safe **store-and-forward spool for events**, for programs without
 //! an async runtime. The application hands events over on its own thread; a writer
 //! thread batch-commits them to one SQLite file (WAL) with strictly increasing sequence
-//! numbers; the same file answers queries. Everything survives `kill -9` and restarts.
+//! numbers; worker threads deliver them in order, at least once, to webhooks and other
+//! [`Sink`]s; the same file answers queries and serves consumer groups
+//! ([`Subscription`]). Everything survives `kill -9` and restarts.
 //!
 //! ```text
-//!  caller threads                 writer thread
-//!  ──────────────                 ─────────────
-//!  emit(event)  ─┐  bounded       take all that is queued (≤ batch_size),
-//!  append(event) ├─ crossbeam ──▶ one SQLite transaction, assign seq,
-//!  flush()      ─┘  channel       enforce caps, answer durable waiters
-//!    validate + serialize on
-//!    the caller's thread          readers (r2d2 pool): len, last_seq, query
+//!  caller threads             writer thread                  sink threads (1 per sink)
+//!  ──────────────             ─────────────                  ─────────────────────────
+//!  emit(event)  ─┐  bounded   take all that is queued        read after the cursor,
+//!  append(event) ├─ crossbeam▶ (≤ batch_size), one SQLite ──▶ deliver (ureq / Sink);
+//!  flush()      ─┘  channel   transaction: seq, caps,        2xx: move the cursor
+//!    validate + serialize on  cursors; answer waiters,       (through the writer);
+//!    the caller's thread      wake sinks and subscribers     else backoff, dead letters
+//!
+//!  readers (r2d2 pool): len, last_seq, query, subscriptions, dead letters
 //! ```
 //!
 //! ## A tour
 //!
 //! ```
 //! use std::time::Duration;
-//! use eventspool::{Event, EventQuery, Spool};
+//! use eventspool::{Event, EventQuery, SeekPosition, Spool};
 //! use serde_json::json;
 //!
 //! let dir = tempfile::tempdir().expect("temp dir");
@@ -40,8 +44,16 @@
 //! let spool = Spool::open(&path)?;
 //! assert_eq!(spool.len()?, 2);
 //! assert_eq!(spool.append(Event::new("order.shipped", json!({"id": 42})))?, 3);
+//!
+//! // A consumer group: read at your own pace, ack durably, resume after a restart.
+//! let mut billing = spool.subscribe("billing", SeekPosition::LastAcknowledged)?;
+//! let first = billing.next_timeout(Duration::from_secs(1))?.expect("stored events");
+//! billing.ack(first.seq)?;
 //! # Ok::<(), eventspool::Error>(())
 //! ```
+//!
+//! Webhooks are added on the builder with [`WebhookSink`]; see
+//! `examples/quickstart.rs` for delivery through a receiver outage.
 //!
 //! ## Guarantees
 //! - `append` returning `Ok(seq)` means committed; `emit` never loses an event
@@ -49,6 +61,8 @@
 //!   `rejected`, `abandoned` in [`MetricsSnapshot`]).
 //! - `seq` is strictly increasing and never reused, across restarts and deletions.
 //! - One file, one owner: a second open fails with [`Error::Locked`].
+//! - Each sink gets events in `seq` order, at least once; a crash replays at most the
+//!   batch in flight. An event is deleted once every sink and consumer acknowledged it.
 //! - Bad input gets an [`enum@Error`], never a panic, and never touches what is stored.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
