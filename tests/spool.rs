@@ -278,7 +278,12 @@ fn overflow_block_waits_for_room() -> TestResult {
             r
         })
     };
-    // The emitter is parked on the full channel; nothing else can make room.
+    // The emitter has counted its event and met the full channel: under `Block` it
+    // stays there (a policy that dropped or refused would have returned by now or soon
+    // after; the final check below catches a drop).
+    wait_until(T, "the emitter reached the full channel", || {
+        spool.metrics().emitted == 6
+    });
     assert_eq!(done.load(Ordering::SeqCst), 0);
     assert_eq!(spool.metrics().channel_depth, 4);
     drop(gate);
