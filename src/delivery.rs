@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::event::{SeqNo, StoredEvent, now_ms};
 use crate::sink::{Backoff, DeliveryError, Sink};
 use crate::spool::Shared;
-use crate::store::{self, Op, ReaderPool};
+use crate::store::{self, Corrupt, Decoded, Op, ReaderPool, seq_of};
 use crate::writer::{self, Msg};
 
 /// Most events a worker reads ahead of its cursor in one query.
@@ -165,8 +165,8 @@ pub(crate) struct Worker {
     doorbell: Receiver<()>,
     control: Control,
     cursor: SeqNo,
-    /// Events after the cursor read ahead in one query, not yet delivered.
-    ahead: VecDeque<StoredEvent>,
+    /// Rows after the cursor read ahead in one query, not yet delivered.
+    ahead: VecDeque<Decoded>,
     /// The requeue generation last checked for requeued dead letters.
     requeues_seen: u64,
     batch_size: usize,
@@ -268,21 +268,35 @@ impl Worker {
 
     fn next_batch(&mut self) -> Result<Option<Batch>> {
         let generation = self.shared.requeues.load(Relaxed);
-        if generation != self.requeues_seen {
-            let conn = self.pool.get()?;
-            let requeued = store::requeued(&conn, &self.spool_id, &self.name, self.batch_size)?;
-            if !requeued.is_empty() {
+        while generation != self.requeues_seen {
+            let requeued = {
+                let conn = self.pool.get()?;
+                store::requeued(&conn, &self.spool_id, &self.name, self.batch_size)?
+            };
+            if requeued.is_empty() {
+                self.requeues_seen = generation;
+            }
+            let mut events = Vec::with_capacity(requeued.len());
+            for row in requeued {
+                match row {
+                    Ok(event) => events.push(event),
+                    // A damaged dead letter cannot be delivered: it stays dead.
+                    Err(corrupt) => {
+                        self.commit(corrupt.quarantine(&self.name, false))?;
+                    }
+                }
+            }
+            if !events.is_empty() {
                 return Ok(Some(Batch {
-                    events: requeued,
+                    events,
                     ack_to: None,
                 }));
             }
-            self.requeues_seen = generation;
         }
         loop {
             // What the caps evicted since it was read ahead is not delivered.
             let first_stored = self.shared.counters.first_seq();
-            while self.ahead.front().is_some_and(|e| e.seq < first_stored) {
+            while self.ahead.front().is_some_and(|r| seq_of(r) < first_stored) {
                 self.ahead.pop_front();
             }
             if self.ahead.is_empty() {
@@ -293,14 +307,30 @@ impl Worker {
             let mut events = Vec::new();
             let mut last = None;
             while events.len() < self.batch_size {
-                let Some(event) = self.ahead.pop_front() else {
-                    break;
-                };
-                last = Some(event.seq);
-                if self.sink.accepts(&event.event_type) {
-                    events.push(event);
-                } else {
-                    self.counters.filtered.fetch_add(1, Relaxed);
+                // A damaged row ends the batch; on its own it is quarantined.
+                if events.is_empty()
+                    && let Some(Err(corrupt)) = self.ahead.front()
+                {
+                    let corrupt = corrupt.clone();
+                    self.quarantine(&corrupt)?;
+                    self.ahead.pop_front();
+                    last = None;
+                    continue;
+                }
+                match self.ahead.pop_front() {
+                    Some(Ok(event)) => {
+                        last = Some(event.seq);
+                        if self.sink.accepts(&event.event_type) {
+                            events.push(event);
+                        } else {
+                            self.counters.filtered.fetch_add(1, Relaxed);
+                        }
+                    }
+                    Some(Err(corrupt)) => {
+                        self.ahead.push_front(Err(corrupt));
+                        break;
+                    }
+                    None => break,
                 }
             }
             let Some(last) = last else {
@@ -318,6 +348,21 @@ impl Worker {
             })?;
             self.advance(last);
         }
+    }
+
+    /// Dead-letters a row that cannot be decoded, so it does not block the sink.
+    fn quarantine(&mut self, corrupt: &Corrupt) -> Result<()> {
+        log::error!(
+            "sink {}: quarantining seq {}: {}",
+            self.name,
+            corrupt.seq,
+            corrupt.reason
+        );
+        self.shared.report(&corrupt.error());
+        self.commit(corrupt.quarantine(&self.name, true))?;
+        self.counters.dead_lettered.fetch_add(1, Relaxed);
+        self.advance(corrupt.seq);
+        Ok(())
     }
 
     fn advance(&mut self, seq: SeqNo) {

@@ -57,6 +57,14 @@ pub enum Error {
     Sqlite(rusqlite::Error),
     /// The reader pool could not provide a connection.
     Pool(r2d2::Error),
+    /// A stored event cannot be decoded (its bytes were damaged). Sinks move it to their
+    /// dead letters; a subscription reports it once and reads on.
+    CorruptEvent {
+        /// The event's seq.
+        seq: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A consumer was misused: a second subscription for one name, an ack backwards or
     /// ahead of what was read, a seek past the last event, removing a sink.
     Consumer(String),
@@ -134,6 +142,9 @@ impl fmt::Display for Error {
             Error::Sqlite(e) => write!(f, "sqlite: {e}"),
             Error::Pool(e) => write!(f, "reader pool: {e}"),
             Error::Consumer(msg) => f.write_str(msg),
+            Error::CorruptEvent { seq, reason } => {
+                write!(f, "stored event {seq} is corrupt: {reason}")
+            }
             Error::Delivery { delivered, source } => {
                 write!(f, "delivery failed after {delivered} events: {source}")
             }

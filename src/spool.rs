@@ -624,13 +624,27 @@ impl Spool {
         let batch = sink.batch_size().max(1);
         let mut delivered = 0;
         loop {
-            let events = {
+            let rows = {
                 let conn = self.inner.pool.get()?;
                 store::read_after(&conn, &self.inner.spool_id, cursor, batch)?
             };
-            let Some(last) = events.last().map(|e| e.seq) else {
-                return Ok(delivered);
-            };
+            // Deliver the events before the first damaged row; quarantine that row.
+            let good = rows.iter().take_while(|r| r.is_ok()).count();
+            if good == 0 {
+                let Some(Err(corrupt)) = rows.into_iter().next() else {
+                    return Ok(delivered);
+                };
+                log::error!(
+                    "drain {name}: quarantining seq {}: {}",
+                    corrupt.seq,
+                    corrupt.reason
+                );
+                self.inner.call(corrupt.quarantine(&name, true))?;
+                cursor = corrupt.seq;
+                continue;
+            }
+            let events: Vec<StoredEvent> = rows.into_iter().take(good).flatten().collect();
+            let last = events[events.len() - 1].seq;
             if let Err(e) = sink.deliver(&events) {
                 return Err(Error::Delivery {
                     delivered,

@@ -537,18 +537,65 @@ pub(crate) fn consumer_kind(conn: &Connection, name: &str) -> Result<Option<Stri
         .optional()?)
 }
 
-/// Up to `limit` events with `seq > after`, in order.
+/// A stored row that cannot be decoded into an event (its bytes were damaged).
+#[derive(Debug, Clone)]
+pub(crate) struct Corrupt {
+    pub(crate) seq: SeqNo,
+    pub(crate) reason: String,
+}
+
+impl Corrupt {
+    /// Moves the row to `sink`'s dead letters (it was never delivered); when it was
+    /// read from the stream (`from_stream`), also moves the cursor past it, so the sink
+    /// goes on.
+    pub(crate) fn quarantine(&self, sink: &str, from_stream: bool) -> Op {
+        Op::DeadLetter {
+            sink: sink.to_owned(),
+            seqs: vec![self.seq],
+            attempts: 0,
+            status: None,
+            error: format!("corrupt row, not delivered: {}", self.reason),
+            ack_to: from_stream.then_some(self.seq),
+        }
+    }
+
+    pub(crate) fn error(&self) -> Error {
+        Error::CorruptEvent {
+            seq: self.seq,
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+/// A row read for a consumer: the event, or why it cannot be decoded.
+pub(crate) type Decoded = std::result::Result<StoredEvent, Corrupt>;
+
+/// The seq of a decoded row.
+pub(crate) fn seq_of(row: &Decoded) -> SeqNo {
+    match row {
+        Ok(event) => event.seq,
+        Err(corrupt) => corrupt.seq,
+    }
+}
+
+/// Up to `limit` rows with `seq > after`, in order. A row that cannot be decoded is
+/// returned as [`Corrupt`] instead of failing the read, so consumers can quarantine it
+/// and go on.
 pub(crate) fn read_after(
     conn: &Connection,
     spool_id: &str,
     after: SeqNo,
     limit: usize,
-) -> Result<Vec<StoredEvent>> {
-    query(
-        conn,
-        spool_id,
-        &EventQuery::new().after_seq(after).limit(limit),
-    )
+) -> Result<Vec<Decoded>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, id, type, source, subject, ts, data FROM events
+         WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(
+        params![after as i64, limit.min(i64::MAX as usize) as i64],
+        |row| decode(row, spool_id),
+    )?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 /// Dead letters of `sink` marked for redelivery, in seq order.
@@ -557,14 +604,12 @@ pub(crate) fn requeued(
     spool_id: &str,
     sink: &str,
     limit: usize,
-) -> Result<Vec<StoredEvent>> {
+) -> Result<Vec<Decoded>> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, id, type, source, subject, ts, data FROM dead_letters
          WHERE sink = ?1 AND requeued = 1 ORDER BY seq LIMIT ?2",
     )?;
-    let rows = stmt.query_map(params![sink, limit as i64], |row| {
-        stored_event(row, spool_id)
-    })?;
+    let rows = stmt.query_map(params![sink, limit as i64], |row| decode(row, spool_id))?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
@@ -582,7 +627,7 @@ pub(crate) fn dead_letters(
     )?;
     let rows = stmt.query_map(params![sink, limit.min(i64::MAX as usize) as i64], |row| {
         Ok(DeadLetter {
-            event: stored_event(row, spool_id)?,
+            event: decode(row, spool_id)?.unwrap_or_else(|c| damaged(row, spool_id, &c)),
             attempts: row.get(7)?,
             last_status: row.get(8)?,
             last_error: row.get(9)?,
@@ -679,21 +724,52 @@ fn glob_escape(prefix: &str) -> String {
     out
 }
 
-/// Maps a row of `seq, id, type, source, subject, ts, data`.
+/// What can be shown of a damaged row: its bytes as text (lossily) in a JSON string.
+fn damaged(row: &rusqlite::Row<'_>, spool_id: &str, corrupt: &Corrupt) -> StoredEvent {
+    let lossy = |i: usize| match row.get_ref(i) {
+        Ok(rusqlite::types::ValueRef::Text(b) | rusqlite::types::ValueRef::Blob(b)) => {
+            String::from_utf8_lossy(b).into_owned()
+        }
+        _ => String::new(),
+    };
+    let data = serde_json::to_string(&lossy(6)).unwrap_or_else(|_| "null".into());
+    StoredEvent {
+        id: format!("{spool_id}-{}", corrupt.seq),
+        seq: corrupt.seq,
+        event_type: lossy(2),
+        source: None,
+        subject: None,
+        timestamp_ms: row.get(5).unwrap_or(0),
+        data: RawValue::from_string(data).unwrap_or_else(|_| RawValue::NULL.to_owned()),
+    }
+}
+
+/// Maps a row of `seq, id, type, source, subject, ts, data`; a damaged row is an error.
 fn stored_event(row: &rusqlite::Row<'_>, spool_id: &str) -> rusqlite::Result<StoredEvent> {
-    let seq = row.get::<_, i64>(0)? as u64;
-    let id: Option<String> = row.get(1)?;
-    let data: String = row.get(6)?;
-    let data = RawValue::from_string(data).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, Box::new(e))
-    })?;
-    Ok(StoredEvent {
-        id: id.unwrap_or_else(|| format!("{spool_id}-{seq}")),
-        seq,
-        event_type: row.get(2)?,
-        source: row.get(3)?,
-        subject: row.get(4)?,
-        timestamp_ms: row.get(5)?,
-        data,
+    decode(row, spool_id)?.map_err(|c| {
+        let reason: Box<dyn std::error::Error + Send + Sync> = c.reason.into();
+        rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, reason)
     })
+}
+
+/// Maps a row of `seq, id, type, source, subject, ts, data`, telling a damaged row
+/// (wrong column types, data that is not JSON) apart from a failed read.
+fn decode(row: &rusqlite::Row<'_>, spool_id: &str) -> rusqlite::Result<Decoded> {
+    let seq = row.get::<_, i64>(0)? as u64;
+    let fields = || -> std::result::Result<StoredEvent, String> {
+        let text = |i: usize| row.get::<_, String>(i).map_err(|e| e.to_string());
+        let opt = |i: usize| row.get::<_, Option<String>>(i).map_err(|e| e.to_string());
+        let data =
+            RawValue::from_string(text(6)?).map_err(|e| format!("data is not valid JSON: {e}"))?;
+        Ok(StoredEvent {
+            id: opt(1)?.unwrap_or_else(|| format!("{spool_id}-{seq}")),
+            seq,
+            event_type: text(2)?,
+            source: opt(3)?,
+            subject: opt(4)?,
+            timestamp_ms: row.get(5).map_err(|e| e.to_string())?,
+            data,
+        })
+    };
+    Ok(fields().map_err(|reason| Corrupt { seq, reason }))
 }

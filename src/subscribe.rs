@@ -25,7 +25,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::error::{Error, Result};
 use crate::event::{SeqNo, StoredEvent, now_ms};
 use crate::spool::Shared;
-use crate::store::{self, Op, ReaderPool};
+use crate::store::{self, Decoded, Op, ReaderPool};
 use crate::writer::{self, Msg};
 
 /// Most events a subscription reads ahead in one query.
@@ -152,7 +152,7 @@ impl SubState {
 pub struct Subscription {
     name: String,
     state: Arc<SubState>,
-    buffer: VecDeque<StoredEvent>,
+    buffer: VecDeque<Decoded>,
     doorbell: Receiver<()>,
     tx: Sender<Msg>,
     pool: ReaderPool,
@@ -222,7 +222,8 @@ impl Subscription {
     /// The next event without waiting: `Ok(None)` when none is stored yet.
     ///
     /// # Errors
-    /// [`Error::Closed`] once the spool is closed; read errors.
+    /// [`Error::Closed`] once the spool is closed; [`Error::CorruptEvent`] for a stored
+    /// event whose bytes were damaged (once: the next call reads on); read errors.
     pub fn try_next(&mut self) -> Result<Option<StoredEvent>> {
         if self.shared.is_closed() {
             return Err(Error::Closed);
@@ -232,8 +233,14 @@ impl Subscription {
             let conn = self.pool.get()?;
             self.buffer = store::read_after(&conn, &self.spool_id, after, READ_AHEAD)?.into();
         }
-        let Some(event) = self.buffer.pop_front() else {
-            return Ok(None);
+        let event = match self.buffer.pop_front() {
+            None => return Ok(None),
+            Some(Ok(event)) => event,
+            Some(Err(corrupt)) => {
+                // Reported once; reading goes on after it (ack past it to skip it).
+                self.state.read.store(corrupt.seq, SeqCst);
+                return Err(corrupt.error());
+            }
         };
         self.state.read.store(event.seq, SeqCst);
         let _ = self.state.unacked_since_ms.compare_exchange(
