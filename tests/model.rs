@@ -1,0 +1,222 @@
+//! Model-based test: random sequences of emit / append / flush / ack / seek /
+//! subscribe-read / eviction by cap / close-and-reopen run against the real spool and
+//! a simple in-memory model; every observable must agree after each step.
+//!
+//! Observables that acknowledged-but-not-yet-deleted events would make timing-dependent
+//! (the writer deletes those lazily) are compared through what a consumer can see:
+//! the events after the lowest consumer position, which are exact.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use eventspool::{EventQuery, SeekPosition, Spool};
+use proptest::prelude::*;
+
+const MAX_EVENTS: u64 = 12;
+const CONSUMERS: [&str; 2] = ["a", "b"];
+const T: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+enum Step {
+    Emit(u8),
+    Append(u8),
+    /// Consumer reads up to this many events and acks the last one read.
+    ReadAck(usize, u8),
+    /// Consumer reads up to this many events without acking (reads are not durable).
+    Read(usize, u8),
+    /// Consumer seeks after `last_seq - back` (never below the lowest position).
+    SeekBack(usize, u8),
+    SeekLatest(usize),
+    Reopen,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (1u8..6).prop_map(Step::Emit),
+        2 => (1u8..6).prop_map(Step::Append),
+        3 => (0usize..2, 1u8..8).prop_map(|(c, n)| Step::ReadAck(c, n)),
+        1 => (0usize..2, 1u8..4).prop_map(|(c, n)| Step::Read(c, n)),
+        1 => (0usize..2, 0u8..6).prop_map(|(c, b)| Step::SeekBack(c, b)),
+        1 => (0usize..2).prop_map(Step::SeekLatest),
+        1 => Just(Step::Reopen),
+    ]
+}
+
+/// What the spool should hold: the events after the lowest position (seq → number),
+/// the last seq, each consumer's position, and how many events the cap evicted.
+#[derive(Debug, Default)]
+struct Model {
+    events: BTreeMap<u64, u64>,
+    last_seq: u64,
+    positions: [u64; 2],
+    evicted: u64,
+    next_number: u64,
+}
+
+impl Model {
+    fn min_position(&self) -> u64 {
+        self.positions.iter().copied().min().unwrap_or(0)
+    }
+
+    /// Commits `k` events; acknowledged ones go first, then the oldest beyond the cap.
+    fn commit(&mut self, k: u64) {
+        for _ in 0..k {
+            self.last_seq += 1;
+            self.events.insert(self.last_seq, self.next_number);
+            self.next_number += 1;
+        }
+        self.collect();
+        while self.events.len() as u64 > MAX_EVENTS {
+            self.events.pop_first();
+            self.evicted += 1;
+        }
+    }
+
+    /// Forgets what every consumer acknowledged (the spool deletes it, maybe later).
+    fn collect(&mut self) {
+        let min = self.min_position();
+        self.events.retain(|&seq, _| seq > min);
+    }
+
+    fn after(&self, seq: u64) -> Vec<(u64, u64)> {
+        self.events
+            .range(seq + 1..)
+            .map(|(&s, &n)| (s, n))
+            .collect()
+    }
+}
+
+fn open(path: &std::path::Path) -> Spool {
+    let spool = Spool::builder(path)
+        .max_events(MAX_EVENTS)
+        .open()
+        .expect("open");
+    for name in CONSUMERS {
+        drop(
+            spool
+                .subscribe(name, SeekPosition::LastAcknowledged)
+                .expect("register"),
+        );
+    }
+    spool
+}
+
+fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
+    let (_dir, path) = temp_spool();
+    let mut spool = open(&path);
+    let mut model = Model::default();
+    // Read positions are not durable: a reopen restarts each consumer at its position.
+    let mut read = [0u64; 2];
+    let mut evicted_before = 0; // metrics restart at zero on reopen
+    for step in steps {
+        match step {
+            Step::Emit(k) => {
+                for _ in 0..k {
+                    spool.emit(numbered(model.next_number)).unwrap();
+                    model.commit(1);
+                }
+                spool.flush(T).unwrap();
+            }
+            Step::Append(k) => {
+                let first = model.next_number;
+                let seqs = spool
+                    .append_batch((first..first + u64::from(k)).map(numbered).collect())
+                    .unwrap();
+                model.commit(u64::from(k));
+                prop_assert_eq!(seqs.last().copied(), Some(model.last_seq));
+            }
+            Step::ReadAck(c, n) | Step::Read(c, n) => {
+                let mut sub = spool
+                    .subscribe(
+                        CONSUMERS[c],
+                        SeekPosition::After(read[c].max(model.positions[c])),
+                    )
+                    .unwrap();
+                // Subscribing After(x) sets the position to x: mirror it.
+                model.positions[c] = read[c].max(model.positions[c]);
+                let expected = model.after(model.positions[c]);
+                let mut got = Vec::new();
+                while got.len() < usize::from(n) {
+                    match sub.try_next().unwrap() {
+                        Some(e) => got.push((e.seq, number_of(&e))),
+                        None => break,
+                    }
+                }
+                let want: Vec<_> = expected.into_iter().take(usize::from(n)).collect();
+                prop_assert_eq!(&got, &want, "consumer {} read", CONSUMERS[c]);
+                if let Some(&(last, _)) = got.last() {
+                    read[c] = last;
+                    if matches!(step, Step::ReadAck(..)) {
+                        sub.ack(last).unwrap();
+                        model.positions[c] = last;
+                        model.collect();
+                    }
+                }
+            }
+            Step::SeekBack(c, back) => {
+                let to = model
+                    .last_seq
+                    .saturating_sub(u64::from(back))
+                    .max(model.min_position());
+                prop_assert_eq!(
+                    spool.seek(CONSUMERS[c], SeekPosition::After(to)).unwrap(),
+                    to
+                );
+                model.positions[c] = to;
+                read[c] = to;
+                model.collect();
+            }
+            Step::SeekLatest(c) => {
+                prop_assert_eq!(
+                    spool.seek(CONSUMERS[c], SeekPosition::Latest).unwrap(),
+                    model.last_seq
+                );
+                model.positions[c] = model.last_seq;
+                read[c] = model.last_seq;
+                model.collect();
+            }
+            Step::Reopen => {
+                evicted_before += spool.metrics().evicted;
+                spool.close(T).unwrap();
+                drop(spool);
+                spool = open(&path);
+                read = model.positions;
+            }
+        }
+        // Every observable agrees with the model after every step.
+        prop_assert_eq!(spool.last_seq().unwrap(), model.last_seq);
+        let visible: Vec<(u64, u64)> = spool
+            .query(
+                &EventQuery::new()
+                    .after_seq(model.min_position())
+                    .limit(usize::MAX),
+            )
+            .unwrap()
+            .iter()
+            .map(|e| (e.seq, number_of(e)))
+            .collect();
+        prop_assert_eq!(visible, model.after(model.min_position()));
+        let positions: Vec<u64> = spool
+            .consumers()
+            .unwrap()
+            .iter()
+            .map(|c| c.position)
+            .collect();
+        prop_assert_eq!(positions, model.positions.to_vec());
+        prop_assert!(spool.len().unwrap() >= model.events.len() as u64);
+        prop_assert_eq!(evicted_before + spool.metrics().evicted, model.evicted);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_spool_behaves_like_the_model(steps in proptest::collection::vec(step(), 1..40)) {
+        run(steps)?;
+    }
+}
