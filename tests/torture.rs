@@ -1,0 +1,415 @@
+//! The torture run: a child process runs producers (`emit` and `append`), two webhook
+//! sinks and a consumer group against one spool file, and is killed with SIGKILL at
+//! random moments (or closed cleanly at others), while two real HTTP receivers on
+//! 127.0.0.1 randomly answer 200 / 500 / 429 with Retry-After / hang past the timeout /
+//! reset the connection. Every run's history is checked: no acknowledged event missing,
+//! per-sink order by seq, duplicates only from the batch in flight, no seq reused,
+//! consumer positions kept, counters balanced at clean closes.
+//!
+//! `cargo test --test torture` runs it for 20 s; by hand:
+//! `cargo test --release --test torture -- --seconds 600 --seed 42`.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::http::{Reply, Request, Server};
+use eventspool::{Backoff, Event, SeekPosition, Spool, WebhookSink};
+use serde_json::json;
+
+const SINKS: [(&str, usize); 2] = [("s1", 1), ("s2", 10)];
+
+fn sink(name: &str, batch: usize, url: &str, run: &str) -> WebhookSink {
+    WebhookSink::new(name, url)
+        .batch(batch)
+        .timeout(Duration::from_millis(200))
+        .max_retries(None)
+        .backoff(Backoff::exponential(
+            Duration::from_millis(2),
+            Duration::from_millis(50),
+        ))
+        .header("x-run", run)
+}
+
+/// xorshift64*, seeded and printed for replay.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+// ---- the child ---------------------------------------------------------------------
+
+fn child(path: &str, urls: &[String], run: &str, progress: &str, stop_file: &str) -> ExitCode {
+    let mut builder = Spool::builder(path);
+    for ((name, batch), url) in SINKS.iter().zip(urls) {
+        builder = builder.sink(sink(name, *batch, url, run));
+    }
+    let spool = builder.open().expect("child open");
+    let log = Arc::new(Mutex::new(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(progress)
+            .unwrap(),
+    ));
+    let write = |log: &Mutex<std::fs::File>, line: String| {
+        log.lock().unwrap().write_all(line.as_bytes()).unwrap();
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    {
+        let (spool, log, stop, run) = (spool.clone(), log.clone(), stop.clone(), run.to_owned());
+        threads.push(std::thread::spawn(move || {
+            let mut k = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                spool
+                    .emit(Event::new("t", json!({"run": run, "p": "e", "k": k})))
+                    .unwrap();
+                k += 1;
+                // Paced (about 2000/s), so the sinks can keep up between the kills.
+                if k.is_multiple_of(2) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                if k.is_multiple_of(50) {
+                    spool.flush(Duration::from_secs(10)).unwrap();
+                    write(&log, format!("e {k}\n"));
+                }
+            }
+        }));
+    }
+    {
+        let (spool, log, stop, run) = (spool.clone(), log.clone(), stop.clone(), run.to_owned());
+        threads.push(std::thread::spawn(move || {
+            let mut k = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let seq = spool
+                    .append(Event::new("t", json!({"run": run, "p": "a", "k": k})))
+                    .unwrap();
+                write(&log, format!("a {seq}\n"));
+                k += 1;
+                std::thread::sleep(Duration::from_millis(1)); // paced, about 1000/s
+            }
+        }));
+    }
+    {
+        let (spool, log, stop) = (spool.clone(), log.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut sub = spool
+                .subscribe("c", SeekPosition::LastAcknowledged)
+                .unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(e) = sub.next_timeout(Duration::from_millis(20)).unwrap() {
+                    n += 1;
+                    if n.is_multiple_of(7) {
+                        sub.ack(e.seq).unwrap();
+                        write(&log, format!("c {}\n", e.seq));
+                    }
+                }
+            }
+        }));
+    }
+    while !Path::new(stop_file).exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    spool.close(Duration::from_secs(5)).unwrap();
+    let m = spool.metrics();
+    if m.emitted != m.committed + m.filtered + m.dropped_overflow + m.rejected + m.abandoned {
+        eprintln!("counters do not balance: {m:?}");
+        return ExitCode::from(3);
+    }
+    ExitCode::SUCCESS
+}
+
+// ---- the parent --------------------------------------------------------------------
+
+/// A receiver that answers at random: mostly 200, sometimes a failure.
+fn flaky_receiver(seed: u64) -> Server {
+    let mut rng = Rng(seed | 1);
+    Server::with_script(move |_| match rng.below(100) {
+        0..70 => Reply::ok(),
+        70..80 => Reply::status(500),
+        80..85 => Reply::with_header(429, "retry-after", "0"),
+        85..90 => Reply::Hang,
+        _ => Reply::Reset,
+    })
+}
+
+/// What one request carried: `(seq, data)` per event.
+fn events_of(r: &Request) -> Vec<(u64, String)> {
+    let body = r.json();
+    let items = match body {
+        serde_json::Value::Array(items) => items,
+        one => vec![one],
+    };
+    items
+        .iter()
+        .map(|e| (e["seq"].as_u64().unwrap(), e["data"].to_string()))
+        .collect()
+}
+
+fn ok(r: &Request) -> bool {
+    matches!(r.reply, Reply::Status(200..=299, _))
+}
+
+struct History {
+    violations: Vec<String>,
+    /// seq → the data first seen with it, to catch a reused seq.
+    data_of: HashMap<u64, String>,
+    acked_appends: BTreeSet<u64>,
+    /// (run, flushed emit count) per run.
+    flushed: Vec<(String, u64)>,
+    consumer_acked: u64,
+}
+
+impl History {
+    fn violation(&mut self, what: String) {
+        eprintln!("VIOLATION: {what}");
+        self.violations.push(what);
+    }
+
+    /// Reads a run's progress file.
+    fn read_progress(&mut self, run: &str, progress: &Path) {
+        let mut flushed = 0;
+        for line in std::fs::read_to_string(progress)
+            .unwrap_or_default()
+            .lines()
+        {
+            let Some((kind, n)) = line.split_once(' ') else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match kind {
+                "a" => {
+                    self.acked_appends.insert(n);
+                }
+                "e" => flushed = flushed.max(n),
+                "c" => self.consumer_acked = self.consumer_acked.max(n),
+                _ => {}
+            }
+        }
+        self.flushed.push((run.to_owned(), flushed));
+    }
+
+    /// Checks one sink's requests: 2xx seqs in order within each run; across runs, a
+    /// seq seen before only if it was in the previous run's last 2xx request.
+    fn check_sink(&mut self, name: &str, requests: &[Request]) {
+        let mut last_ok_of_run: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut seen: BTreeSet<u64> = BTreeSet::new();
+        let mut prev_run: Option<String> = None;
+        let mut prev_max = 0;
+        for r in requests.iter().filter(|r| ok(r)) {
+            let run = r.header("x-run").unwrap_or("?").to_owned();
+            let events = events_of(r);
+            let seqs: Vec<u64> = events.iter().map(|(s, _)| *s).collect();
+            for (seq, data) in &events {
+                let first = self
+                    .data_of
+                    .entry(*seq)
+                    .or_insert_with(|| data.clone())
+                    .clone();
+                if &first != data {
+                    self.violation(format!("{name}: seq {seq} carried two different events"));
+                }
+            }
+            if prev_run.as_deref() == Some(run.as_str()) {
+                if seqs.first().is_some_and(|&s| s <= prev_max) {
+                    self.violation(format!("{name}: run {run} went back to seq {seqs:?}"));
+                }
+            } else if let Some(prev) = &prev_run {
+                let in_flight = last_ok_of_run.get(prev).cloned().unwrap_or_default();
+                for s in &seqs {
+                    if seen.contains(s) && !in_flight.contains(s) {
+                        self.violation(format!(
+                            "{name}: seq {s} resent after run {prev} though not in flight"
+                        ));
+                    }
+                }
+            }
+            prev_max = seqs.last().copied().unwrap_or(prev_max);
+            prev_run = Some(run.clone());
+            seen.extend(&seqs);
+            last_ok_of_run.insert(run, seqs);
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
+    if let Ok(role) = std::env::var("EVENTSPOOL_TORTURE_CHILD") {
+        let v: Vec<String> = role.split('\n').map(str::to_owned).collect();
+        return child(&v[0], &v[1..3], &v[3], &v[4], &v[5]);
+    }
+    let seconds: u64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(20);
+    let seed: u64 = arg("--seed")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("torture: {seconds} s, --seed {seed}");
+    let mut rng = Rng(seed | 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let receivers: Vec<Server> = (0..SINKS.len())
+        .map(|i| flaky_receiver(seed + i as u64))
+        .collect();
+    let urls: Vec<String> = receivers.iter().map(Server::url).collect();
+    let mut history = History {
+        violations: Vec::new(),
+        data_of: HashMap::new(),
+        acked_appends: BTreeSet::new(),
+        flushed: Vec::new(),
+        consumer_acked: 0,
+    };
+    let (mut runs, mut kills) = (0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        runs += 1;
+        let run = format!("run-{runs}");
+        let progress: PathBuf = dir.path().join(format!("{run}.progress"));
+        let stop_file: PathBuf = dir.path().join(format!("{run}.stop"));
+        let role = [
+            path.display().to_string(),
+            urls[0].clone(),
+            urls[1].clone(),
+            run.clone(),
+            progress.display().to_string(),
+            stop_file.display().to_string(),
+        ]
+        .join("\n");
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env("EVENTSPOOL_TORTURE_CHILD", role)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50 + rng.below(400)));
+        if rng.below(5) == 0 {
+            std::fs::write(&stop_file, b"stop").unwrap();
+            let status = child.wait().unwrap();
+            if !status.success() {
+                history.violation(format!("{run}: clean close failed: {status}"));
+            }
+        } else {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            kills += 1;
+        }
+        history.read_progress(&run, &progress);
+        // After every run: the consumer's position survived.
+        let spool = Spool::open(&path).unwrap();
+        let position = spool
+            .consumers()
+            .unwrap()
+            .iter()
+            .find(|c| c.name == "c")
+            .map_or(0, |c| c.position);
+        if position < history.consumer_acked {
+            history.violation(format!(
+                "{run}: consumer position {position} < acked {}",
+                history.consumer_acked
+            ));
+        }
+        spool.close(Duration::from_secs(5)).unwrap();
+    }
+
+    // Drain: receivers answer 200 from now on; every committed event must arrive.
+    for r in &receivers {
+        r.set_script(|_| Reply::ok());
+    }
+    let mut builder = Spool::builder(&path);
+    for ((name, batch), url) in SINKS.iter().zip(&urls) {
+        builder = builder.sink(sink(name, *batch, url, "final"));
+    }
+    let spool = builder.open().unwrap();
+    let last_seq = spool.last_seq().unwrap();
+    let drained = Instant::now() + Duration::from_secs(120);
+    while spool.metrics().sinks.iter().any(|s| s.lag > 0) {
+        if Instant::now() > drained {
+            history.violation("the sinks did not catch up within 120 s of the last run".into());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    spool.close(Duration::from_secs(10)).unwrap();
+
+    let mut delivered = 0u64;
+    let mut duplicates = 0u64;
+    for ((name, _), receiver) in SINKS.iter().zip(&receivers) {
+        let requests = receiver.requests();
+        history.check_sink(name, &requests);
+        let ok_seqs: Vec<u64> = requests
+            .iter()
+            .filter(|r| ok(r))
+            .flat_map(|r| events_of(r).into_iter().map(|(s, _)| s))
+            .collect();
+        let unique: BTreeSet<u64> = ok_seqs.iter().copied().collect();
+        delivered += unique.len() as u64;
+        duplicates += ok_seqs.len() as u64 - unique.len() as u64;
+        let missing: Vec<u64> = (1..=last_seq)
+            .filter(|s| !unique.contains(s))
+            .take(10)
+            .collect();
+        if !missing.is_empty() {
+            history.violation(format!(
+                "{name}: committed events never delivered: {missing:?}"
+            ));
+        }
+        let lost: Vec<&u64> = history
+            .acked_appends
+            .iter()
+            .filter(|s| !unique.contains(s))
+            .take(10)
+            .collect();
+        if !lost.is_empty() {
+            history.violation(format!(
+                "{name}: acknowledged appends never delivered: {lost:?}"
+            ));
+        }
+    }
+    // Flushed emits: each run's first `flushed` emits were delivered.
+    let delivered_data: BTreeSet<String> = history.data_of.values().cloned().collect();
+    for (run, flushed) in history.flushed.clone() {
+        for k in 0..flushed {
+            let data = json!({"run": run, "p": "e", "k": k}).to_string();
+            if !delivered_data.contains(&data) {
+                history.violation(format!("{run}: flushed emit {k} never delivered"));
+                break;
+            }
+        }
+    }
+    let violations = history.violations.len();
+    println!(
+        "torture: runs {runs}, kills {kills}, events committed {last_seq}, appends acknowledged {}, \
+         events delivered {delivered}, duplicates {duplicates}, violations {violations}",
+        history.acked_appends.len()
+    );
+    println!("torture: {} passed, {violations} failed", runs);
+    if violations == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
