@@ -78,10 +78,9 @@ fn child(path: &str, urls: &[String], run: &str, progress: &str, stop_file: &str
                     .emit(Event::new("t", json!({"run": run, "p": "e", "k": k})))
                     .unwrap();
                 k += 1;
-                // Paced (about 2000/s), so the sinks can keep up between the kills.
-                if k.is_multiple_of(2) {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                // Paced (about 500/s): with a third of the requests failing, a sink
+                // that posts one event per request keeps up with little more.
+                std::thread::sleep(Duration::from_millis(2));
                 if k.is_multiple_of(50) {
                     spool.flush(Duration::from_secs(10)).unwrap();
                     write(&log, format!("e {k}\n"));
@@ -99,7 +98,7 @@ fn child(path: &str, urls: &[String], run: &str, progress: &str, stop_file: &str
                     .unwrap();
                 write(&log, format!("a {seq}\n"));
                 k += 1;
-                std::thread::sleep(Duration::from_millis(1)); // paced, about 1000/s
+                std::thread::sleep(Duration::from_millis(3)); // paced, about 300/s
             }
         }));
     }
@@ -229,7 +228,11 @@ impl History {
                 }
             }
             if prev_run.as_deref() == Some(run.as_str()) {
-                if seqs.first().is_some_and(|&s| s <= prev_max) {
+                // The same batch again is a retry whose 2xx response was lost (a timeout
+                // after the receiver answered): a duplicate, allowed. Anything else
+                // earlier is out of order.
+                let retry = last_ok_of_run.get(&run) == Some(&seqs);
+                if !retry && seqs.first().is_some_and(|&s| s <= prev_max) {
                     self.violation(format!("{name}: run {run} went back to seq {seqs:?}"));
                 }
             } else if let Some(prev) = &prev_run {
@@ -345,10 +348,11 @@ fn main() -> ExitCode {
     }
     let spool = builder.open().unwrap();
     let last_seq = spool.last_seq().unwrap();
-    let drained = Instant::now() + Duration::from_secs(120);
+    // Generous: the backlog after a long run drains at a few thousand events a second.
+    let drained = Instant::now() + Duration::from_secs(120 + seconds);
     while spool.metrics().sinks.iter().any(|s| s.lag > 0) {
         if Instant::now() > drained {
-            history.violation("the sinks did not catch up within 120 s of the last run".into());
+            history.violation("the sinks did not catch up after the last run".into());
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
