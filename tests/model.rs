@@ -135,8 +135,9 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         SeekPosition::After(read[c].max(model.positions[c])),
                     )
                     .unwrap();
-                // Subscribing After(x) sets the position to x: mirror it.
+                // Subscribing After(x) sets the position to x (a seek): mirror it.
                 model.positions[c] = read[c].max(model.positions[c]);
+                model.collect();
                 let expected = model.after(model.positions[c]);
                 let mut got = Vec::new();
                 while got.len() < usize::from(n) {
