@@ -122,7 +122,8 @@ pub struct SinkMetrics {
     pub failures_permanent: u64,
     /// Events moved to the dead letters.
     pub dead_lettered: u64,
-    /// Events evicted by the caps before the sink had them.
+    /// Events evicted by the caps before the sink acknowledged them. An event evicted
+    /// while its batch is in flight may also end up counted in `delivered`.
     pub evicted_unsent: u64,
     /// Events skipped because the sink does not accept their type.
     pub filtered: u64,
