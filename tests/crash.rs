@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::*;
 use eventspool::{Event, Spool};
@@ -19,33 +19,6 @@ use serde_json::json;
 
 const ROUNDS: usize = 20;
 const APPEND_THREADS: u64 = 3;
-
-/// xorshift64*: enough randomness for kill points, seeded and printed for replay.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Rng {
-        let seed = std::env::var("EVENTSPOOL_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        eprintln!("kill points seeded with EVENTSPOOL_SEED={seed}");
-        Rng(seed)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
-}
 
 fn spawn_child(test: &str, mode: &str, path: &Path, progress: &Path) -> Child {
     Command::new(std::env::current_exe().expect("test binary"))

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use common::Rng;
 use common::http::{Reply, Request, Server};
 use eventspool::{Backoff, Event, SeekPosition, Spool, WebhookSink};
 use serde_json::json;
@@ -35,18 +36,6 @@ fn sink(name: &str, batch: usize, url: &str, run: &str) -> WebhookSink {
             Duration::from_millis(50),
         ))
         .header("x-run", run)
-}
-
-/// xorshift64*, seeded and printed for replay.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
 }
 
 // ---- the child ---------------------------------------------------------------------

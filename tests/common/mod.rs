@@ -46,3 +46,32 @@ pub fn number_of(event: &StoredEvent) -> u64 {
         .as_u64()
         .expect("n")
 }
+
+/// xorshift64*: enough randomness for kill points and fault choices, seeded so a
+/// failing run can be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seeded from `EVENTSPOOL_SEED`, or the clock; the seed is printed.
+    pub fn seeded() -> Rng {
+        let seed = std::env::var("EVENTSPOOL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("seeded with EVENTSPOOL_SEED={seed}");
+        Rng(seed | 1)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
