@@ -205,40 +205,34 @@ impl MetricsSnapshot {
         for (name, help, value) in gauges {
             metric(&mut out, name, help, "gauge", value);
         }
-        type ConsumerField = fn(&ConsumerMetrics) -> u64;
-        let per_consumer: [(&str, &str, ConsumerField); 3] = [
-            ("consumer_position", "Last seq acknowledged.", |c| {
-                c.position
-            }),
-            ("consumer_lag", "Stored events after the position.", |c| {
-                c.lag
-            }),
+        let per_consumer: [Series<'_, ConsumerMetrics>; 3] = [
+            (
+                "consumer_position",
+                "Last seq acknowledged.",
+                "gauge",
+                |c| c.position,
+            ),
+            (
+                "consumer_lag",
+                "Stored events after the position.",
+                "gauge",
+                |c| c.lag,
+            ),
             (
                 "consumer_oldest_unacked_age_ms",
                 "Age of the oldest event read and not acknowledged.",
+                "gauge",
                 |c| c.oldest_unacked_age_ms,
             ),
         ];
-        for (name, help, field) in per_consumer {
-            if self.consumers.is_empty() {
-                break;
-            }
-            let _ = writeln!(out, "# HELP eventspool_{name} {help}");
-            let _ = writeln!(out, "# TYPE eventspool_{name} gauge");
-            for c in &self.consumers {
-                let _ = writeln!(
-                    out,
-                    "eventspool_{name}{{consumer=\"{}\"}} {}",
-                    label(&c.name),
-                    field(c)
-                );
-            }
-        }
-        if self.sinks.is_empty() {
-            return out;
-        }
-        type Field = fn(&SinkMetrics) -> u64;
-        let per_sink: [(&str, &str, &str, Field); 11] = [
+        labelled(
+            &mut out,
+            "consumer",
+            &self.consumers,
+            |c| &c.name,
+            &per_consumer,
+        );
+        let per_sink: [Series<'_, SinkMetrics>; 11] = [
             (
                 "sink_delivered_total",
                 "Events acknowledged by the sink.",
@@ -303,19 +297,36 @@ impl MetricsSnapshot {
                 |s| s.backoff_ms,
             ),
         ];
-        for (name, help, kind, field) in per_sink {
-            let _ = writeln!(out, "# HELP eventspool_{name} {help}");
-            let _ = writeln!(out, "# TYPE eventspool_{name} {kind}");
-            for sink in &self.sinks {
-                let _ = writeln!(
-                    out,
-                    "eventspool_{name}{{sink=\"{}\"}} {}",
-                    label(&sink.name),
-                    field(sink)
-                );
-            }
-        }
+        labelled(&mut out, "sink", &self.sinks, |s| &s.name, &per_sink);
         out
+    }
+}
+
+/// Renders one series per item for each metric, labelled `key="<item name>"`; nothing
+/// when there are no items.
+type Series<'a, T> = (&'a str, &'a str, &'a str, fn(&T) -> u64);
+
+fn labelled<T>(
+    out: &mut String,
+    key: &str,
+    items: &[T],
+    name_of: fn(&T) -> &str,
+    metrics: &[Series<'_, T>],
+) {
+    if items.is_empty() {
+        return;
+    }
+    for (name, help, kind, field) in metrics {
+        let _ = writeln!(out, "# HELP eventspool_{name} {help}");
+        let _ = writeln!(out, "# TYPE eventspool_{name} {kind}");
+        for item in items {
+            let _ = writeln!(
+                out,
+                "eventspool_{name}{{{key}=\"{}\"}} {}",
+                label(name_of(item)),
+                field(item)
+            );
+        }
     }
 }
 

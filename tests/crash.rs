@@ -14,7 +14,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::*;
-use eventspool::{Event, Spool};
+use eventspool::{Event, Spool, StoredEvent};
 use serde_json::json;
 
 const ROUNDS: usize = 20;
@@ -117,51 +117,61 @@ fn child_mode() -> Option<(String, String, String)> {
     Some((mode, path, progress))
 }
 
+/// `ROUNDS` times: start the child in `mode`, SIGKILL it once it has logged up to
+/// `most_lines` more lines (a random number), reopen the spool and run `check` on the
+/// log so far and the stored events (seq checked to have no gap).
+fn kill_rounds(
+    test: &str,
+    mode: &str,
+    most_lines: u64,
+    mut check: impl FnMut(usize, &[String], &[StoredEvent]) -> TestResult,
+) -> TestResult {
+    let (_dir, path) = temp_spool();
+    let progress = path.with_extension("progress");
+    let mut rng = Rng::seeded();
+    for round in 0..ROUNDS {
+        let seen = progress_lines(&progress).len();
+        let child = spawn_child(test, mode, &path, &progress);
+        kill_after(child, &progress, seen + 1 + rng.below(most_lines) as usize);
+        let spool = Spool::open(&path)?;
+        let events = all_events(&spool);
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e.seq, i as u64 + 1, "round {round}: seq has no gap");
+        }
+        check(round, &progress_lines(&progress), &events)?;
+        spool.close(Duration::from_secs(10))?;
+    }
+    Ok(())
+}
+
 #[test]
 fn kill_9_while_appending_loses_no_acknowledged_event() -> TestResult {
     if let Some((mode, path, progress)) = child_mode() {
         assert_eq!(mode, "append");
         append_child(&path, &progress);
     }
-    let (_dir, path) = temp_spool();
-    let progress = path.with_extension("progress");
-    let mut rng = Rng::seeded();
-    for round in 0..ROUNDS {
-        let seen = progress_lines(&progress).len();
-        let child = spawn_child(
-            "kill_9_while_appending_loses_no_acknowledged_event",
-            "append",
-            &path,
-            &progress,
-        );
-        kill_after(child, &progress, seen + 1 + rng.below(400) as usize);
-
-        let acked: Vec<u64> = progress_lines(&progress)
+    let test = "kill_9_while_appending_loses_no_acknowledged_event";
+    kill_rounds(test, "append", 400, |round, log, events| {
+        let last = events.last().map_or(0, |e| e.seq);
+        let missing: Vec<u64> = log
             .iter()
             .map(|l| l.parse().unwrap())
+            .filter(|&s| s > last)
             .collect();
-        let spool = Spool::open(&path)?;
-        let events = all_events(&spool);
-        for (i, e) in events.iter().enumerate() {
-            assert_eq!(e.seq, i as u64 + 1, "round {round}: seq has no gap");
-        }
-        let last = events.last().map_or(0, |e| e.seq);
-        let missing: Vec<_> = acked.iter().filter(|&&s| s > last).collect();
         assert!(
             missing.is_empty(),
             "round {round}: acknowledged but lost: {missing:?}"
         );
         // Per thread, the numbers run 0, 1, 2, ... in seq order: in order, no gap.
         let mut expect = HashMap::new();
-        for e in &events {
+        for e in events {
             let v: serde_json::Value = e.data_as()?;
             let n = expect.entry(v["t"].as_u64().unwrap()).or_insert(0u64);
             assert_eq!(v["n"].as_u64().unwrap(), *n, "round {round}: seq {}", e.seq);
             *n += 1;
         }
-        spool.close(Duration::from_secs(10))?;
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 #[test]
@@ -170,34 +180,17 @@ fn kill_9_while_emitting_keeps_everything_flushed() -> TestResult {
         assert_eq!(mode, "emit");
         emit_child(&path, &progress);
     }
-    let (_dir, path) = temp_spool();
-    let progress = path.with_extension("progress");
-    let mut rng = Rng::seeded();
-    for round in 0..ROUNDS {
-        let seen = progress_lines(&progress).len();
-        let child = spawn_child(
-            "kill_9_while_emitting_keeps_everything_flushed",
-            "emit",
-            &path,
-            &progress,
-        );
-        kill_after(child, &progress, seen + 1 + rng.below(20) as usize);
-
-        let flushed: u64 = progress_lines(&progress)
-            .last()
-            .map_or(0, |l| l.parse().unwrap());
-        let spool = Spool::open(&path)?;
-        let events = all_events(&spool);
+    let test = "kill_9_while_emitting_keeps_everything_flushed";
+    kill_rounds(test, "emit", 20, |round, log, events| {
+        let flushed: u64 = log.last().map_or(0, |l| l.parse().unwrap());
         assert!(
             events.len() as u64 >= flushed,
             "round {round}: {} stored, {flushed} flushed",
             events.len()
         );
         for (i, e) in events.iter().enumerate() {
-            assert_eq!(e.seq, i as u64 + 1, "round {round}: seq has no gap");
             assert_eq!(number_of(e), i as u64, "round {round}: emit order kept");
         }
-        spool.close(Duration::from_secs(10))?;
-    }
-    Ok(())
+        Ok(())
+    })
 }

@@ -198,6 +198,9 @@ fn a_permanent_error_dead_letters_at_once_and_requeue_delivers_it() -> TestResul
         "{}",
         dead[0].last_error
     );
+    wait_until(T, "the sink counted both deliveries", || {
+        sink_metrics(&spool, "s").delivered == 2
+    });
     let m = sink_metrics(&spool, "s");
     assert_eq!(
         (m.dead_lettered, m.failures_permanent, m.delivered),
@@ -538,6 +541,10 @@ fn sinks_come_from_the_operator_config() -> TestResult {
     spool.append_batch((0..4).map(numbered).collect())?;
     assert_eq!(wait_delivered(&server, 4), [1, 2, 3, 4]);
     assert_eq!(server.requests()[0].header("x-from"), Some("config"));
+    // The receiver sees a request just before the worker counts it: wait for the count.
+    wait_until(T, "the sink counted every delivery", || {
+        sink_metrics(&spool, "ops").delivered == 4
+    });
     let text = spool.metrics().to_prometheus();
     assert!(
         text.contains("eventspool_sink_delivered_total{sink=\"ops\"} 4"),
