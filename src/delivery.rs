@@ -23,6 +23,9 @@ use crate::writer::{self, Msg};
 
 /// Most events a worker reads ahead of its cursor in one query.
 const READ_AHEAD: usize = 512;
+/// The wait before a worker tries again after it could not read the spool or record
+/// its progress.
+const PROGRESS_RETRY: Duration = Duration::from_secs(1);
 
 /// An event a sink gave up on, with why.
 #[derive(Debug, Clone)]
@@ -227,7 +230,7 @@ impl Worker {
                 Err(e) => {
                     log::error!("sink {}: cannot read the spool: {e}", self.name);
                     self.shared.report(&e);
-                    if self.pause(Duration::from_secs(1)) {
+                    if self.pause(PROGRESS_RETRY) {
                         return;
                     }
                     continue;
@@ -388,8 +391,7 @@ impl Worker {
                 Ok(()) => {
                     c.backoff_ms.store(0, Relaxed);
                     c.delivered.fetch_add(batch.events.len() as u64, Relaxed);
-                    self.settle(&batch, None, retries);
-                    return true;
+                    return self.settle(&batch, None, retries);
                 }
                 Err(e) => e,
             };
@@ -403,8 +405,7 @@ impl Worker {
                 !error.is_retryable() || self.max_retries.is_some_and(|max| retries >= max);
             if give_up {
                 c.backoff_ms.store(0, Relaxed);
-                self.settle(&batch, Some(error), retries);
-                return true;
+                return self.settle(&batch, Some(error), retries);
             }
             retries += 1;
             c.retries.fetch_add(1, Relaxed);
@@ -425,7 +426,9 @@ impl Worker {
     }
 
     /// Records the outcome of a batch: acknowledged (`failure` is `None`) or given up.
-    fn settle(&mut self, batch: &Batch, failure: Option<DeliveryError>, retries: u32) {
+    /// Records the outcome of `batch` through the writer. Returns false when told to
+    /// stop while waiting after a failed commit.
+    fn settle(&mut self, batch: &Batch, failure: Option<DeliveryError>, retries: u32) -> bool {
         let seqs = || batch.events.iter().map(|e| e.seq).collect::<Vec<_>>();
         let op = match (&failure, batch.ack_to) {
             (None, Some(seq)) => Op::Ack {
@@ -466,12 +469,16 @@ impl Worker {
                 if let Some(seq) = batch.ack_to {
                     self.advance(seq);
                 }
+                true
             }
             // The cursor did not move: read again from it, so the batch is delivered
-            // again (at least once) and nothing after it jumps the queue.
+            // again (at least once) and nothing after it jumps the queue; after a pause,
+            // so a writer that cannot commit (full disk, file gone) is not raced.
             Err(e) => {
                 log::error!("sink {}: cannot record progress: {e}", self.name);
+                self.shared.report(&e);
                 self.ahead.clear();
+                !self.pause(PROGRESS_RETRY)
             }
         }
     }

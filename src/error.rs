@@ -43,6 +43,22 @@ pub enum Error {
         /// The newest schema version this build understands.
         supported: i64,
     },
+    /// The spool file was deleted or replaced while this spool had it open. Nothing
+    /// more is written (a write would reach a file nobody can open again): `emit`ted
+    /// events stay pending, `append` and acknowledgements fail with this error. What
+    /// was committed is saved to `rescued` (the path itself when it was free, else
+    /// `<path>.rescued`); close the spool and reopen that file to go on.
+    FileGone {
+        /// The spool file.
+        path: PathBuf,
+        /// Where what was committed was saved, if that succeeded.
+        rescued: Option<PathBuf>,
+    },
+    /// After a crash, the write-ahead log `<path>-wal` is missing (or cut short) while
+    /// `<path>-shm` records commits in it that were not yet copied into the file: they
+    /// were lost with it, and opening would reuse their `seq`s. Nothing was modified.
+    /// To open what the file still holds, accepting that loss, delete `<path>-shm`.
+    WalLost(PathBuf),
     /// SQLite reports the file as corrupt or not a database.
     Corrupt {
         /// The spool file.
@@ -135,6 +151,28 @@ impl fmt::Display for Error {
                 "spool file {} has schema version {found}, newer than the supported {supported}",
                 path.display()
             ),
+            Error::FileGone { path, rescued } => {
+                write!(
+                    f,
+                    "spool file {} was deleted or replaced while open; nothing more is written to it",
+                    path.display()
+                )?;
+                match rescued {
+                    Some(r) => write!(f, "; what it held was saved to {}", r.display()),
+                    None => f.write_str("; saving what it held failed (see the log)"),
+                }
+            }
+            Error::WalLost(path) => {
+                let beside = |suffix| crate::store::beside(path, suffix);
+                write!(
+                    f,
+                    "spool file {} lost commits: its write-ahead log {} is missing or cut short \
+                     after a crash; the file was not modified; delete {} to open what it still holds",
+                    path.display(),
+                    beside("-wal").display(),
+                    beside("-shm").display()
+                )
+            }
             Error::Corrupt { path, source } => {
                 write!(f, "spool file is corrupt: {}: {source}", path.display())
             }

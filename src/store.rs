@@ -9,7 +9,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use r2d2_sqlite::SqliteConnectionManager;
@@ -239,17 +239,22 @@ pub(crate) struct Opened {
 
 /// Takes the OS lock that makes one `Spool` the owner of `path`.
 pub(crate) fn lock(path: &Path) -> Result<File> {
-    let mut lock_path = path.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let file = create_private(Path::new(&lock_path))?;
+    let lock_path = beside(path, ".lock");
+    let file = create_private(&lock_path)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => Err(Error::Locked(path.to_owned())),
-        Err(fs::TryLockError::Error(e)) => Err(Error::io(
-            format!("cannot lock {}", Path::new(&lock_path).display()),
-            e,
-        )),
+        Err(fs::TryLockError::Error(e)) => {
+            Err(Error::io(format!("cannot lock {}", lock_path.display()), e))
+        }
     }
+}
+
+/// `path` with `suffix` appended to its file name: `events.db` -> `events.db-wal`.
+pub(crate) fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// Opens (creating it if needed) a file readable and writable by its owner only.
@@ -283,9 +288,96 @@ fn check_header(path: &Path) -> Result<()> {
     }
 }
 
+/// After a crash `<path>-shm` still describes the WAL. When it says the WAL holds
+/// commits not yet copied into the database but `<path>-wal` is missing or shorter,
+/// those commits were lost with it: SQLite would open the file without them (and the
+/// spool would hand out their `seq`s again), so refuse before SQLite touches anything.
+///
+/// The layout read is SQLite's WAL-index header (two copies of 48 bytes in native byte
+/// order, then the checkpoint info), documented in SQLite's `wal.c`.
+fn check_wal(path: &Path) -> Result<()> {
+    const WAL_INDEX_VERSION: u32 = 3_007_000;
+    let mut shm = [0u8; 100];
+    match File::open(beside(path, "-shm")).and_then(|mut f| f.read_exact(&mut shm)) {
+        Ok(()) => {}
+        Err(_) => return Ok(()), // no WAL index left behind, or none SQLite could use
+    }
+    let word = |at: usize| u32::from_ne_bytes([shm[at], shm[at + 1], shm[at + 2], shm[at + 3]]);
+    let initialised = shm[12] == 1 && shm[..48] == shm[48..96];
+    if word(0) != WAL_INDEX_VERSION || !initialised {
+        return Ok(());
+    }
+    let page = match u16::from_ne_bytes([shm[14], shm[15]]) {
+        1 => 65_536,
+        n => u64::from(n),
+    };
+    let (frames, copied) = (word(16), word(96));
+    if frames <= copied {
+        return Ok(()); // everything in the WAL is also in the database
+    }
+    let needed = 32 + u64::from(frames) * (24 + page);
+    let wal_len = fs::metadata(beside(path, "-wal")).map_or(0, |m| m.len());
+    if wal_len < needed {
+        return Err(Error::WalLost(path.to_owned()));
+    }
+    Ok(())
+}
+
+/// Identifies the file at `path` (device and inode), to notice it deleted or replaced.
+pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
+    let meta = fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        Some((0, 0))
+    }
+}
+
+/// Saves what `conn` holds into a new file after the spool's own file was deleted or
+/// replaced under it: at `path` when that is free, else at `<path>.rescued`.
+pub(crate) fn rescue(conn: &Connection, path: &Path) -> Option<PathBuf> {
+    // Empty the WAL first: it stays at `<path>-wal`, where SQLite would apply its frames
+    // to a new file at `path`.
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        log::error!("cannot empty the WAL of {}: {e}", path.display());
+        return None;
+    }
+    for target in [path.to_owned(), beside(path, ".rescued")] {
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        if options.open(&target).is_err() {
+            continue; // taken: someone else's file
+        }
+        let Some(name) = target.to_str() else {
+            break;
+        };
+        match conn.execute("VACUUM INTO ?1", [name]) {
+            Ok(_) => return Some(target),
+            Err(e) => {
+                log::error!("cannot save the spool to {}: {e}", target.display());
+                let _ = fs::remove_file(&target);
+                return None;
+            }
+        }
+    }
+    log::error!("no free place to save the spool {} to", path.display());
+    None
+}
+
 /// Maps errors met while reading an existing file at open.
 fn at_open(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
     move |e| match e.sqlite_error_code() {
+        Some(ErrorCode::CannotOpen) | Some(ErrorCode::ReadOnly) => Error::io(
+            format!("cannot write to {} or its directory", path.display()),
+            std::io::Error::other(e),
+        ),
         Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => Error::Corrupt {
             path: path.to_owned(),
             source: Box::new(e),
@@ -300,6 +392,7 @@ pub(crate) fn open_writer(config: &SpoolConfig) -> Result<Opened> {
     let path = config.path.as_path();
     drop(create_private(path)?);
     check_header(path)?;
+    check_wal(path)?;
     let conn = Connection::open(path).map_err(at_open(path))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let app_id: i64 = conn

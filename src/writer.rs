@@ -7,6 +7,7 @@
 //! channel capacity) and retries them with backoff; `append` callers get the error.
 
 use std::fs::File;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::{Duration, Instant};
@@ -76,6 +77,11 @@ pub(crate) struct Writer {
     /// The OS lock that makes this spool the file's owner; released when the writer ends.
     _lock: File,
     conn: Connection,
+    path: PathBuf,
+    /// The file's identity at open (see [`store::file_id`]).
+    file_id: Option<(u64, u64)>,
+    /// Set once the file was found deleted or replaced: where its content was saved.
+    gone: Option<Option<PathBuf>>,
     rx: Receiver<Msg>,
     stop: Receiver<()>,
     shared: Arc<Shared>,
@@ -122,6 +128,9 @@ impl Writer {
         c.stored_bytes.store(state.stored_bytes, Relaxed);
         Writer {
             _lock: lock,
+            file_id: store::file_id(&config.path),
+            gone: None,
+            path: config.path.clone(),
             conn,
             rx,
             stop,
@@ -303,6 +312,14 @@ impl Writer {
     }
 
     fn commit_with(&mut self, collect: bool) {
+        if let Some(rescued) = self.file_gone() {
+            let path = self.path.clone();
+            self.failed(&|| Error::FileGone {
+                path: path.clone(),
+                rescued: rescued.clone(),
+            });
+            return;
+        }
         let n = self.batch.len() as u64;
         let added: u64 = self.batch.iter().map(Event::size).sum();
         let before = Kept {
@@ -324,8 +341,29 @@ impl Writer {
             collect,
         ) {
             Ok(kept) => self.committed(n, kept),
-            Err(e) => self.failed(e),
+            Err(e) => {
+                let e = Arc::new(e);
+                self.failed(&|| Error::Commit(e.clone()));
+            }
         }
+    }
+
+    /// A `stat` per commit notices the file deleted or replaced under the writer: its
+    /// commits would reach a file nobody can open again. The first time, what the
+    /// connection still holds is saved (see [`store::rescue`]). Returns where to, while
+    /// the file is gone; a file moved back in place is written again.
+    fn file_gone(&mut self) -> Option<Option<PathBuf>> {
+        if store::file_id(&self.path) == self.file_id {
+            return None;
+        }
+        if self.gone.is_none() {
+            log::error!(
+                "spool file {} was deleted or replaced while open; saving what it held",
+                self.path.display()
+            );
+            self.gone = Some(store::rescue(&self.conn, &self.path));
+        }
+        self.gone.clone()
     }
 
     fn committed(&mut self, n: u64, kept: Kept) {
@@ -381,18 +419,19 @@ impl Writer {
         }
     }
 
-    fn failed(&mut self, e: rusqlite::Error) {
+    /// A commit failed with what `error` makes (one for each caller told).
+    fn failed(&mut self, error: &dyn Fn() -> Error) {
         let c = &self.shared.counters;
         c.commit_errors.fetch_add(1, Relaxed);
-        let e = Arc::new(e);
+        let e = error();
         for (_, reply) in self.ops.drain(..) {
-            let _ = reply.send(Err(Error::Commit(e.clone())));
+            let _ = reply.send(Err(error()));
         }
         // `append` callers learn of the failure and own the retry: their events go.
         for w in self.appends.drain(..).rev() {
             self.batch.drain(w.start..w.start + w.len);
             c.rejected.fetch_add(w.len as u64, SeqCst);
-            let _ = w.reply.send(Err(Error::Commit(e.clone())));
+            let _ = w.reply.send(Err(error()));
         }
         c.pending_retry.store(self.batch.len() as u64, Relaxed);
         if self.batch.is_empty() {
@@ -407,7 +446,7 @@ impl Writer {
                 "spool commit failed, keeping {} events and retrying in {delay:?}: {e}",
                 self.batch.len()
             );
-            self.shared.report(&Error::Commit(e));
+            self.shared.report(&e);
         }
     }
 

@@ -1,0 +1,259 @@
+//! Faults of the file system around a spool: its file deleted or replaced while open,
+//! its WAL removed after a crash, a read-only directory. Each gives a clear error or a
+//! documented recovery, never a panic and never silent loss. (A full disk is in
+//! disk_full.rs, a lock held by another process in bad_input.rs.)
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use eventspool::{Error, Spool};
+
+const T: Duration = Duration::from_secs(10);
+
+fn spool_with(path: &Path, count: u64) -> Result<Spool, Error> {
+    let spool = Spool::open(path)?;
+    for n in 0..count {
+        spool.append(numbered(n))?;
+    }
+    Ok(spool)
+}
+
+fn numbers(spool: &Spool) -> Vec<u64> {
+    all_events(spool).iter().map(number_of).collect()
+}
+
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+#[test]
+fn a_file_deleted_while_open_refuses_writes_and_is_saved_back() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let spool = spool_with(&path, 100)?;
+    std::fs::remove_file(&path)?;
+
+    let err = spool.append(numbered(100)).unwrap_err();
+    match &err {
+        Error::FileGone { path: p, rescued } => {
+            assert_eq!(p, &path);
+            assert_eq!(
+                rescued.as_deref(),
+                Some(path.as_path()),
+                "saved where it was"
+            );
+        }
+        other => panic!("expected FileGone, got {other}"),
+    }
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    // It stays refused: nothing is written to a file nobody can reach.
+    assert!(matches!(
+        spool.append(numbered(101)),
+        Err(Error::FileGone { .. })
+    ));
+    assert_eq!(spool.metrics().committed, 100);
+    let _ = spool.close(Duration::from_millis(200));
+
+    let reopened = Spool::open(&path)?;
+    assert_eq!(numbers(&reopened), (0..100).collect::<Vec<_>>());
+    assert_eq!(reopened.append(numbered(100))?, 101, "seq goes on");
+    reopened.close(T)?;
+    Ok(())
+}
+
+#[test]
+fn a_file_replaced_while_open_is_left_alone_and_saved_beside_it() -> TestResult {
+    let (dir, path) = temp_spool();
+    let spool = spool_with(&path, 10)?;
+    let other = dir.path().join("other");
+    std::fs::write(&other, b"someone else's file")?;
+    std::fs::rename(&other, &path)?;
+
+    let rescued = beside(&path, ".rescued");
+    match spool.append(numbered(10)) {
+        Err(Error::FileGone { rescued: r, .. }) => {
+            assert_eq!(r.as_deref(), Some(rescued.as_path()))
+        }
+        other => panic!("expected FileGone, got {other:?}"),
+    }
+    // What the spool held can still be read until it is closed.
+    assert_eq!(numbers(&spool).len(), 10);
+    let _ = spool.close(Duration::from_millis(200));
+    assert_eq!(std::fs::read(&path)?, b"someone else's file", "not touched");
+
+    let saved = Spool::open(&rescued)?;
+    assert_eq!(numbers(&saved), (0..10).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// Child: commits 10 events and copies them into the file, holds a read transaction
+/// open so the next 10 stay in the WAL only, commits them, says so, and waits to be
+/// killed.
+fn wal_child(path: &Path, ready: &Path) -> TestResult {
+    let spool = spool_with(path, 10)?;
+    let reader = rusqlite::Connection::open(path)?;
+    reader.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+    reader.execute_batch("BEGIN; SELECT count(*) FROM events;")?;
+    for n in 10..20 {
+        spool.append(numbered(n))?;
+    }
+    std::fs::write(ready, b"ready")?;
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn a_wal_removed_after_a_crash_is_refused_at_open_with_a_way_out() -> TestResult {
+    if let Ok(path) = std::env::var("EVENTSPOOL_WAL_CHILD") {
+        let path = PathBuf::from(path);
+        return wal_child(&path, &beside(&path, ".ready"));
+    }
+    let (_dir, path) = temp_spool();
+    let ready = beside(&path, ".ready");
+    let mut child = Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "a_wal_removed_after_a_crash_is_refused_at_open_with_a_way_out",
+            "--nocapture",
+        ])
+        .env("EVENTSPOOL_WAL_CHILD", &path)
+        .stdout(Stdio::null())
+        .spawn()?;
+    wait_until(T, "the child committed 20 events", || ready.exists());
+    child.kill()?; // SIGKILL
+    child.wait()?;
+
+    let wal = beside(&path, "-wal");
+    let shm = beside(&path, "-shm");
+    assert!(wal.exists() && shm.exists(), "a crash leaves both behind");
+    std::fs::remove_file(&wal)?;
+    let before = std::fs::read(&path)?;
+    let err = Spool::open(&path).unwrap_err();
+    assert!(matches!(err, Error::WalLost(_)), "{err}");
+    let message = err.to_string();
+    assert!(message.contains(&wal.display().to_string()), "{message}");
+    assert!(
+        message.contains(&shm.display().to_string()),
+        "names the way out: {message}"
+    );
+    assert_eq!(std::fs::read(&path)?, before, "the file was not touched");
+    assert!(shm.exists(), "the evidence is kept");
+
+    // The documented way out: delete the -shm file to open what the file holds.
+    std::fs::remove_file(&shm)?;
+    let spool = Spool::open(&path)?;
+    assert_eq!(
+        numbers(&spool),
+        (0..10).collect::<Vec<_>>(),
+        "what was copied into the file is there; the 10 only in the WAL are gone"
+    );
+    spool.close(T)?;
+    Ok(())
+}
+
+#[test]
+fn a_crash_with_its_wal_in_place_opens_with_everything() -> TestResult {
+    // The same crash without removing anything: the check must not refuse it.
+    if let Ok(path) = std::env::var("EVENTSPOOL_WAL_KEPT_CHILD") {
+        let path = PathBuf::from(path);
+        return wal_child(&path, &beside(&path, ".ready"));
+    }
+    let (_dir, path) = temp_spool();
+    let ready = beside(&path, ".ready");
+    let mut child = Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "a_crash_with_its_wal_in_place_opens_with_everything",
+            "--nocapture",
+        ])
+        .env("EVENTSPOOL_WAL_KEPT_CHILD", &path)
+        .stdout(Stdio::null())
+        .spawn()?;
+    wait_until(T, "the child committed 20 events", || ready.exists());
+    child.kill()?;
+    child.wait()?;
+    let spool = Spool::open(&path)?;
+    assert_eq!(numbers(&spool), (0..20).collect::<Vec<_>>());
+    spool.close(T)?;
+    Ok(())
+}
+
+/// A directory the test cannot write to: a read-only tmpfs as root (file modes do not
+/// stop root), a directory without write permission otherwise.
+enum ReadOnly {
+    Mount(Tmpfs),
+    Mode(PathBuf),
+}
+
+impl ReadOnly {
+    fn new(dir: &Path) -> ReadOnly {
+        use std::os::unix::fs::PermissionsExt;
+        let probe = dir.join("probe");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+        if std::fs::write(&probe, b"").is_err() {
+            return ReadOnly::Mode(dir.to_owned());
+        }
+        std::fs::remove_file(&probe).expect("remove probe");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let mount = Tmpfs::mount(dir, "8m").expect("root can mount a tmpfs");
+        mount.set_read_only(true);
+        ReadOnly::Mount(mount)
+    }
+
+    fn set_writable(&self, writable: bool) {
+        use std::os::unix::fs::PermissionsExt;
+        match self {
+            ReadOnly::Mount(mount) => mount.set_read_only(!writable),
+            ReadOnly::Mode(dir) => {
+                let mode = if writable { 0o755 } else { 0o555 };
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).expect("chmod")
+            }
+        }
+    }
+}
+
+#[test]
+fn a_read_only_directory_gives_a_clear_error_naming_the_path() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let spools = dir.path().join("spools");
+    std::fs::create_dir(&spools)?;
+    let read_only = ReadOnly::new(&spools);
+    let path = spools.join("events.db");
+
+    let err = Spool::open(&path).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+
+    // A spool written while the directory was writable, then opened read-only.
+    read_only.set_writable(true);
+    spool_with(&path, 5)?.close(T)?;
+    read_only.set_writable(false);
+    let err = Spool::open(&path).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+
+    read_only.set_writable(true);
+    let spool = Spool::open(&path)?;
+    assert_eq!(
+        numbers(&spool),
+        (0..5).collect::<Vec<_>>(),
+        "nothing was lost"
+    );
+    spool.close(T)?;
+    Ok(())
+}
