@@ -1,22 +1,16 @@
-//! Arbitrary inputs for the parsers and validators that face the outside world: they
-//! answer with a value or an error, never a panic. (proptest stands in for a coverage
-//! fuzzer so it runs in every `cargo test`.)
+//! Generated inputs with known answers for the parsers and validators that face the
+//! outside world. (Arbitrary bytes for the same parsers are in the fuzzer, fuzz.rs.)
 
 mod common;
 
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use eventspool::{Error, Event, SigningSecret, Spool, SpoolConfig, parse_retry_after, verify};
+use eventspool::{Error, Event, Spool, SpoolConfig, parse_retry_after};
 use proptest::prelude::*;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
-
-    #[test]
-    fn retry_after_never_panics(value in ".{0,40}") {
-        let _ = parse_retry_after(&value, SystemTime::now());
-    }
 
     #[test]
     fn retry_after_reads_delta_seconds(secs in 0u64..1_000_000) {
@@ -30,18 +24,6 @@ proptest! {
     fn retry_after_reads_http_dates(day in 1u32..29, hour in 0u32..24, min in 0u32..60) {
         let value = format!("Sun, {day:02} Feb 2099 {hour:02}:{min:02}:00 GMT");
         prop_assert!(parse_retry_after(&value, SystemTime::now()).is_some_and(|d| d > Duration::ZERO));
-    }
-
-    #[test]
-    fn signature_checks_never_panic(header in ".{0,120}", id in ".{0,20}", body in proptest::collection::vec(any::<u8>(), 0..64)) {
-        let secret = SigningSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        prop_assert!(!verify(&secret, &id, "1", &body, &header) || header.contains("v1,"));
-        let _ = SigningSecret::parse(&header);
-    }
-
-    #[test]
-    fn config_json_never_panics(text in ".{0,200}") {
-        let _ = serde_json::from_str::<SpoolConfig>(&text);
     }
 }
 

@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use common::Rng;
 use common::http::{Reply, Request, Server};
+use common::{Rng, arg, clock_seed};
 use eventspool::{Backoff, Event, SeekPosition, Spool, WebhookSink};
 use serde_json::json;
 
@@ -243,12 +243,6 @@ impl History {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-    };
     if let Ok(role) = std::env::var("EVENTSPOOL_TORTURE_CHILD") {
         let v: Vec<String> = role.split('\n').map(str::to_owned).collect();
         return child(&v[0], &v[1..3], &v[3], &v[4], &v[5]);
@@ -256,12 +250,7 @@ fn main() -> ExitCode {
     let seconds: u64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(20);
     let seed: u64 = arg("--seed")
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+        .unwrap_or_else(clock_seed);
     println!("torture: {seconds} s, --seed {seed}");
     let mut rng = Rng(seed | 1);
     let dir = tempfile::tempdir().unwrap();

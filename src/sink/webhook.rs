@@ -360,7 +360,9 @@ fn parse_http_date(value: &str) -> Option<SystemTime> {
         "Dec" => 12,
         _ => return None,
     };
-    let year: i64 = parts.next()?.parse().ok()?;
+    // IMF-fixdate years have four digits, which also keeps the arithmetic in range.
+    let year = parts.next().filter(|y| y.len() == 4)?;
+    let year: i64 = year.parse().ok().filter(|y| *y >= 0)?;
     let mut hms = parts.next()?.split(':').map(|p| p.parse::<u64>().ok());
     let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
     if parts.next()? != "GMT"

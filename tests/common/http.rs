@@ -58,6 +58,8 @@ type Script = Box<dyn FnMut(&Request) -> Reply + Send>;
 
 struct State {
     requests: Mutex<Vec<Request>>,
+    /// Whether `requests` keeps what arrives (a load test only counts).
+    keep: AtomicBool,
     arrived: Condvar,
     script: Mutex<Script>,
     up: AtomicBool,
@@ -80,6 +82,7 @@ impl Server {
     pub fn with_script(script: impl FnMut(&Request) -> Reply + Send + 'static) -> Server {
         let state = Arc::new(State {
             requests: Mutex::new(Vec::new()),
+            keep: AtomicBool::new(true),
             arrived: Condvar::new(),
             script: Mutex::new(Box::new(script)),
             up: AtomicBool::new(false),
@@ -103,6 +106,12 @@ impl Server {
 
     pub fn set_script(&self, script: impl FnMut(&Request) -> Reply + Send + 'static) {
         *self.state.script.lock().unwrap() = Box::new(script);
+    }
+
+    /// Whether requests are kept for `requests()` (the default); the script sees them
+    /// either way.
+    pub fn keep_requests(&self, keep: bool) {
+        self.state.keep.store(keep, Ordering::SeqCst);
     }
 
     pub fn requests(&self) -> Vec<Request> {
@@ -178,11 +187,13 @@ fn handle(stream: TcpStream, state: &State) {
             return;
         };
         let reply = (state.script.lock().unwrap())(&request);
-        state.requests.lock().unwrap().push(Request {
-            reply: reply.clone(),
-            ..request
-        });
-        state.arrived.notify_all();
+        if state.keep.load(Ordering::SeqCst) {
+            state.requests.lock().unwrap().push(Request {
+                reply: reply.clone(),
+                ..request
+            });
+            state.arrived.notify_all();
+        }
         match reply {
             Reply::Status(code, headers) => {
                 let mut head = format!("HTTP/1.1 {code} X\r\ncontent-length: 2\r\n");

@@ -58,12 +58,7 @@ impl Rng {
         let seed = std::env::var("EVENTSPOOL_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::SystemTime::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
+            .unwrap_or_else(clock_seed);
         eprintln!("seeded with EVENTSPOOL_SEED={seed}");
         Rng(seed | 1)
     }
@@ -75,6 +70,22 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
     }
+}
+
+/// A seed from the clock, for runs not given one.
+pub fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos() as u64
+}
+
+/// The value after `name` on the command line (`--seconds 60`), for the tests with
+/// their own `main`.
+pub fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == name)?;
+    args.get(at + 1).cloned()
 }
 
 /// A small tmpfs mounted over a directory for a test (root only: `mount` returns None
