@@ -386,12 +386,47 @@ fn rss_child(events: u64) {
     );
 }
 
+/// Delivery throughput next to a raw ureq loop posting the same bodies, alternated
+/// three times; the medians are printed.
+fn delivery(d: &std::path::Path, s: &Scale) {
+    println!();
+    println!("| delivery to a local receiver (median of 3) | events/s | vs raw ureq |");
+    println!("|---|---:|---:|");
+    for (batch, n, name) in [
+        (1, s.deliver_single, "one event per request"),
+        (100, s.deliver_batched, "batches of 100"),
+    ] {
+        // Alternated like the raw baseline and `emit` above.
+        let (mut raws, mut ours) = (Vec::new(), Vec::new());
+        for round in 0..3 {
+            let receiver = support::Receiver::start("127.0.0.1:0", None, 2, false).unwrap();
+            raws.push(raw_ureq(&receiver.url(), n, batch));
+            receiver.stop();
+            let file = format!("deliver{batch}-{round}.db");
+            ours.push(spool_delivery(d, &file, n, batch as usize));
+        }
+        let (raw, ours) = (median(&mut raws), median(&mut ours));
+        println!("| raw ureq, {name} (baseline) | {raw:.0} | 1.00× |");
+        println!(
+            "| spool → webhook sink, {name} | {ours:.0} | {:.2}× |",
+            ours / raw
+        );
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--rss-child") {
         return rss_child(args[i + 1].parse().unwrap());
     }
     let quick = args.iter().any(|a| a == "--quick");
+    // `--delivery`: only the delivery figures (for comparing changes to the workers).
+    let delivery_only = args.iter().any(|a| a == "--delivery");
     let s = if quick { QUICK } else { FULL };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -404,15 +439,14 @@ fn main() {
 
     // The raw baseline and `emit` alternate three times; the medians are reported, so a
     // burst of load from elsewhere on the machine skews one round, not the figures.
+    if delivery_only {
+        return delivery(d, &s);
+    }
     let (mut bases, mut emits) = (Vec::new(), Vec::new());
     for round in 0..3 {
         bases.push(raw_baseline(d, &format!("raw{round}.db"), s.baseline));
         emits.push(emit_throughput(d, &format!("emit{round}.db"), s.emit));
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (base, emit) = (median(&mut bases), median(&mut emits));
     let naive = naive_baseline(d, s.naive);
     println!("| measure | events/s | vs raw baseline | vs naive |");
@@ -444,23 +478,7 @@ fn main() {
         "`emit` latency on the caller's thread (channel has room): p50 {p50} ns, p99 {p99} ns, p99.9 {p999} ns"
     );
 
-    println!();
-    println!("| delivery to a local receiver | events/s | vs raw ureq |");
-    println!("|---|---:|---:|");
-    for (batch, n, name) in [
-        (1, s.deliver_single, "one event per request"),
-        (100, s.deliver_batched, "batches of 100"),
-    ] {
-        let receiver = support::Receiver::start("127.0.0.1:0", None, 2, false).unwrap();
-        let raw = raw_ureq(&receiver.url(), n, batch);
-        receiver.stop();
-        let ours = spool_delivery(d, &format!("deliver{batch}.db"), n, batch as usize);
-        println!("| raw ureq, {name} (baseline) | {raw:.0} | 1.00× |");
-        println!(
-            "| spool → webhook sink, {name} | {ours:.0} | {:.2}× |",
-            ours / raw
-        );
-    }
+    delivery(d, &s);
     let (p50, p99) = e2e_latency(d, s.e2e_events);
     println!();
     println!("end-to-end latency, `emit` to receipt at 1000 events/s: p50 {p50:?}, p99 {p99:?}");

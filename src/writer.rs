@@ -61,9 +61,9 @@ const CHECKPOINT_BATCHES: u32 = 256;
 /// ... or when the writer has been idle this long with a WAL to copy (deleting what
 /// every consumer acknowledged first).
 const CHECKPOINT_IDLE: Duration = Duration::from_millis(50);
-/// Acknowledged events are deleted in the next commit once this many are waiting, else
-/// when the writer is idle: deleting after every single acknowledgement would cost a
-/// B-tree update per delivery.
+/// Acknowledged events are deleted once this many are waiting (in a transaction of
+/// their own, after the commit that made them so), else when the writer is idle:
+/// deleting after every single acknowledgement would cost a B-tree update per delivery.
 const COLLECT_AT: u64 = 1024;
 
 /// `append` events in the current batch: `batch[start..start + len]`.
@@ -329,6 +329,7 @@ impl Writer {
             results: Vec::new(),
             unsent: Vec::new(),
             collectable: false,
+            collect_due: false,
         };
         let caps = (self.max_events, self.max_bytes);
         match commit_batch(
@@ -409,6 +410,11 @@ impl Writer {
         self.unchecked.1 += n;
         if self.unchecked.0 >= CHECKPOINT_BATCHES || self.unchecked.1 >= CHECKPOINT_EVENTS {
             self.checkpoint();
+        }
+        // In a transaction of its own, once everyone is answered: a sink's next request
+        // goes out while the deletion runs, instead of after it.
+        if kept.collect_due {
+            self.collect();
         }
     }
 
@@ -491,12 +497,13 @@ struct Kept {
     unsent: Vec<(String, u64)>,
     /// Events every consumer acknowledged are left to delete when the writer is idle.
     collectable: bool,
+    /// ... or right after the waiters were answered: [`COLLECT_AT`] or more wait.
+    collect_due: bool,
 }
 
 /// One transaction: insert the batch, apply the consumer operations, delete what every
-/// consumer acknowledged (when `collect`, when at least [`COLLECT_AT`] events are
-/// waiting, or to stay within the caps), evict the oldest beyond the caps, save the
-/// state.
+/// consumer acknowledged (when `collect`, or to stay within the caps; else it is marked
+/// for later), evict the oldest beyond the caps, save the state.
 fn commit_batch(
     conn: &mut Connection,
     batch: &[Event],
@@ -518,11 +525,12 @@ fn commit_batch(
         let consumed_to = (acked + 1).min(end);
         let over_caps = end - kept.first_seq > max_events || kept.stored_bytes > max_bytes;
         if consumed_to > kept.first_seq {
-            if collect || over_caps || consumed_to - kept.first_seq >= COLLECT_AT {
+            if collect || over_caps {
                 kept.stored_bytes -= store::delete_before(&tx, consumed_to)?.1;
                 kept.first_seq = consumed_to;
             } else {
                 kept.collectable = true;
+                kept.collect_due = consumed_to - kept.first_seq >= COLLECT_AT;
             }
         }
     }

@@ -8,7 +8,9 @@
 //!   that is metered (`evicted_unsent`): nothing else is lost.
 //!
 //! `cargo test` runs a small load; the README's figures come from
-//! `cargo test --release --test load -- --events 1000000 --flap-ms 2000`.
+//! `cargo test --release --test load -- --events 1000000 --flap-ms 2000`
+//! (caps default to a quarter of the events and `DEFAULT_MAX_BYTES`; `--max-events` and
+//! `--max-bytes` change them).
 
 mod common;
 
@@ -109,15 +111,21 @@ fn main() -> ExitCode {
     let max_events: u64 = arg("--max-events")
         .and_then(|s| s.parse().ok())
         .unwrap_or(total / 4);
+    let max_bytes: u64 = arg("--max-bytes")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(eventspool::DEFAULT_MAX_BYTES);
     println!(
-        "load: {PRODUCERS} producers x {per_producer} events, cap {max_events} events, \
-         sinks flapping every {flap:?}"
+        "load: {PRODUCERS} producers x {per_producer} events, caps {max_events} events and \
+         {} MiB, sinks flapping every {flap:?}",
+        max_bytes >> 20
     );
 
     let dir = tempfile::tempdir().unwrap();
     let seen: Vec<Arc<Mutex<Seen>>> = (0..2).map(|_| Arc::default()).collect();
     let mut servers: Vec<Server> = seen.iter().map(|s| receiver(s.clone())).collect();
-    let mut builder = Spool::builder(dir.path().join("events.db")).max_events(max_events);
+    let mut builder = Spool::builder(dir.path().join("events.db"))
+        .max_events(max_events)
+        .max_bytes(max_bytes);
     for (i, server) in servers.iter().enumerate() {
         builder = builder.sink(
             WebhookSink::new(format!("hook-{i}"), server.url())
