@@ -425,8 +425,8 @@ impl Worker {
         }
     }
 
-    /// Records the outcome of a batch: acknowledged (`failure` is `None`) or given up.
-    /// Records the outcome of `batch` through the writer. Returns false when told to
+    /// Records the outcome of `batch` (acknowledged when `failure` is `None`, else given
+    /// up) through the writer. Returns false when told to
     /// stop while waiting after a failed commit.
     fn settle(&mut self, batch: &Batch, failure: Option<DeliveryError>, retries: u32) -> bool {
         let seqs = || batch.events.iter().map(|e| e.seq).collect::<Vec<_>>();
