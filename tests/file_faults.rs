@@ -97,41 +97,49 @@ fn a_file_replaced_while_open_is_left_alone_and_saved_beside_it() -> TestResult 
 /// Child: commits 10 events and copies them into the file, holds a read transaction
 /// open so the next 10 stay in the WAL only, commits them, says so, and waits to be
 /// killed.
-fn wal_child(path: &Path, ready: &Path) -> TestResult {
-    let spool = spool_with(path, 10)?;
-    let reader = rusqlite::Connection::open(path)?;
-    reader.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-    reader.execute_batch("BEGIN; SELECT count(*) FROM events;")?;
+fn wal_child(path: &Path) -> ! {
+    let spool = spool_with(path, 10).expect("first 10");
+    let reader = rusqlite::Connection::open(path).expect("reader");
+    reader
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        .expect("checkpoint");
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM events;")
+        .expect("read transaction");
     for n in 10..20 {
-        spool.append(numbered(n))?;
+        spool.append(numbered(n)).expect("next 10");
     }
-    std::fs::write(ready, b"ready")?;
+    std::fs::write(beside(path, ".ready"), b"ready").expect("ready file");
     loop {
         std::thread::park();
     }
 }
 
-#[test]
-fn a_wal_removed_after_a_crash_is_refused_at_open_with_a_way_out() -> TestResult {
+/// Runs [`wal_child`] in a child process (this binary, re-invoked for `test` alone) and
+/// kills it with SIGKILL once its last 10 commits are in the WAL only.
+fn crash_with_commits_in_the_wal(test: &str) -> (tempfile::TempDir, PathBuf) {
     if let Ok(path) = std::env::var("EVENTSPOOL_WAL_CHILD") {
-        let path = PathBuf::from(path);
-        return wal_child(&path, &beside(&path, ".ready"));
+        wal_child(Path::new(&path));
     }
-    let (_dir, path) = temp_spool();
-    let ready = beside(&path, ".ready");
-    let mut child = Command::new(std::env::current_exe()?)
-        .args([
-            "--exact",
-            "a_wal_removed_after_a_crash_is_refused_at_open_with_a_way_out",
-            "--nocapture",
-        ])
+    let (dir, path) = temp_spool();
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", test, "--nocapture"])
         .env("EVENTSPOOL_WAL_CHILD", &path)
         .stdout(Stdio::null())
-        .spawn()?;
+        .spawn()
+        .expect("child");
+    let ready = beside(&path, ".ready");
     wait_until(T, "the child committed 20 events", || ready.exists());
-    child.kill()?; // SIGKILL
-    child.wait()?;
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    (dir, path)
+}
 
+#[test]
+fn a_wal_removed_after_a_crash_is_refused_at_open_with_a_way_out() -> TestResult {
+    let (_dir, path) = crash_with_commits_in_the_wal(
+        "a_wal_removed_after_a_crash_is_refused_at_open_with_a_way_out",
+    );
     let wal = beside(&path, "-wal");
     let shm = beside(&path, "-shm");
     assert!(wal.exists() && shm.exists(), "a crash leaves both behind");
@@ -163,24 +171,8 @@ fn a_wal_removed_after_a_crash_is_refused_at_open_with_a_way_out() -> TestResult
 #[test]
 fn a_crash_with_its_wal_in_place_opens_with_everything() -> TestResult {
     // The same crash without removing anything: the check must not refuse it.
-    if let Ok(path) = std::env::var("EVENTSPOOL_WAL_KEPT_CHILD") {
-        let path = PathBuf::from(path);
-        return wal_child(&path, &beside(&path, ".ready"));
-    }
-    let (_dir, path) = temp_spool();
-    let ready = beside(&path, ".ready");
-    let mut child = Command::new(std::env::current_exe()?)
-        .args([
-            "--exact",
-            "a_crash_with_its_wal_in_place_opens_with_everything",
-            "--nocapture",
-        ])
-        .env("EVENTSPOOL_WAL_KEPT_CHILD", &path)
-        .stdout(Stdio::null())
-        .spawn()?;
-    wait_until(T, "the child committed 20 events", || ready.exists());
-    child.kill()?;
-    child.wait()?;
+    let (_dir, path) =
+        crash_with_commits_in_the_wal("a_crash_with_its_wal_in_place_opens_with_everything");
     let spool = Spool::open(&path)?;
     assert_eq!(numbers(&spool), (0..20).collect::<Vec<_>>());
     spool.close(T)?;
