@@ -3,7 +3,7 @@
 //! It can be taken down (connections refused) and brought back on the same port.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -206,8 +206,18 @@ fn handle(stream: TcpStream, state: &State) {
                 }
             }
             Reply::Hang => {
+                // Until the server goes down or the client hangs up: a long run piles up
+                // hung connections otherwise, each with a thread.
+                let _ = out.set_read_timeout(Some(Duration::from_millis(20)));
+                let mut byte = [0u8; 1];
                 while !state.closing.load(Ordering::SeqCst) && state.up.load(Ordering::SeqCst) {
-                    thread::sleep(Duration::from_millis(5));
+                    match reader.read(&mut byte) {
+                        Ok(0) => return, // the client closed the connection
+                        Ok(_) => {}      // more bytes: not answered either
+                        Err(e)
+                            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                        Err(_) => return,
+                    }
                 }
                 return;
             }
