@@ -1,4 +1,5 @@
-//! The benchmark harness: `cargo run --release --example bench [-- --quick]`.
+//! The benchmark harness: `cargo run --release --example bench [-- --quick]`
+//! (`--ingest` or `--delivery` for only those figures).
 //!
 //! Every figure is printed next to a baseline measured in the same run (raw rusqlite
 //! batched inserts, and a naive autocommit-per-event loop), because the machines this
@@ -425,8 +426,10 @@ fn main() {
         return rss_child(args[i + 1].parse().unwrap());
     }
     let quick = args.iter().any(|a| a == "--quick");
-    // `--delivery`: only the delivery figures (for comparing changes to the workers).
+    // `--delivery`: only the delivery figures (for comparing changes to the workers);
+    // `--ingest`: only the emit and append figures (for changes to the writer).
     let delivery_only = args.iter().any(|a| a == "--delivery");
+    let ingest_only = args.iter().any(|a| a == "--ingest");
     let s = if quick { QUICK } else { FULL };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -477,6 +480,9 @@ fn main() {
     println!(
         "`emit` latency on the caller's thread (channel has room): p50 {p50} ns, p99 {p99} ns, p99.9 {p999} ns"
     );
+    if ingest_only {
+        return;
+    }
 
     delivery(d, &s);
     let (p50, p99) = e2e_latency(d, s.e2e_events);

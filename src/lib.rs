@@ -17,6 +17,7 @@
 //!    the caller's thread      wake sinks and subscribers     else backoff, dead letters
 //!
 //!  readers (r2d2 pool): len, last_seq, query, subscriptions, dead letters
+//!  checkpoint thread: copies the WAL into the database beside the writer
 //! ```
 //!
 //! ## A tour

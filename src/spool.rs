@@ -19,7 +19,7 @@ use crate::metrics::{Counters, MetricsSnapshot};
 use crate::sink::Sink;
 use crate::store::{self, Op, ReaderPool, StartAt};
 use crate::subscribe::{ConsumerInfo, SeekPosition, SubParts, SubState, Subscription};
-use crate::writer::{self, Msg, Writer};
+use crate::writer::{self, Checkpointer, Msg, Writer};
 
 /// How long `Drop` waits for a spool that was not closed to commit what is queued.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -358,9 +358,11 @@ impl Spool {
             subscriptions: Mutex::new(HashMap::new()),
         });
         let spool_id = opened.state.spool_id.clone();
+        let checkpointer = Checkpointer::start(store::open_checkpointer(&path)?)?;
         let writer = Writer::new(
             lock,
             opened.conn,
+            checkpointer,
             &opened.state,
             &config,
             rx,

@@ -27,7 +27,7 @@ pub(crate) const SCHEMA_VERSION: i64 = 1;
 /// `PRAGMA application_id` of a spool file: "EvSp".
 const APPLICATION_ID: i64 = 0x4576_5370;
 /// Largest WAL kept on disk after a checkpoint resets it.
-const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
+pub(crate) const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Tables are created with `IF NOT EXISTS` at every open, so additive tables need
@@ -343,7 +343,7 @@ pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
 pub(crate) fn rescue(conn: &Connection, path: &Path) -> Option<PathBuf> {
     // Empty the WAL first: it stays at `<path>-wal`, where SQLite would apply its frames
     // to a new file at `path`.
-    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+    if let Err(e) = checkpoint_truncate(conn) {
         log::error!("cannot empty the WAL of {}: {e}", path.display());
         return None;
     }
@@ -731,9 +731,27 @@ pub(crate) fn dead_letters(
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-/// Copies the WAL into the database without waiting for readers (PASSIVE).
+/// Copies the WAL into the database without waiting for readers or the writer (PASSIVE).
 pub(crate) fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+}
+
+/// Copies all of the WAL into the database and empties it, waiting for readers
+/// (TRUNCATE).
+pub(crate) fn checkpoint_truncate(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+}
+
+/// A connection for the background checkpoints (it writes only what the WAL holds).
+pub(crate) fn open_checkpointer(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(at_open(path))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// The size of the WAL file, 0 when there is none.
+pub(crate) fn wal_bytes(path: &Path) -> u64 {
+    fs::metadata(beside(path, "-wal")).map_or(0, |m| m.len())
 }
 
 // ---- reader side ------------------------------------------------------------------

@@ -5,11 +5,14 @@
 //! transaction, then answers the durable waiters (`append`, `flush`, `close`) that
 //! were queued behind the data. A failed commit keeps the emitted events (up to the
 //! channel capacity) and retries them with backoff; `append` callers get the error.
+//! Checkpoints run on a thread of their own ([`Checkpointer`]); the writer only keeps
+//! the WAL bounded.
 
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, never, select};
@@ -53,8 +56,9 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 const GROUP_WAIT: Duration = Duration::from_micros(250);
 /// How often the writer re-checks the counters while waiting for in-flight events at close.
 const SETTLE_POLL: Duration = Duration::from_millis(1);
-/// A checkpoint (copying the WAL into the database, with an fsync) runs after this many
-/// events were committed since the last one ...
+/// A checkpoint (copying the WAL into the database, with an fsync; on the checkpointer's
+/// thread, while the writer goes on) is asked for after this many events were committed
+/// since the last one ...
 const CHECKPOINT_EVENTS: u64 = 8192;
 /// ... or this many batches ...
 const CHECKPOINT_BATCHES: u32 = 256;
@@ -65,6 +69,53 @@ const CHECKPOINT_IDLE: Duration = Duration::from_millis(50);
 /// their own, after the commit that made them so), else when the writer is idle:
 /// deleting after every single acknowledgement would cost a B-tree update per delivery.
 const COLLECT_AT: u64 = 1024;
+/// The WAL restarts from its beginning only when a commit finds it wholly copied, which
+/// a steady stream of commits may never do while the checkpointer copies beside it: past
+/// `max_bytes` (within these bounds) the writer empties it itself.
+const WAL_LIMIT: (u64, u64) = (4 << 20, 2 * store::JOURNAL_SIZE_LIMIT as u64);
+
+/// Copies the WAL into the database on a connection and thread of its own, so the
+/// writer goes on committing meanwhile: the copy is most of a checkpoint's cost.
+pub(crate) struct Checkpointer {
+    requests: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    pub(crate) fn start(conn: Connection) -> Result<Checkpointer> {
+        // One request waiting is enough: the pass it starts covers every later commit.
+        let (requests, asked) = crossbeam_channel::bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("eventspool-checkpoint".into())
+            .spawn(move || {
+                for () in asked {
+                    if let Err(e) = store::checkpoint(&conn) {
+                        log::debug!("checkpoint failed: {e}");
+                    }
+                }
+            })
+            .map_err(|e| Error::io("cannot spawn the checkpoint thread", e))?;
+        Ok(Checkpointer {
+            requests: Some(requests),
+            thread: Some(thread),
+        })
+    }
+
+    fn request(&self) {
+        if let Some(requests) = &self.requests {
+            let _ = requests.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.requests.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
 
 /// `append` events in the current batch: `batch[start..start + len]`.
 struct Waiter {
@@ -74,8 +125,7 @@ struct Waiter {
 }
 
 pub(crate) struct Writer {
-    /// The OS lock that makes this spool the file's owner; released when the writer ends.
-    _lock: File,
+    checkpointer: Checkpointer,
     conn: Connection,
     path: PathBuf,
     /// The file's identity at open (see [`store::file_id`]).
@@ -87,6 +137,8 @@ pub(crate) struct Writer {
     shared: Arc<Shared>,
     max_events: u64,
     max_bytes: u64,
+    /// See [`WAL_LIMIT`].
+    wal_limit: u64,
     batch_size: usize,
     flush_interval: Duration,
     /// Most events held across failed commits (the channel capacity).
@@ -109,12 +161,17 @@ pub(crate) struct Writer {
     unchecked: (u32, u64),
     /// Some acknowledged events wait to be deleted.
     gc_pending: bool,
+    /// The OS lock that makes this spool the file's owner; released when the writer
+    /// ends, after its connections closed (fields drop in order).
+    _lock: File,
 }
 
 impl Writer {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         lock: File,
         conn: Connection,
+        checkpointer: Checkpointer,
         state: &StoreState,
         config: &SpoolConfig,
         rx: Receiver<Msg>,
@@ -128,6 +185,7 @@ impl Writer {
         c.stored_bytes.store(state.stored_bytes, Relaxed);
         Writer {
             _lock: lock,
+            checkpointer,
             file_id: store::file_id(&config.path),
             gone: None,
             path: config.path.clone(),
@@ -136,6 +194,7 @@ impl Writer {
             stop,
             max_events: config.max_events,
             max_bytes: config.max_bytes,
+            wal_limit: config.max_bytes.clamp(WAL_LIMIT.0, WAL_LIMIT.1),
             batch_size: config.batch_size,
             flush_interval: Duration::from_millis(config.flush_interval_ms),
             pending_cap: config.channel_capacity.max(config.batch_size),
@@ -411,6 +470,7 @@ impl Writer {
         if self.unchecked.0 >= CHECKPOINT_BATCHES || self.unchecked.1 >= CHECKPOINT_EVENTS {
             self.checkpoint();
         }
+        self.bound_wal();
         // In a transaction of its own, once everyone is answered: a sink's next request
         // goes out while the deletion runs, instead of after it.
         if kept.collect_due {
@@ -420,8 +480,15 @@ impl Writer {
 
     fn checkpoint(&mut self) {
         self.unchecked = (0, 0);
-        if let Err(e) = store::checkpoint(&self.conn) {
-            log::debug!("checkpoint failed: {e}");
+        self.checkpointer.request();
+    }
+
+    /// Empties the WAL when it grew past the limit (a `stat` per commit).
+    fn bound_wal(&mut self) {
+        if store::wal_bytes(&self.path) > self.wal_limit
+            && let Err(e) = store::checkpoint_truncate(&self.conn)
+        {
+            log::warn!("cannot empty the WAL past {} bytes: {e}", self.wal_limit);
         }
     }
 
