@@ -470,7 +470,8 @@ fn main() {
     for (threads, n) in s.append {
         let (r, batch) = append_throughput(d, threads, n);
         println!(
-            "| `append`, {threads} threads (mean batch {batch:.1}) | {r:.0} | {:.2}× | {:.1}× |",
+            "| `append`, {threads} thread{} (mean batch {batch:.1}) | {r:.0} | {:.2}× | {:.1}× |",
+            if threads == 1 { "" } else { "s" },
             r / base,
             r / naive
         );
