@@ -213,6 +213,16 @@ impl ReadOnly {
     }
 }
 
+/// Opening `path` fails with an I/O error that names it.
+fn assert_refused_naming(path: &Path) {
+    let err = Spool::open(path).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_read_only_directory_gives_a_clear_error_naming_the_path() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -221,23 +231,13 @@ fn a_read_only_directory_gives_a_clear_error_naming_the_path() -> TestResult {
     let read_only = ReadOnly::new(&spools);
     let path = spools.join("events.db");
 
-    let err = Spool::open(&path).unwrap_err();
-    assert!(matches!(err, Error::Io { .. }), "{err}");
-    assert!(
-        err.to_string().contains(&path.display().to_string()),
-        "{err}"
-    );
+    assert_refused_naming(&path);
 
     // A spool written while the directory was writable, then opened read-only.
     read_only.set_writable(true);
     spool_with(&path, 5)?.close(T)?;
     read_only.set_writable(false);
-    let err = Spool::open(&path).unwrap_err();
-    assert!(matches!(err, Error::Io { .. }), "{err}");
-    assert!(
-        err.to_string().contains(&path.display().to_string()),
-        "{err}"
-    );
+    assert_refused_naming(&path);
 
     read_only.set_writable(true);
     let spool = Spool::open(&path)?;
