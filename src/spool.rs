@@ -219,7 +219,9 @@ impl SpoolBuilder {
     /// # Errors
     /// [`Error::InvalidConfig`]; [`Error::Locked`] if another `Spool` owns the file;
     /// [`Error::NotASpool`], [`Error::NewerSchema`], [`Error::Corrupt`] for a file
-    /// that cannot be used (it is left untouched); [`Error::Io`] / [`Error::Sqlite`].
+    /// that cannot be used, [`Error::WalLost`] after a crash whose WAL was removed (the
+    /// file is left untouched in each case); [`Error::Io`] (a read-only directory, for
+    /// one) / [`Error::Sqlite`].
     pub fn open(self) -> Result<Spool> {
         Spool::start(self)
     }
@@ -475,8 +477,8 @@ impl Spool {
     ///
     /// # Errors
     /// [`Error::InvalidEvent`]; [`Error::Filtered`] if the filter dropped it;
-    /// [`Error::Commit`] if the commit failed (the event is not stored);
-    /// [`Error::Closed`].
+    /// [`Error::Commit`] if the commit failed and [`Error::FileGone`] if the file was
+    /// deleted or replaced (the event is not stored in either case); [`Error::Closed`].
     pub fn append(&self, mut event: Event) -> Result<SeqNo> {
         if !self.inner.admit(&mut event)? {
             return Err(Error::Filtered);
