@@ -342,27 +342,28 @@ pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
 /// replaced under it: at `path` when that is free, else at `<path>.rescued`.
 pub(crate) fn rescue(conn: &Connection, path: &Path) -> Option<PathBuf> {
     // Empty the WAL first: it stays at `<path>-wal`, where SQLite would apply its frames
-    // to a new file at `path`.
-    if let Err(e) = checkpoint_truncate(conn) {
+    // to a new file at `path`; if it cannot be emptied, save beside it only.
+    let emptied = checkpoint_truncate(conn, BUSY_TIMEOUT).unwrap_or_else(|e| {
         log::error!("cannot empty the WAL of {}: {e}", path.display());
-        return None;
-    }
-    for target in [path.to_owned(), beside(path, ".rescued")] {
+        false
+    });
+    let targets = [path.to_owned(), beside(path, ".rescued")];
+    for target in &targets[usize::from(!emptied)..] {
         let mut options = OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        if options.open(&target).is_err() {
+        if options.open(target).is_err() {
             continue; // taken: someone else's file
         }
         let Some(name) = target.to_str() else {
             break;
         };
         match conn.execute("VACUUM INTO ?1", [name]) {
-            Ok(_) => return Some(target),
+            Ok(_) => return Some(target.clone()),
             Err(e) => {
                 log::error!("cannot save the spool to {}: {e}", target.display());
-                let _ = fs::remove_file(&target);
+                let _ = fs::remove_file(target);
                 return None;
             }
         }
@@ -736,10 +737,16 @@ pub(crate) fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
 }
 
-/// Copies all of the WAL into the database and empties it, waiting for readers
-/// (TRUNCATE).
-pub(crate) fn checkpoint_truncate(conn: &Connection) -> rusqlite::Result<()> {
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+/// Copies all of the WAL into the database and empties it (TRUNCATE), waiting up to
+/// `wait` for a checkpoint in progress and for readers of older snapshots. Returns
+/// whether it got that far.
+pub(crate) fn checkpoint_truncate(conn: &Connection, wait: Duration) -> rusqlite::Result<bool> {
+    conn.busy_timeout(wait)?;
+    let busy = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    });
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(busy? == 0)
 }
 
 /// A connection for the background checkpoints (it writes only what the WAL holds).

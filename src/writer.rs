@@ -73,6 +73,9 @@ const COLLECT_AT: u64 = 1024;
 /// a steady stream of commits may never do while the checkpointer copies beside it: past
 /// `max_bytes` (within these bounds) the writer empties it itself.
 const WAL_LIMIT: (u64, u64) = (4 << 20, 2 * store::JOURNAL_SIZE_LIMIT as u64);
+/// How long the writer waits, when emptying the WAL, for a checkpoint in progress and
+/// for readers of older snapshots.
+const WAL_WAIT: Duration = Duration::from_secs(1);
 
 /// Copies the WAL into the database on a connection and thread of its own, so the
 /// writer goes on committing meanwhile: the copy is most of a checkpoint's cost.
@@ -139,6 +142,9 @@ pub(crate) struct Writer {
     max_bytes: u64,
     /// See [`WAL_LIMIT`].
     wal_limit: u64,
+    /// The WAL size at which the writer empties it next: `wal_limit`, or more after an
+    /// attempt failed (a reader held on to an old snapshot past the busy timeout).
+    wal_next: u64,
     batch_size: usize,
     flush_interval: Duration,
     /// Most events held across failed commits (the channel capacity).
@@ -195,6 +201,7 @@ impl Writer {
             max_events: config.max_events,
             max_bytes: config.max_bytes,
             wal_limit: config.max_bytes.clamp(WAL_LIMIT.0, WAL_LIMIT.1),
+            wal_next: config.max_bytes.clamp(WAL_LIMIT.0, WAL_LIMIT.1),
             batch_size: config.batch_size,
             flush_interval: Duration::from_millis(config.flush_interval_ms),
             pending_cap: config.channel_capacity.max(config.batch_size),
@@ -483,12 +490,27 @@ impl Writer {
         self.checkpointer.request();
     }
 
-    /// Empties the WAL when it grew past the limit (a `stat` per commit).
+    /// Empties the WAL when it grew past the limit (a `stat` per commit). When that does
+    /// not succeed within [`WAL_WAIT`], the next attempt waits until the WAL doubled, so
+    /// a reader that holds an old snapshot stalls the writer a few times, not at every
+    /// commit.
     fn bound_wal(&mut self) {
-        if store::wal_bytes(&self.path) > self.wal_limit
-            && let Err(e) = store::checkpoint_truncate(&self.conn)
-        {
-            log::warn!("cannot empty the WAL past {} bytes: {e}", self.wal_limit);
+        let size = store::wal_bytes(&self.path);
+        if size <= self.wal_next {
+            return;
+        }
+        match store::checkpoint_truncate(&self.conn, WAL_WAIT) {
+            Ok(true) => self.wal_next = self.wal_limit,
+            outcome => {
+                self.wal_next = size * 2;
+                log::warn!(
+                    "cannot empty the WAL at {size} bytes ({}); a reader may hold an old snapshot",
+                    match outcome {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "busy".into(),
+                    }
+                );
+            }
         }
     }
 
