@@ -58,6 +58,8 @@ pub enum Error {
     /// `<path>-shm` records commits in it that were not yet copied into the file: they
     /// were lost with it, and opening would reuse their `seq`s. Nothing was modified.
     /// To open what the file still holds, accepting that loss, delete `<path>-shm`.
+    /// (A power loss under `Durability::Normal`, which does not sync every commit, can
+    /// leave the same picture; `Durability::Full` cannot.)
     WalLost(PathBuf),
     /// SQLite reports the file as corrupt or not a database.
     Corrupt {
