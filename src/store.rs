@@ -316,8 +316,7 @@ fn check_wal(path: &Path) -> Result<()> {
         return Ok(()); // everything in the WAL is also in the database
     }
     let needed = 32 + u64::from(frames) * (24 + page);
-    let wal_len = fs::metadata(beside(path, "-wal")).map_or(0, |m| m.len());
-    if wal_len < needed {
+    if wal_bytes(path) < needed {
         return Err(Error::WalLost(path.to_owned()));
     }
     Ok(())
@@ -349,6 +348,9 @@ pub(crate) fn rescue(conn: &Connection, path: &Path) -> Option<PathBuf> {
     });
     let targets = [path.to_owned(), beside(path, ".rescued")];
     for target in &targets[usize::from(!emptied)..] {
+        let Some(name) = target.to_str() else {
+            break; // SQL takes the name as text
+        };
         let mut options = OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
@@ -356,9 +358,6 @@ pub(crate) fn rescue(conn: &Connection, path: &Path) -> Option<PathBuf> {
         if options.open(target).is_err() {
             continue; // taken: someone else's file
         }
-        let Some(name) = target.to_str() else {
-            break;
-        };
         match conn.execute("VACUUM INTO ?1", [name]) {
             Ok(_) => return Some(target.clone()),
             Err(e) => {
