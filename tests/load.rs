@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::arg;
 use common::http::{Reply, Request, Server};
+use common::{arg, wait_until};
 use eventspool::{Backoff, Event, Spool, WebhookSink};
 use serde::Deserialize;
 use serde_json::json;
@@ -182,17 +182,11 @@ fn main() -> ExitCode {
     producing.store(false, Ordering::SeqCst);
     let (_servers, flaps) = flapper.join().unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(60 + total / 10_000);
-    while spool.metrics().sinks.iter().any(|s| s.lag > 0) {
-        if Instant::now() > deadline {
-            eprintln!(
-                "load: the sinks did not catch up: {:?}",
-                spool.metrics().sinks
-            );
-            return ExitCode::FAILURE;
-        }
-        thread::sleep(Duration::from_millis(20)); // polling a condition with a deadline
-    }
+    wait_until(
+        Duration::from_secs(60 + total / 10_000),
+        "the sinks caught up",
+        || spool.metrics().sinks.iter().all(|s| s.lag == 0),
+    );
     let elapsed = started.elapsed();
     let m = spool.metrics();
     let mut violations = Vec::new();
