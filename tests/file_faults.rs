@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::http::Server;
 use common::*;
-use eventspool::{Error, Spool};
+use eventspool::{Backoff, Error, Spool, WebhookSink};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -66,6 +67,35 @@ fn a_file_deleted_while_open_refuses_writes_and_is_saved_back() -> TestResult {
     assert_eq!(numbers(&reopened), (0..100).collect::<Vec<_>>());
     assert_eq!(reopened.append(numbered(100))?, 101, "seq goes on");
     reopened.close(T)?;
+    Ok(())
+}
+
+#[test]
+fn a_sink_that_cannot_record_its_progress_waits_before_sending_again() -> TestResult {
+    // The receiver takes the batch, but the cursor cannot be committed (the file is
+    // gone): the batch is sent again, after a pause, not in a hot loop.
+    let (_dir, path) = temp_spool();
+    let mut server = Server::start();
+    server.down();
+    let spool = Spool::builder(&path)
+        .sink(
+            WebhookSink::new("hook", server.url()).backoff(Backoff::exponential(
+                Duration::from_millis(5),
+                Duration::from_millis(50),
+            )),
+        )
+        .open()?;
+    spool.append(numbered(0))?;
+    std::fs::remove_file(&path)?;
+    server.up();
+    let requests = server.wait_requests(2, T);
+    let gap = requests[1].at - requests[0].at;
+    assert_eq!(requests[0].body, requests[1].body, "the same batch again");
+    assert!(
+        gap >= Duration::from_millis(900),
+        "sent again after {gap:?}"
+    );
+    let _ = spool.close(Duration::from_millis(200));
     Ok(())
 }
 
