@@ -87,6 +87,11 @@ fn a_sink_that_cannot_record_its_progress_waits_before_sending_again() -> TestRe
         .open()?;
     spool.append(numbered(0))?;
     std::fs::remove_file(&path)?;
+    // The next commit notices and saves the file back, so readers find it again.
+    assert!(matches!(
+        spool.append(numbered(1)),
+        Err(Error::FileGone { .. })
+    ));
     server.up();
     let requests = server.wait_requests(2, T);
     let gap = requests[1].at - requests[0].at;
