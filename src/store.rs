@@ -338,14 +338,10 @@ pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
 }
 
 /// Saves what `conn` holds into a new file after the spool's own file was deleted or
-/// replaced under it: at `path` when that is free, else at `<path>.rescued`.
-pub(crate) fn rescue(conn: &Connection, path: &Path) -> Option<PathBuf> {
-    // Empty the WAL first: it stays at `<path>-wal`, where SQLite would apply its frames
-    // to a new file at `path`; if it cannot be emptied, save beside it only.
-    let emptied = checkpoint_truncate(conn, BUSY_TIMEOUT).unwrap_or_else(|e| {
-        log::error!("cannot empty the WAL of {}: {e}", path.display());
-        false
-    });
+/// replaced under it: at `path` when that is free and the WAL was `emptied` (else
+/// SQLite would apply the frames left at `<path>-wal` to the new file), else at
+/// `<path>.rescued`.
+pub(crate) fn rescue(conn: &Connection, path: &Path, emptied: bool) -> Option<PathBuf> {
     let targets = [path.to_owned(), beside(path, ".rescued")];
     for target in &targets[usize::from(!emptied)..] {
         let Some(name) = target.to_str() else {
@@ -737,8 +733,8 @@ pub(crate) fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Copies all of the WAL into the database and empties it (TRUNCATE), waiting up to
-/// `wait` for a checkpoint in progress and for readers of older snapshots. Returns
-/// whether it got that far.
+/// `wait` for readers of older snapshots. Returns whether it got that far: another
+/// checkpoint in progress makes SQLite answer busy at once, whatever `wait` is.
 pub(crate) fn checkpoint_truncate(conn: &Connection, wait: Duration) -> rusqlite::Result<bool> {
     conn.busy_timeout(wait)?;
     let busy = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {

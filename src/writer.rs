@@ -10,8 +10,8 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -73,8 +73,8 @@ const COLLECT_AT: u64 = 1024;
 /// a steady stream of commits may never do while the checkpointer copies beside it: past
 /// `max_bytes` (within these bounds) the writer empties it itself.
 const WAL_LIMIT: (u64, u64) = (4 << 20, 2 * store::JOURNAL_SIZE_LIMIT as u64);
-/// How long the writer waits, when emptying the WAL, for a checkpoint in progress and
-/// for readers of older snapshots.
+/// How long the writer waits, when emptying the WAL, for readers of older snapshots
+/// (after the background pass in progress, if any, is over).
 const WAL_WAIT: Duration = Duration::from_secs(1);
 
 /// Copies the WAL into the database on a connection and thread of its own, so the
@@ -82,16 +82,24 @@ const WAL_WAIT: Duration = Duration::from_secs(1);
 pub(crate) struct Checkpointer {
     requests: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    /// Held through each pass. SQLite lets one checkpoint run at a time and answers
+    /// another with SQLITE_BUSY at once, without waiting: the writer takes this first
+    /// so a pass in progress is waited for, not mistaken for a reader holding an old
+    /// snapshot.
+    turn: Arc<Mutex<()>>,
 }
 
 impl Checkpointer {
     pub(crate) fn start(conn: Connection) -> Result<Checkpointer> {
         // One request waiting is enough: the pass it starts covers every later commit.
         let (requests, asked) = crossbeam_channel::bounded::<()>(1);
+        let turn = Arc::new(Mutex::new(()));
+        let mine = turn.clone();
         let thread = std::thread::Builder::new()
             .name("eventspool-checkpoint".into())
             .spawn(move || {
                 for () in asked {
+                    let _turn = mine.lock().unwrap_or_else(PoisonError::into_inner);
                     if let Err(e) = store::checkpoint(&conn) {
                         log::debug!("checkpoint failed: {e}");
                     }
@@ -101,6 +109,7 @@ impl Checkpointer {
         Ok(Checkpointer {
             requests: Some(requests),
             thread: Some(thread),
+            turn,
         })
     }
 
@@ -108,6 +117,13 @@ impl Checkpointer {
         if let Some(requests) = &self.requests {
             let _ = requests.try_send(());
         }
+    }
+
+    /// Empties the WAL on the writer's `conn` (see [`store::checkpoint_truncate`]) once
+    /// the pass in progress, if any, is over.
+    fn truncate(&self, conn: &Connection, wait: Duration) -> rusqlite::Result<bool> {
+        let _turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
+        store::checkpoint_truncate(conn, wait)
     }
 }
 
@@ -428,7 +444,16 @@ impl Writer {
                 "spool file {} was deleted or replaced while open; saving what it held",
                 self.path.display()
             );
-            self.gone = Some(store::rescue(&self.conn, &self.path));
+            // Empty the WAL first: it stays at `<path>-wal`, where SQLite would apply its
+            // frames to a new file at `path`.
+            let emptied = self
+                .checkpointer
+                .truncate(&self.conn, WAL_WAIT)
+                .unwrap_or_else(|e| {
+                    log::error!("cannot empty the WAL of {}: {e}", self.path.display());
+                    false
+                });
+            self.gone = Some(store::rescue(&self.conn, &self.path, emptied));
         }
         self.gone.clone()
     }
@@ -499,7 +524,7 @@ impl Writer {
         if size <= self.wal_next {
             return;
         }
-        match store::checkpoint_truncate(&self.conn, WAL_WAIT) {
+        match self.checkpointer.truncate(&self.conn, WAL_WAIT) {
             Ok(true) => self.wal_next = self.wal_limit,
             outcome => {
                 self.wal_next = size * 2;

@@ -621,8 +621,9 @@ fn the_wal_stays_bounded_under_a_steady_stream() -> TestResult {
     let largest = largest.load(Ordering::SeqCst);
     eprintln!("largest WAL: {largest} bytes");
     // 40 MB went through; the WAL may overshoot the limit by a batch (and the pages
-    // its evictions touch).
-    assert!(largest < 12 << 20, "the WAL grew to {largest} bytes");
+    // its evictions touch), but it must not double: a background checkpoint in
+    // progress is waited for, not taken for a reader that holds an old snapshot.
+    assert!(largest < 7 << 20, "the WAL grew to {largest} bytes");
     assert_eq!(spool.metrics().committed, 40_000);
     Ok(())
 }
