@@ -228,6 +228,20 @@ fn raw_ureq(url: &str, events: u64, batch: u64) -> f64 {
     rate(events, start.elapsed())
 }
 
+/// The webhook sink called directly in a loop, without a spool: what the sink itself
+/// costs next to raw ureq; the spool adds reading the file and the durable cursor.
+fn direct_sink(url: &str, events: u64, batch: u64) -> f64 {
+    let mut sink = bench_sink(url, batch as usize);
+    let batches: Vec<Vec<StoredEvent>> = (0..events / batch)
+        .map(|r| (r * batch + 1..=(r + 1) * batch).map(stored).collect())
+        .collect();
+    let start = Instant::now();
+    for events in &batches {
+        eventspool::Sink::deliver(&mut sink, events).unwrap();
+    }
+    rate(events, start.elapsed())
+}
+
 fn bench_sink(url: &str, batch: usize) -> WebhookSink {
     WebhookSink::new("bench", url)
         .batch(batch)
@@ -398,16 +412,21 @@ fn delivery(d: &std::path::Path, s: &Scale) {
         (100, s.deliver_batched, "batches of 100"),
     ] {
         // Alternated like the raw baseline and `emit` above.
-        let (mut raws, mut ours) = (Vec::new(), Vec::new());
+        let (mut raws, mut directs, mut ours) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..3 {
             let receiver = support::Receiver::start("127.0.0.1:0", None, 2, false).unwrap();
             raws.push(raw_ureq(&receiver.url(), n, batch));
+            directs.push(direct_sink(&receiver.url(), n, batch));
             receiver.stop();
             let file = format!("deliver{batch}-{round}.db");
             ours.push(spool_delivery(d, &file, n, batch as usize));
         }
-        let (raw, ours) = (median(&mut raws), median(&mut ours));
+        let (raw, direct, ours) = (median(&mut raws), median(&mut directs), median(&mut ours));
         println!("| raw ureq, {name} (baseline) | {raw:.0} | 1.00× |");
+        println!(
+            "| webhook sink called directly, {name} | {direct:.0} | {:.2}× |",
+            direct / raw
+        );
         println!(
             "| spool → webhook sink, {name} | {ours:.0} | {:.2}× |",
             ours / raw

@@ -255,6 +255,37 @@ fn a_receiver_that_never_answers_times_out_and_is_retried() -> TestResult {
 }
 
 #[test]
+fn host_names_are_resolved_and_the_timeout_still_holds() -> TestResult {
+    // The sink resolves on its own thread (ureq would start one per request to time
+    // the lookup out); a name must still be looked up, and a hung receiver still
+    // time out.
+    let (_dir, path) = temp_spool();
+    let hung = std::sync::atomic::AtomicBool::new(false);
+    let server = Server::with_script(move |_| {
+        if hung.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            Reply::ok()
+        } else {
+            Reply::Hang
+        }
+    });
+    let url = server.url().replace("127.0.0.1", "localhost");
+    let sink = WebhookSink::new("s", url)
+        .backoff(Backoff::exponential(
+            Duration::from_millis(5),
+            Duration::from_millis(100),
+        ))
+        .timeout(Duration::from_millis(300));
+    let spool = Spool::builder(&path).sink(sink).open()?;
+    for n in 0..3 {
+        spool.emit(numbered(n))?;
+    }
+    assert_eq!(wait_delivered(&server, 3), [1, 2, 3]);
+    let m = sink_metrics(&spool, "s");
+    assert_eq!(m.failures_retryable, 1, "{m:?}");
+    Ok(())
+}
+
+#[test]
 fn reset_connections_are_retried() -> TestResult {
     let (_dir, path) = temp_spool();
     let resets = std::sync::atomic::AtomicU32::new(0);
