@@ -2,8 +2,9 @@
 //! cursor (through the writer); on failure back off and retry; when retries run out,
 //! or on a permanent failure, dead-letter the batch and move on.
 //!
-//! The cursor is committed before the next batch is read, so a crash replays at most
-//! the batch that was in flight.
+//! The cursor is committed before the next batch is sent, so a crash replays at most
+//! the batch that was in flight; the next events are read from the file while that
+//! commit runs.
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
@@ -303,11 +304,8 @@ impl Worker {
             while self.ahead.front().is_some_and(|r| seq_of(r) < first_stored) {
                 self.ahead.pop_front();
             }
-            if self.ahead.is_empty() {
-                let conn = self.pool.get()?;
-                let limit = READ_AHEAD.max(self.batch_size);
-                self.ahead = store::read_after(&conn, &self.spool_id, self.cursor, limit)?.into();
-            }
+            let after = self.ahead.back().map_or(self.cursor, seq_of);
+            self.read_ahead(after)?;
             let mut events = Vec::new();
             let mut last = None;
             while events.len() < self.batch_size {
@@ -352,6 +350,19 @@ impl Worker {
             })?;
             self.advance(last);
         }
+    }
+
+    /// Tops up the events read ahead to a whole batch, reading after `after` (the last
+    /// one held, or the cursor).
+    fn read_ahead(&mut self, after: SeqNo) -> Result<()> {
+        if self.ahead.len() >= self.batch_size {
+            return Ok(());
+        }
+        let conn = self.pool.get()?;
+        let limit = READ_AHEAD.max(self.batch_size);
+        self.ahead
+            .extend(store::read_after(&conn, &self.spool_id, after, limit)?);
+        Ok(())
     }
 
     /// Dead-letters a row that cannot be decoded, so it does not block the sink.
@@ -464,7 +475,15 @@ impl Worker {
                 source: Box::new(e.clone()),
             });
         }
-        match self.commit(op) {
+        let pending = writer::submit(&self.tx, op);
+        // The next request waits for this commit; reading it from the file need not.
+        if let (Ok(_), Some(seq)) = (&pending, batch.ack_to) {
+            let after = self.ahead.back().map_or(seq, seq_of);
+            if let Err(e) = self.read_ahead(after) {
+                log::debug!("sink {}: reading ahead failed: {e}", self.name);
+            }
+        }
+        match pending.and_then(|done| writer::answer(&done)) {
             Ok(_) => {
                 if let Some(seq) = batch.ack_to {
                     self.advance(seq);

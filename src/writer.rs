@@ -44,10 +44,21 @@ pub(crate) enum Msg {
 
 /// Sends `op` to the writer and waits until it is committed.
 pub(crate) fn call(tx: &Sender<Msg>, op: Op) -> Result<u64> {
+    answer(&submit(tx, op)?)
+}
+
+/// Sends `op` to the writer; the returned channel answers once it is committed.
+pub(crate) fn submit(tx: &Sender<Msg>, op: Op) -> Result<Receiver<Result<u64>>> {
     let (reply, done) = crossbeam_channel::bounded(1);
     tx.send(Msg::Op(op, reply)).map_err(|_| Error::Closed)?;
+    Ok(done)
+}
+
+/// Waits for the answer to a [`submit`]ted op.
+pub(crate) fn answer(done: &Receiver<Result<u64>>) -> Result<u64> {
     done.recv().unwrap_or(Err(Error::Closed))
 }
+
 
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
