@@ -59,7 +59,6 @@ pub(crate) fn answer(done: &Receiver<Result<u64>>) -> Result<u64> {
     done.recv().unwrap_or(Err(Error::Closed))
 }
 
-
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How long the writer waits for the `append` callers it just answered to come back
@@ -76,10 +75,14 @@ const CHECKPOINT_BATCHES: u32 = 256;
 /// ... or when the writer has been idle this long with a WAL to copy (deleting what
 /// every consumer acknowledged first).
 const CHECKPOINT_IDLE: Duration = Duration::from_millis(50);
-/// Acknowledged events are deleted once this many are waiting (in a transaction of
-/// their own, after the commit that made them so), else when the writer is idle:
-/// deleting after every single acknowledgement would cost a B-tree update per delivery.
-const COLLECT_AT: u64 = 1024;
+/// Acknowledged events are deleted once this many are waiting (in transactions of their
+/// own, after the commit that made them so), else when the writer is idle: deleting
+/// after every single acknowledgement would cost a transaction per delivery.
+const COLLECT_AT: u64 = 64;
+/// At most this many are deleted per transaction, and more only while no message
+/// waits: a sink's next acknowledgement waits for one short deletion, not for the
+/// whole backlog.
+const COLLECT_CHUNK: u64 = 256;
 /// The WAL restarts from its beginning only when a commit finds it wholly copied, which
 /// a steady stream of commits may never do while the checkpointer copies beside it: past
 /// `max_bytes` (within these bounds) the writer empties it itself.
@@ -396,11 +399,14 @@ impl Writer {
         self.commit_with(false);
     }
 
-    /// Deletes what every consumer acknowledged (and nothing else), in its own
-    /// transaction: run when the writer is idle.
+    /// Deletes what every consumer acknowledged (and nothing else), [`COLLECT_CHUNK`]
+    /// events per transaction, until done or a message waits.
     fn collect(&mut self) {
-        if std::mem::take(&mut self.gc_pending) {
+        while std::mem::take(&mut self.gc_pending) {
             self.commit_with(true);
+            if !self.rx.is_empty() {
+                break;
+            }
         }
     }
 
@@ -620,7 +626,8 @@ struct Kept {
     results: Vec<u64>,
     /// Per consumer, evicted events it had not acknowledged.
     unsent: Vec<(String, u64)>,
-    /// Events every consumer acknowledged are left to delete when the writer is idle.
+    /// Events every consumer acknowledged are left to delete when the writer is idle
+    /// (or, after a [`COLLECT_CHUNK`], at the next chance) ...
     collectable: bool,
     /// ... or right after the waiters were answered: [`COLLECT_AT`] or more wait.
     collect_due: bool,
@@ -651,8 +658,14 @@ fn commit_batch(
         let over_caps = end - kept.first_seq > max_events || kept.stored_bytes > max_bytes;
         if consumed_to > kept.first_seq {
             if collect || over_caps {
-                kept.stored_bytes -= store::delete_before(&tx, consumed_to)?.1;
-                kept.first_seq = consumed_to;
+                let to = if over_caps {
+                    consumed_to
+                } else {
+                    consumed_to.min(kept.first_seq + COLLECT_CHUNK)
+                };
+                kept.stored_bytes -= store::delete_before(&tx, to)?.1;
+                kept.first_seq = to;
+                kept.collectable = to < consumed_to;
             } else {
                 kept.collectable = true;
                 kept.collect_due = consumed_to - kept.first_seq >= COLLECT_AT;
