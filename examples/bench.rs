@@ -259,8 +259,9 @@ fn wait_for(receiver: &support::Receiver, events: u64) {
 }
 
 /// Delivery through the spool: `events` are stored while the receiver is down; the
-/// clock runs from the moment it comes up until it has them all.
-fn spool_delivery(dir: &std::path::Path, name: &str, events: u64, batch: usize) -> f64 {
+/// clock runs from the moment it comes up until it has them all. Also returns where the
+/// worker's time went per request: reading, delivering, waiting for the cursor commit.
+fn spool_delivery(dir: &std::path::Path, name: &str, events: u64, batch: usize) -> (f64, [f64; 3]) {
     let receiver = support::Receiver::start("127.0.0.1:0", None, 2, false).unwrap();
     let (addr, url) = (receiver.addr.to_string(), receiver.url());
     receiver.stop();
@@ -277,9 +278,12 @@ fn spool_delivery(dir: &std::path::Path, name: &str, events: u64, batch: usize) 
     let receiver = support::Receiver::start(&addr, None, 2, false).unwrap();
     wait_for(&receiver, events);
     let r = rate(events, start.elapsed());
+    let m = spool.metrics().sinks.remove(0);
+    let per_request = |us: u64| us as f64 / m.attempts.max(1) as f64;
+    let steps = [m.read_us, m.deliver_us, m.commit_us].map(per_request);
     spool.close(Duration::from_secs(10)).unwrap();
     receiver.stop();
-    r
+    (r, steps)
 }
 
 /// End-to-end latency, `emit` to receipt, at 1000 events/s, one event per request.
@@ -407,6 +411,7 @@ fn delivery(d: &std::path::Path, s: &Scale) {
     println!();
     println!("| delivery to a local receiver (median of 3) | events/s | vs raw ureq |");
     println!("|---|---:|---:|");
+    let mut notes = Vec::new();
     for (batch, n, name) in [
         (1, s.deliver_single, "one event per request"),
         (100, s.deliver_batched, "batches of 100"),
@@ -419,7 +424,13 @@ fn delivery(d: &std::path::Path, s: &Scale) {
             directs.push(direct_sink(&receiver.url(), n, batch));
             receiver.stop();
             let file = format!("deliver{batch}-{round}.db");
-            ours.push(spool_delivery(d, &file, n, batch as usize));
+            let (rate, steps) = spool_delivery(d, &file, n, batch as usize);
+            ours.push(rate);
+            let [read, deliver, commit] = steps;
+            notes.push(format!(
+                "{name}, round {}: {rate:.0}/s; per request the worker spent {read:.0} µs reading, {deliver:.0} µs in the sink, {commit:.0} µs waiting for the cursor commit",
+                round + 1
+            ));
         }
         let (raw, direct, ours) = (median(&mut raws), median(&mut directs), median(&mut ours));
         println!("| raw ureq, {name} (baseline) | {raw:.0} | 1.00× |");
@@ -431,6 +442,10 @@ fn delivery(d: &std::path::Path, s: &Scale) {
             "| spool → webhook sink, {name} | {ours:.0} | {:.2}× |",
             ours / raw
         );
+    }
+    println!();
+    for note in notes {
+        println!("- {note}");
     }
 }
 

@@ -232,7 +232,7 @@ impl MetricsSnapshot {
             |c| &c.name,
             &per_consumer,
         );
-        let per_sink: [Series<'_, SinkMetrics>; 11] = [
+        let per_sink: [Series<'_, SinkMetrics>; 14] = [
             (
                 "sink_delivered_total",
                 "Events acknowledged by the sink.",
@@ -295,6 +295,24 @@ impl MetricsSnapshot {
                 "Wait before the next retry.",
                 "gauge",
                 |s| s.backoff_ms,
+            ),
+            (
+                "sink_read_us_total",
+                "Time spent reading events from the file, in microseconds.",
+                "counter",
+                |s| s.read_us,
+            ),
+            (
+                "sink_deliver_us_total",
+                "Time spent delivering (encoding and sending), in microseconds.",
+                "counter",
+                |s| s.deliver_us,
+            ),
+            (
+                "sink_commit_us_total",
+                "Time spent waiting for progress to commit, in microseconds.",
+                "counter",
+                |s| s.commit_us,
             ),
         ];
         labelled(&mut out, "sink", &self.sinks, |s| &s.name, &per_sink);

@@ -583,3 +583,56 @@ fn sinks_come_from_the_operator_config() -> TestResult {
     );
     Ok(())
 }
+
+/// A sink that takes `per_call` for every delivery (a slow receiver).
+struct Slow {
+    per_call: Duration,
+    calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl eventspool::Sink for Slow {
+    fn name(&self) -> &str {
+        "slow"
+    }
+
+    fn deliver(
+        &mut self,
+        _events: &[eventspool::StoredEvent],
+    ) -> Result<(), eventspool::DeliveryError> {
+        std::thread::sleep(self.per_call); // the work being timed, not synchronisation
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn batch_size(&self) -> usize {
+        2
+    }
+}
+
+#[test]
+fn the_worker_reports_where_its_time_goes() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sink = Slow {
+        per_call: Duration::from_millis(20),
+        calls: calls.clone(),
+    };
+    let spool = Spool::builder(&path).sink(sink).open()?;
+    spool.append_batch((0..10).map(numbered).collect())?;
+    wait_until(T, "every batch acknowledged", || {
+        sink_metrics(&spool, "slow").cursor == 10
+    });
+    let m = sink_metrics(&spool, "slow");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 5);
+    // Five calls of at least 20 ms each, and not much else: reading and committing
+    // take microseconds.
+    assert!(m.deliver_us >= 100_000, "{m:?}");
+    assert!(m.read_us > 0 && m.commit_us > 0, "{m:?}");
+    assert!(m.read_us + m.commit_us < m.deliver_us, "{m:?}");
+    let text = spool.metrics().to_prometheus();
+    for series in ["read", "deliver", "commit"] {
+        let line = format!("eventspool_sink_{series}_us_total{{sink=\"slow\"}} ");
+        assert!(text.contains(&line), "{line} missing from\n{text}");
+    }
+    Ok(())
+}
