@@ -47,7 +47,9 @@ pub enum Error {
     /// more is written (a write would reach a file nobody can open again): `emit`ted
     /// events stay pending, `append` and acknowledgements fail with this error. What
     /// was committed is saved to `rescued` (the path itself when it was free, else
-    /// `<path>.rescued`); close the spool and reopen that file to go on.
+    /// `<path>.rescued`); close the spool and reopen that file to go on. It is noticed
+    /// at the next commit, within a second when the spool is idle (reported to the
+    /// `on_error` hook), and by `close` at the latest.
     FileGone {
         /// The spool file.
         path: PathBuf,

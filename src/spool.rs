@@ -546,7 +546,8 @@ impl Spool {
     ///
     /// # Errors
     /// [`Error::Timeout`] if not everything was committed in time: the rest is
-    /// abandoned and counted in `abandoned`.
+    /// abandoned and counted in `abandoned`. [`Error::FileGone`] if the file was deleted
+    /// or replaced while open (what it held was saved, as that error says).
     pub fn close(&self, timeout: Duration) -> Result<()> {
         self.inner.close(timeout)
     }
@@ -936,7 +937,7 @@ impl Inner {
         };
         self.shared.closed.store(true, SeqCst);
         let deadline = Instant::now() + timeout;
-        let committed = request(&self.tx, Msg::Close, deadline);
+        let committed = request(&self.tx, Msg::Close, deadline).is_some();
 
         lifecycle.draining.store(true, SeqCst);
         self.shared.ring();
@@ -951,13 +952,16 @@ impl Inner {
             }
         }
 
-        let stopped = committed
-            && request(
+        let stopped = if committed {
+            request(
                 &self.tx,
                 Msg::Stop,
                 deadline.max(Instant::now() + ABANDON_GRACE),
-            );
-        if !stopped {
+            )
+        } else {
+            None
+        };
+        if stopped.is_none() {
             drop(lifecycle.stop.take());
         }
         wait_finished(
@@ -968,18 +972,18 @@ impl Inner {
         if writer.is_finished() && writer.join().is_err() {
             log::error!("eventspool writer thread panicked");
         }
-        if committed {
-            Ok(())
-        } else {
-            Err(Error::Timeout)
+        match (committed, stopped) {
+            (false, _) => Err(Error::Timeout),
+            (true, stopped) => stopped.unwrap_or(Ok(())),
         }
     }
 }
 
 /// Sends a message that carries a reply channel and waits for the reply until `deadline`.
-fn request(tx: &Sender<Msg>, msg: fn(Sender<()>) -> Msg, deadline: Instant) -> bool {
+fn request<T>(tx: &Sender<Msg>, msg: fn(Sender<T>) -> Msg, deadline: Instant) -> Option<T> {
     let (reply, done) = bounded(1);
-    tx.send_deadline(msg(reply), deadline).is_ok() && done.recv_deadline(deadline).is_ok()
+    tx.send_deadline(msg(reply), deadline).ok()?;
+    done.recv_deadline(deadline).ok()
 }
 
 /// Waits until every thread finished or `deadline` passed; true if they all finished.

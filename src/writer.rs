@@ -35,8 +35,9 @@ pub(crate) enum Msg {
     /// Like `Flush`, once no event is in flight any more; the writer then serves only
     /// consumer operations until `Stop`.
     Close(Sender<()>),
-    /// Commits what is pending and ends the writer.
-    Stop(Sender<()>),
+    /// Commits what is pending and ends the writer; the reply is an error if the file
+    /// was found deleted or replaced (and what it held saved, see [`Error::FileGone`]).
+    Stop(Sender<Result<()>>),
     /// A change to consumers or dead letters, committed with the next batch; the reply
     /// carries what [`store::apply`] yields.
     Op(Op, Sender<Result<u64>>),
@@ -66,6 +67,9 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 const GROUP_WAIT: Duration = Duration::from_micros(250);
 /// How often the writer re-checks the counters while waiting for in-flight events at close.
 const SETTLE_POLL: Duration = Duration::from_millis(1);
+/// How often an idle writer checks that its file is still there (a busy one checks at
+/// every commit): a file deleted while idle is saved back within this time.
+const FILE_CHECK: Duration = Duration::from_secs(1);
 /// A checkpoint (copying the WAL into the database, with an fsync; on the checkpointer's
 /// thread, while the writer goes on) is asked for after this many events were committed
 /// since the last one ...
@@ -187,7 +191,7 @@ pub(crate) struct Writer {
     flushes: Vec<Sender<()>>,
     ops: Vec<(Op, Sender<Result<u64>>)>,
     closing: Option<Sender<()>>,
-    stopping: Option<Sender<()>>,
+    stopping: Option<Sender<Result<()>>>,
     /// Set after a failed commit: when to try again, and the delay used.
     retry: Option<(Instant, Duration)>,
     evicting: bool,
@@ -269,9 +273,19 @@ impl Writer {
                 let _ = reply.send(());
             }
             if let Some(reply) = self.stopping.take() {
-                self.collect();
-                let _ = store::checkpoint(&self.conn);
-                let _ = reply.send(());
+                // The last chance to save a file deleted while idle: once the connections
+                // close, an unlinked file is gone with everything in it.
+                let gone = self.file_gone();
+                if gone.is_none() {
+                    self.collect();
+                    let _ = store::checkpoint(&self.conn);
+                }
+                let _ = reply.send(gone.map_or(Ok(()), |rescued| {
+                    Err(Error::FileGone {
+                        path: self.path.clone(),
+                        rescued,
+                    })
+                }));
                 return;
             }
         }
@@ -289,27 +303,24 @@ impl Writer {
             let rx = if accepting { self.rx.clone() } else { never() };
             let idle_checkpoint = self.retry.is_none() && (self.unchecked.0 > 0 || self.gc_pending);
             let wait = match (self.retry, &self.closing) {
-                (Some((at, _)), _) => Some(at.saturating_duration_since(Instant::now())),
-                (None, Some(_)) => Some(SETTLE_POLL),
-                (None, None) if idle_checkpoint => Some(CHECKPOINT_IDLE),
-                (None, None) => None,
+                (Some((at, _)), _) => at.saturating_duration_since(Instant::now()),
+                (None, Some(_)) => SETTLE_POLL,
+                (None, None) if idle_checkpoint => CHECKPOINT_IDLE,
+                (None, None) => FILE_CHECK,
             };
-            let first = match wait {
-                None => select! {
-                    recv(rx) -> m => m.ok(),
-                    recv(self.stop) -> _ => return false,
-                },
-                Some(timeout) => select! {
-                    recv(rx) -> m => m.ok(),
-                    recv(self.stop) -> _ => return false,
-                    default(timeout) => None,
-                },
+            let first = select! {
+                recv(rx) -> m => m.ok(),
+                recv(self.stop) -> _ => return false,
+                default(wait) => None,
             };
             match first {
                 Some(msg) => self.take(msg),
                 None if idle_checkpoint && self.closing.is_none() => {
                     self.collect();
                     self.checkpoint();
+                }
+                None if self.retry.is_none() && self.closing.is_none() => {
+                    let _ = self.file_gone();
                 }
                 None => {}
             }
@@ -470,7 +481,13 @@ impl Writer {
                     log::error!("cannot empty the WAL of {}: {e}", self.path.display());
                     false
                 });
-            self.gone = Some(store::rescue(&self.conn, &self.path, emptied));
+            let rescued = store::rescue(&self.conn, &self.path, emptied);
+            // Callers learn of it at their next commit; the hook, also when none comes.
+            self.shared.report(&Error::FileGone {
+                path: self.path.clone(),
+                rescued: rescued.clone(),
+            });
+            self.gone = Some(rescued);
         }
         self.gone.clone()
     }

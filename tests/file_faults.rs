@@ -71,6 +71,41 @@ fn a_file_deleted_while_open_refuses_writes_and_is_saved_back() -> TestResult {
 }
 
 #[test]
+fn a_file_deleted_while_the_spool_is_idle_is_saved_back_by_close() -> TestResult {
+    // No commit comes to notice it: close must, or the unlinked file (and every event
+    // in it) would go with the last connection.
+    let (_dir, path) = temp_spool();
+    let spool = spool_with(&path, 100)?;
+    std::fs::remove_file(&path)?;
+    match spool.close(T) {
+        Err(Error::FileGone { path: p, rescued }) => {
+            assert_eq!(p, path);
+            assert_eq!(rescued.as_deref(), Some(path.as_path()));
+        }
+        other => panic!("expected FileGone, got {other:?}"),
+    }
+    let reopened = Spool::open(&path)?;
+    assert_eq!(numbers(&reopened), (0..100).collect::<Vec<_>>());
+    Ok(())
+}
+
+#[test]
+fn a_file_deleted_while_the_spool_is_idle_is_saved_back_within_seconds() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let spool = spool_with(&path, 100)?;
+    std::fs::remove_file(&path)?;
+    wait_until(T, "the file is saved back", || path.exists());
+    // Readers find it again, and the spool reports the loss of its file.
+    assert_eq!(spool.len()?, 100);
+    assert!(matches!(
+        spool.append(numbered(100)),
+        Err(Error::FileGone { .. })
+    ));
+    let _ = spool.close(Duration::from_millis(200));
+    Ok(())
+}
+
+#[test]
 fn a_sink_that_cannot_record_its_progress_waits_before_sending_again() -> TestResult {
     // The receiver takes the batch, but the cursor cannot be committed (the file is
     // gone): the batch is sent again, after a pause, not in a hot loop.
