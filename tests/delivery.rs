@@ -13,7 +13,11 @@ const T: Duration = Duration::from_secs(30);
 
 /// Short backoff so retries happen within a test.
 fn quick(name: &str, server: &Server) -> WebhookSink {
-    WebhookSink::new(name, server.url())
+    quick_at(name, server.url())
+}
+
+fn quick_at(name: &str, url: String) -> WebhookSink {
+    WebhookSink::new(name, url)
         .backoff(Backoff::exponential(
             Duration::from_millis(5),
             Duration::from_millis(100),
@@ -233,17 +237,22 @@ fn retries_run_out_into_the_dead_letters() -> TestResult {
     Ok(())
 }
 
-#[test]
-fn a_receiver_that_never_answers_times_out_and_is_retried() -> TestResult {
-    let (_dir, path) = temp_spool();
+/// A receiver that never answers its first request, then answers 200.
+fn hangs_once() -> Server {
     let hung = std::sync::atomic::AtomicBool::new(false);
-    let server = Server::with_script(move |_| {
+    Server::with_script(move |_| {
         if hung.swap(true, std::sync::atomic::Ordering::SeqCst) {
             Reply::ok()
         } else {
             Reply::Hang
         }
-    });
+    })
+}
+
+#[test]
+fn a_receiver_that_never_answers_times_out_and_is_retried() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let server = hangs_once();
     let sink = quick("s", &server).timeout(Duration::from_millis(300));
     let spool = Spool::builder(&path).sink(sink).open()?;
     spool.emit(numbered(0))?;
@@ -260,21 +269,9 @@ fn host_names_are_resolved_and_the_timeout_still_holds() -> TestResult {
     // the lookup out); a name must still be looked up, and a hung receiver still
     // time out.
     let (_dir, path) = temp_spool();
-    let hung = std::sync::atomic::AtomicBool::new(false);
-    let server = Server::with_script(move |_| {
-        if hung.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            Reply::ok()
-        } else {
-            Reply::Hang
-        }
-    });
+    let server = hangs_once();
     let url = server.url().replace("127.0.0.1", "localhost");
-    let sink = WebhookSink::new("s", url)
-        .backoff(Backoff::exponential(
-            Duration::from_millis(5),
-            Duration::from_millis(100),
-        ))
-        .timeout(Duration::from_millis(300));
+    let sink = quick_at("s", url).timeout(Duration::from_millis(300));
     let spool = Spool::builder(&path).sink(sink).open()?;
     for n in 0..3 {
         spool.emit(numbered(n))?;
