@@ -153,7 +153,8 @@ pub struct SinkMetrics {
     /// HTTP exchange), in µs.
     pub deliver_us: u64,
     /// Time the worker waited for the writer to commit its progress (the cursor, dead
-    /// letters), in µs. The next request waits for it: see the crate docs on ordering.
+    /// letters), in µs. The next request waits for it, so that a crash replays at most
+    /// the batch in flight.
     pub commit_us: u64,
     /// The last delivery error.
     pub last_error: Option<String>,

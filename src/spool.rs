@@ -972,9 +972,10 @@ impl Inner {
         if writer.is_finished() && writer.join().is_err() {
             log::error!("eventspool writer thread panicked");
         }
-        match (committed, stopped) {
-            (false, _) => Err(Error::Timeout),
-            (true, stopped) => stopped.unwrap_or(Ok(())),
+        if committed {
+            stopped.unwrap_or(Ok(()))
+        } else {
+            Err(Error::Timeout)
         }
     }
 }
