@@ -315,7 +315,23 @@ impl Spool {
         }
     }
 
-    /// Opens the spool an operator configured.
+    /// Opens the spool an operator configured (in JSON, TOML or anything serde reads).
+    ///
+    /// ```
+    /// use eventspool::{Spool, SpoolConfig};
+    ///
+    /// let dir = tempfile::tempdir().expect("temp dir");
+    /// let config: SpoolConfig = serde_json::from_value(serde_json::json!({
+    ///     "path": dir.path().join("events.db"),
+    ///     "max_events": 1_000_000,
+    ///     "durability": "full",
+    ///     "sinks": [{"name": "audit", "url": "http://127.0.0.1:9/hook", "batch": 100}]
+    /// }))
+    /// .expect("a valid config");
+    /// let spool = Spool::from_config(&config)?;
+    /// assert_eq!(spool.synchronous(), "full");
+    /// # Ok::<(), eventspool::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`SpoolBuilder::open`].
@@ -490,6 +506,19 @@ impl Spool {
     /// committed. Events dropped by the filter get no `seq` and are left out. If any
     /// event is invalid, none is stored.
     ///
+    /// ```
+    /// use eventspool::{Event, Spool};
+    ///
+    /// let dir = tempfile::tempdir().expect("temp dir");
+    /// let spool = Spool::open(dir.path().join("events.db"))?;
+    /// let seqs = spool.append_batch(vec![Event::new("a", 1), Event::new("b", 2)])?;
+    /// assert_eq!(seqs, [1, 2]);
+    /// // One bad event and nothing is stored.
+    /// assert!(spool.append_batch(vec![Event::new("c", 3), Event::new("", 4)]).is_err());
+    /// assert_eq!(spool.len()?, 2);
+    /// # Ok::<(), eventspool::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`append`](Spool::append), except that filtered events are not an error.
     pub fn append_batch(&self, mut events: Vec<Event>) -> Result<Vec<SeqNo>> {
@@ -521,6 +550,20 @@ impl Spool {
     }
 
     /// Returns once everything emitted before the call is committed.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use eventspool::{Event, Spool};
+    ///
+    /// let dir = tempfile::tempdir().expect("temp dir");
+    /// let spool = Spool::open(dir.path().join("events.db"))?;
+    /// for n in 0..1000 {
+    ///     spool.emit(Event::new("tick", n))?;
+    /// }
+    /// spool.flush(Duration::from_secs(5))?;
+    /// assert_eq!(spool.metrics().committed, 1000);
+    /// # Ok::<(), eventspool::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::Timeout`] if that takes longer than `timeout` (for example while the
@@ -668,6 +711,32 @@ impl Spool {
     /// Up to `limit` events `sink` gave up on, in seq order, with attempts and the
     /// last error.
     ///
+    /// ```
+    /// use std::time::Duration;
+    /// use eventspool::{DeliveryError, Event, Sink, Spool, StoredEvent};
+    ///
+    /// struct Picky;
+    /// impl Sink for Picky {
+    ///     fn name(&self) -> &str { "picky" }
+    ///     fn deliver(&mut self, events: &[StoredEvent]) -> Result<(), DeliveryError> {
+    ///         match events[0].event_type.as_str() {
+    ///             "bad" => Err(DeliveryError::permanent("no, thanks").with_status(422)),
+    ///             _ => Ok(()),
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let dir = tempfile::tempdir().expect("temp dir");
+    /// let spool = Spool::builder(dir.path().join("events.db")).sink(Picky).open()?;
+    /// spool.emit(Event::new("good", 1))?;
+    /// spool.emit(Event::new("bad", 2))?;
+    /// spool.close(Duration::from_secs(5))?; // lets the sink catch up
+    /// let dead = spool.dead_letters("picky", 10)?;
+    /// assert_eq!(dead.len(), 1);
+    /// assert_eq!((dead[0].event.seq, dead[0].last_status), (2, Some(422)));
+    /// # Ok::<(), eventspool::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`len`](Spool::len).
     pub fn dead_letters(&self, sink: &str, limit: usize) -> Result<Vec<DeadLetter>> {
@@ -690,6 +759,18 @@ impl Spool {
     }
 
     /// A copy of the counters, with one entry per sink and per open subscription.
+    ///
+    /// ```
+    /// use eventspool::{Event, Spool};
+    ///
+    /// let dir = tempfile::tempdir().expect("temp dir");
+    /// let spool = Spool::open(dir.path().join("events.db"))?;
+    /// spool.append(Event::new("a", 1))?;
+    /// let m = spool.metrics();
+    /// assert_eq!((m.emitted, m.committed, m.stored_events), (1, 1, 1));
+    /// assert!(m.to_prometheus().contains("eventspool_committed_total 1"));
+    /// # Ok::<(), eventspool::Error>(())
+    /// ```
     pub fn metrics(&self) -> MetricsSnapshot {
         let shared = &self.inner.shared;
         let mut snapshot = shared.counters.snapshot(self.inner.tx.len());
@@ -749,6 +830,22 @@ impl Spool {
     /// to replay) and returns its new position, the last `seq` counted as acknowledged.
     /// The next `subscribe(name, LastAcknowledged)` reads the event after it. A name
     /// not yet known is registered as a subscriber.
+    ///
+    /// ```
+    /// use eventspool::{Event, SeekPosition, Spool};
+    ///
+    /// let dir = tempfile::tempdir().expect("temp dir");
+    /// let spool = Spool::open(dir.path().join("events.db"))?;
+    /// spool.append_batch((1..=5).map(|n| Event::new("n", n)).collect())?;
+    /// // Skip to what follows seq 3 (a new name is registered on the way).
+    /// assert_eq!(spool.seek("report", SeekPosition::After(3))?, 3);
+    /// let mut sub = spool.subscribe("report", SeekPosition::LastAcknowledged)?;
+    /// assert_eq!(sub.try_next()?.map(|e| e.seq), Some(4));
+    /// drop(sub);
+    /// // Back to the start, to replay everything stored.
+    /// assert_eq!(spool.seek("report", SeekPosition::Beginning)?, 0);
+    /// # Ok::<(), eventspool::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::Consumer`] if `name` has an open subscription (whose reads would not
