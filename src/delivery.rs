@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -423,7 +424,7 @@ impl Worker {
         loop {
             c.attempts.fetch_add(1, Relaxed);
             let started = Instant::now();
-            let delivered = self.sink.deliver(&batch.events);
+            let delivered = self.deliver_guarded(&batch.events);
             spent(&c.deliver_ns, started);
             let error = match delivered {
                 Ok(()) => {
@@ -461,6 +462,28 @@ impl Worker {
                 return false;
             }
         }
+    }
+
+    /// Calls the sink; a panic in it is a failed attempt (retryable, so a sink that
+    /// panics on one event dead-letters that event and goes on), not the end of the
+    /// worker, and is reported to the `on_error` hook.
+    fn deliver_guarded(&mut self, events: &[StoredEvent]) -> Result<(), DeliveryError> {
+        let sink = &mut self.sink;
+        std::panic::catch_unwind(AssertUnwindSafe(|| sink.deliver(events))).unwrap_or_else(
+            |panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                let error = DeliveryError::retryable(format!("the sink panicked: {what}"));
+                self.shared.report(&Error::Delivery {
+                    delivered: 0,
+                    source: Box::new(error.clone()),
+                });
+                Err(error)
+            },
+        )
     }
 
     /// Records the outcome of `batch` (acknowledged when `failure` is `None`, else given

@@ -633,3 +633,72 @@ fn the_worker_reports_where_its_time_goes() -> TestResult {
     }
     Ok(())
 }
+
+/// A sink that panics on events of type "boom".
+struct Panicky {
+    got: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl eventspool::Sink for Panicky {
+    fn name(&self) -> &str {
+        "panicky"
+    }
+
+    fn deliver(
+        &mut self,
+        events: &[eventspool::StoredEvent],
+    ) -> Result<(), eventspool::DeliveryError> {
+        assert!(events[0].event_type != "boom", "the sink's own bug");
+        self.got.lock().unwrap().push(events[0].seq);
+        Ok(())
+    }
+
+    fn max_retries(&self) -> Option<u32> {
+        Some(2)
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::exponential(Duration::from_millis(1), Duration::from_millis(5))
+    }
+}
+
+#[test]
+fn a_sink_that_panics_fails_that_delivery_and_goes_on() -> TestResult {
+    // A bug in a user's sink must not end its worker in silence: the panic is a
+    // failed attempt like any other, so the event is retried, then dead-lettered,
+    // and the events after it are delivered.
+    let (_dir, path) = temp_spool();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reported = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = reported.clone();
+    let spool = Spool::builder(&path)
+        .sink(Panicky { got: got.clone() })
+        .on_error(move |e| seen.lock().unwrap().push(e.to_string()))
+        .open()?;
+    spool.append(numbered(0))?;
+    spool.append(Event::new("boom", 1))?;
+    spool.append(numbered(2))?;
+    wait_until(T, "the sink went past the panic", || {
+        got.lock().unwrap().len() == 2
+    });
+    assert_eq!(*got.lock().unwrap(), [1, 3]);
+    let dead = spool.dead_letters("panicky", 10)?;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!((dead[0].event.seq, dead[0].attempts), (2, 3));
+    assert!(
+        dead[0].last_error.contains("the sink's own bug"),
+        "{dead:?}"
+    );
+    let m = sink_metrics(&spool, "panicky");
+    assert_eq!((m.failures_retryable, m.dead_lettered), (3, 1), "{m:?}");
+    assert!(
+        reported
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.contains("panicked")),
+        "{:?}",
+        reported.lock().unwrap()
+    );
+    Ok(())
+}

@@ -43,7 +43,9 @@ pub trait Sink: Send {
     /// The sink's name: the key of its durable cursor in the spool file.
     fn name(&self) -> &str;
 
-    /// Delivers `events` (never empty, in `seq` order).
+    /// Delivers `events` (never empty, in `seq` order). A panic here counts as a
+    /// retryable failure of the attempt (and is reported to the `on_error` hook): the
+    /// worker goes on, so an event the sink always panics on is dead-lettered.
     ///
     /// # Errors
     /// A [`DeliveryError`] saying whether a retry may succeed.
