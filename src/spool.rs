@@ -75,10 +75,13 @@ impl Shared {
         }
     }
 
-    /// Hands a failure no caller sees to the user's `on_error` hook.
+    /// Hands a failure no caller sees to the user's `on_error` hook. A panic in the
+    /// hook is logged and goes no further: it must not end the writer or a worker.
     pub(crate) fn report(&self, error: &Error) {
-        if let Some(hook) = &self.on_error {
-            hook(error);
+        if let Some(hook) = &self.on_error
+            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(error))).is_err()
+        {
+            log::error!("the on_error hook panicked on: {error}");
         }
     }
 }
@@ -197,9 +200,12 @@ impl SpoolBuilder {
         self
     }
 
-    /// Called from the worker threads for failures no caller sees (a failed commit of
-    /// emitted events). It runs on the writer thread: it must not block for long.
-    /// Defaults to none (failures are still logged).
+    /// Called from the worker threads for failures no caller sees: a failed commit of
+    /// emitted events, the spool file found deleted, a damaged row quarantined, a
+    /// sink's dead letters or panics,
+    /// a sink that cannot read or record its progress. It runs on the writer and sink
+    /// threads: it must not block for long. A panic in it is logged and goes no
+    /// further. Defaults to none (failures are still logged).
     pub fn on_error(mut self, hook: impl Fn(&Error) + Send + Sync + 'static) -> Self {
         self.on_error = Some(Arc::new(hook));
         self

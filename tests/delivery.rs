@@ -702,3 +702,43 @@ fn a_sink_that_panics_fails_that_delivery_and_goes_on() -> TestResult {
     );
     Ok(())
 }
+
+/// A sink that refuses events of type "bad" for good and takes the others.
+struct Refuses {
+    got: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl eventspool::Sink for Refuses {
+    fn name(&self) -> &str {
+        "refuses"
+    }
+
+    fn deliver(
+        &mut self,
+        events: &[eventspool::StoredEvent],
+    ) -> Result<(), eventspool::DeliveryError> {
+        if events[0].event_type == "bad" {
+            return Err(eventspool::DeliveryError::permanent("refused"));
+        }
+        self.got.lock().unwrap().push(events[0].seq);
+        Ok(())
+    }
+}
+
+#[test]
+fn an_error_hook_that_panics_stops_nothing() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let spool = Spool::builder(&path)
+        .sink(Refuses { got: got.clone() })
+        .on_error(|e| panic!("the application's own bug, on {e}"))
+        .open()?;
+    spool.append(Event::new("bad", 0))?;
+    spool.append(numbered(1))?;
+    wait_until(T, "the sink went past the dead letter", || {
+        got.lock().unwrap().len() == 1
+    });
+    assert_eq!(*got.lock().unwrap(), [2]);
+    assert_eq!(spool.dead_letters("refuses", 10)?.len(), 1);
+    Ok(())
+}
