@@ -342,6 +342,12 @@ pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
 /// SQLite would apply the frames left at `<path>-wal` to the new file), else at
 /// `<path>.rescued`.
 pub(crate) fn rescue(conn: &Connection, path: &Path, emptied: bool) -> Option<PathBuf> {
+    // Its directory may have gone with it: made again, as at open.
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && let Err(e) = fs::create_dir_all(parent)
+    {
+        log::error!("cannot create {}: {e}", parent.display());
+    }
     let targets = [path.to_owned(), beside(path, ".rescued")];
     for target in &targets[usize::from(!emptied)..] {
         let Some(name) = target.to_str() else {

@@ -90,6 +90,23 @@ fn a_file_deleted_while_the_spool_is_idle_is_saved_back_by_close() -> TestResult
 }
 
 #[test]
+fn a_directory_removed_with_the_file_is_made_again_to_save_it() -> TestResult {
+    let (dir, _) = temp_spool();
+    let path = dir.path().join("data").join("events.db");
+    let spool = spool_with(&path, 10)?;
+    std::fs::remove_dir_all(dir.path().join("data"))?;
+    match spool.close(T) {
+        Err(Error::FileGone { rescued, .. }) => {
+            assert_eq!(rescued.as_deref(), Some(path.as_path()))
+        }
+        other => panic!("expected FileGone, got {other:?}"),
+    }
+    let reopened = Spool::open(&path)?;
+    assert_eq!(numbers(&reopened), (0..10).collect::<Vec<_>>());
+    Ok(())
+}
+
+#[test]
 fn a_file_deleted_while_the_spool_is_idle_is_saved_back_within_seconds() -> TestResult {
     let (_dir, path) = temp_spool();
     let spool = spool_with(&path, 100)?;
