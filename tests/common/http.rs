@@ -118,6 +118,13 @@ impl Server {
         self.state.requests.lock().unwrap().clone()
     }
 
+    /// The requests after the first `seen` (for waiting on many without copying them
+    /// all at every look).
+    pub fn requests_after(&self, seen: usize) -> Vec<Request> {
+        let requests = self.state.requests.lock().unwrap();
+        requests.get(seen..).unwrap_or_default().to_vec()
+    }
+
     /// Waits until at least `n` requests arrived (or fails after `timeout`).
     pub fn wait_requests(&self, n: usize, timeout: Duration) -> Vec<Request> {
         let deadline = Instant::now() + timeout;
