@@ -342,7 +342,7 @@ impl Worker {
                 match self.ahead.pop_front() {
                     Some(Ok(event)) => {
                         last = Some(event.seq);
-                        if self.sink.accepts(&event.event_type) {
+                        if self.accepts_guarded(&event.event_type) {
                             events.push(event);
                         } else {
                             self.counters.filtered.fetch_add(1, Relaxed);
@@ -469,21 +469,30 @@ impl Worker {
     /// worker, and is reported to the `on_error` hook.
     fn deliver_guarded(&mut self, events: &[StoredEvent]) -> Result<(), DeliveryError> {
         let sink = &mut self.sink;
-        std::panic::catch_unwind(AssertUnwindSafe(|| sink.deliver(events))).unwrap_or_else(
-            |panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
-                let error = DeliveryError::retryable(format!("the sink panicked: {what}"));
-                self.shared.report(&Error::Delivery {
-                    delivered: 0,
-                    source: Box::new(error.clone()),
-                });
-                Err(error)
-            },
-        )
+        match caught(|| sink.deliver(events)) {
+            Ok(delivered) => delivered,
+            Err(panic) => Err(self.panicked("deliver", &panic)),
+        }
+    }
+
+    /// Asks the sink whether it takes `event_type`; a panic in it counts as yes (the
+    /// event goes to `deliver`, which may refuse it), reported to the `on_error` hook.
+    fn accepts_guarded(&self, event_type: &str) -> bool {
+        let sink = &self.sink;
+        caught(|| sink.accepts(event_type)).unwrap_or_else(|panic| {
+            self.panicked("accepts", &panic);
+            true
+        })
+    }
+
+    /// Reports a panic in the sink's `method`; returns it as a retryable error.
+    fn panicked(&self, method: &str, panic: &str) -> DeliveryError {
+        let error = DeliveryError::retryable(format!("the sink panicked in {method}: {panic}"));
+        self.shared.report(&Error::Delivery {
+            delivered: 0,
+            source: Box::new(error.clone()),
+        });
+        error
     }
 
     /// Records the outcome of `batch` (acknowledged when `failure` is `None`, else given
@@ -568,4 +577,16 @@ impl Worker {
 /// Adds the time since `started` to `counter` (in ns).
 fn spent(counter: &AtomicU64, started: Instant) {
     counter.fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+}
+
+/// Runs `f`, turning a panic into its message: a bug in a user's sink must not end the
+/// worker thread.
+fn caught<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into())
+    })
 }

@@ -670,6 +670,11 @@ impl eventspool::Sink for Panicky {
     fn backoff(&self) -> Backoff {
         Backoff::exponential(Duration::from_millis(1), Duration::from_millis(5))
     }
+
+    fn accepts(&self, event_type: &str) -> bool {
+        assert!(event_type != "odd", "the sink's own bug");
+        true
+    }
 }
 
 #[test]
@@ -750,5 +755,31 @@ fn an_error_hook_that_panics_stops_nothing() -> TestResult {
     });
     assert_eq!(*got.lock().unwrap(), [2]);
     assert_eq!(spool.dead_letters("refuses", 10)?.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn a_sink_whose_filter_panics_takes_the_event() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reported = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = reported.clone();
+    let spool = Spool::builder(&path)
+        .sink(Panicky { got: got.clone() })
+        .on_error(move |e| seen.lock().unwrap().push(e.to_string()))
+        .open()?;
+    spool.append(Event::new("odd", 0))?;
+    spool.append(numbered(1))?;
+    wait_until(T, "both delivered", || got.lock().unwrap().len() == 2);
+    assert_eq!(*got.lock().unwrap(), [1, 2]);
+    assert!(
+        reported
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.contains("panicked in accepts")),
+        "{:?}",
+        reported.lock().unwrap()
+    );
     Ok(())
 }

@@ -68,7 +68,8 @@ pub trait Sink: Send {
     }
 
     /// Whether events of this type go to the sink; the others are skipped (counted in
-    /// the sink's `filtered`). Defaults to every type.
+    /// the sink's `filtered`). Defaults to every type. A panic here counts as yes (and
+    /// is reported to the `on_error` hook).
     fn accepts(&self, event_type: &str) -> bool {
         let _ = event_type;
         true
