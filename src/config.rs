@@ -114,6 +114,13 @@ pub struct SpoolConfig {
     /// Number of pooled reader connections for queries.
     #[serde(default = "default_reader_pool_size")]
     pub reader_pool_size: u32,
+    /// Open what the file holds even when commits were lost with its write-ahead log
+    /// after a crash (see [`Error::WalLost`](crate::Error::WalLost)): the loss is
+    /// logged and the `seq`s of the lost commits may be given again. For unattended
+    /// programs under `Durability::Normal`, where a power loss can cause it and nobody
+    /// is there to act on the error. Defaults to false: refuse to open.
+    #[serde(default)]
+    pub accept_lost_wal: bool,
     /// Webhooks to deliver to.
     #[serde(default)]
     pub sinks: Vec<WebhookConfig>,
@@ -268,6 +275,7 @@ impl SpoolConfig {
             overflow: Overflow::Block,
             durability: Durability::Normal,
             reader_pool_size: DEFAULT_READER_POOL_SIZE,
+            accept_lost_wal: false,
             sinks: Vec::new(),
         }
     }

@@ -59,7 +59,8 @@ pub enum Error {
     /// After a crash, the write-ahead log `<path>-wal` is missing (or cut short) while
     /// `<path>-shm` records commits in it that were not yet copied into the file: they
     /// were lost with it, and opening would reuse their `seq`s. Nothing was modified.
-    /// To open what the file still holds, accepting that loss, delete `<path>-shm`.
+    /// To open what the file still holds, accepting that loss, delete `<path>-shm` (or
+    /// open with `accept_lost_wal`, which does that).
     /// (A power loss under `Durability::Normal`, which does not sync every commit, can
     /// leave the same picture; `Durability::Full` cannot.)
     WalLost(PathBuf),

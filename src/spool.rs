@@ -148,6 +148,13 @@ impl SpoolBuilder {
         self
     }
 
+    /// Opens after a crash even when commits were lost with the write-ahead log
+    /// (see [`SpoolConfig::accept_lost_wal`]). Defaults to false.
+    pub fn accept_lost_wal(mut self, accept: bool) -> Self {
+        self.config.accept_lost_wal = accept;
+        self
+    }
+
     /// Hard ceiling on the file size: beyond it commits fail as on a full disk and are
     /// retried. Defaults to none.
     pub fn max_file_bytes(mut self, n: u64) -> Self {

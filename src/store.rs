@@ -394,7 +394,23 @@ pub(crate) fn open_writer(config: &SpoolConfig) -> Result<Opened> {
     let path = config.path.as_path();
     drop(create_private(path)?);
     check_header(path)?;
-    check_wal(path)?;
+    match check_wal(path) {
+        Err(Error::WalLost(_)) if config.accept_lost_wal => {
+            // The documented way out, taken for the operator.
+            log::error!(
+                "spool {}: commits were lost with its write-ahead log after a crash; \
+                 opening what the file holds, as accept_lost_wal asks",
+                path.display()
+            );
+            fs::remove_file(beside(path, "-shm")).map_err(|e| {
+                Error::io(
+                    format!("cannot remove {}", beside(path, "-shm").display()),
+                    e,
+                )
+            })?;
+        }
+        checked => checked?,
+    }
     let conn = Connection::open(path).map_err(at_open(path))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let app_id: i64 = conn

@@ -256,6 +256,19 @@ fn a_wal_removed_after_a_crash_is_refused_at_open_with_a_way_out() -> TestResult
 }
 
 #[test]
+fn accept_lost_wal_opens_what_is_left_without_anyone_deleting_files() -> TestResult {
+    let (_dir, path) = crash_with_commits_in_the_wal(
+        "accept_lost_wal_opens_what_is_left_without_anyone_deleting_files",
+    );
+    std::fs::remove_file(beside(&path, "-wal"))?;
+    let spool = Spool::builder(&path).accept_lost_wal(true).open()?;
+    assert_eq!(numbers(&spool), (0..10).collect::<Vec<_>>());
+    assert_eq!(spool.append(numbered(10))?, 11, "it goes on");
+    spool.close(T)?;
+    Ok(())
+}
+
+#[test]
 fn a_crash_with_its_wal_in_place_opens_with_everything() -> TestResult {
     // The same crash without removing anything: the check must not refuse it.
     let (_dir, path) =
