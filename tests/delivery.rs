@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::http::{Reply, Request, Server};
@@ -644,23 +645,31 @@ fn the_worker_reports_where_its_time_goes() -> TestResult {
     Ok(())
 }
 
-/// A sink that panics on events of type "boom".
-struct Panicky {
-    got: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+type Shared<T> = std::sync::Arc<std::sync::Mutex<Vec<T>>>;
+
+/// A custom sink with bugs and opinions, by event type: "boom" panics in `deliver`,
+/// "odd" panics in `accepts`, "bad" is refused for good; it takes the rest.
+struct Picky {
+    got: Shared<u64>,
 }
 
-impl eventspool::Sink for Panicky {
+impl eventspool::Sink for Picky {
     fn name(&self) -> &str {
-        "panicky"
+        "picky"
     }
 
     fn deliver(
         &mut self,
         events: &[eventspool::StoredEvent],
     ) -> Result<(), eventspool::DeliveryError> {
-        assert!(events[0].event_type != "boom", "the sink's own bug");
-        self.got.lock().unwrap().push(events[0].seq);
-        Ok(())
+        match events[0].event_type.as_str() {
+            "boom" => panic!("the sink's own bug"),
+            "bad" => Err(eventspool::DeliveryError::permanent("refused")),
+            _ => {
+                self.got.lock().unwrap().push(events[0].seq);
+                Ok(())
+            }
+        }
     }
 
     fn max_retries(&self) -> Option<u32> {
@@ -677,19 +686,32 @@ impl eventspool::Sink for Panicky {
     }
 }
 
+/// A spool delivering to a [`Picky`] sink: what the sink took, and what the `on_error`
+/// hook was told (`hook_panics`: the hook panics instead).
+fn picky_spool(
+    path: &Path,
+    hook_panics: bool,
+) -> Result<(Spool, Shared<u64>, Shared<String>), Error> {
+    let got = Shared::default();
+    let reported = Shared::default();
+    let seen = reported.clone();
+    let spool = Spool::builder(path)
+        .sink(Picky { got: got.clone() })
+        .on_error(move |e| {
+            assert!(!hook_panics, "the application's own bug, on {e}");
+            seen.lock().unwrap().push(e.to_string());
+        })
+        .open()?;
+    Ok((spool, got, reported))
+}
+
 #[test]
 fn a_sink_that_panics_fails_that_delivery_and_goes_on() -> TestResult {
     // A bug in a user's sink must not end its worker in silence: the panic is a
     // failed attempt like any other, so the event is retried, then dead-lettered,
     // and the events after it are delivered.
     let (_dir, path) = temp_spool();
-    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let reported = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = reported.clone();
-    let spool = Spool::builder(&path)
-        .sink(Panicky { got: got.clone() })
-        .on_error(move |e| seen.lock().unwrap().push(e.to_string()))
-        .open()?;
+    let (spool, got, reported) = picky_spool(&path, false)?;
     spool.append(numbered(0))?;
     spool.append(Event::new("boom", 1))?;
     spool.append(numbered(2))?;
@@ -697,89 +719,49 @@ fn a_sink_that_panics_fails_that_delivery_and_goes_on() -> TestResult {
         got.lock().unwrap().len() == 2
     });
     assert_eq!(*got.lock().unwrap(), [1, 3]);
-    let dead = spool.dead_letters("panicky", 10)?;
+    let dead = spool.dead_letters("picky", 10)?;
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!((dead[0].event.seq, dead[0].attempts), (2, 3));
     assert!(
         dead[0].last_error.contains("the sink's own bug"),
         "{dead:?}"
     );
-    let m = sink_metrics(&spool, "panicky");
+    let m = sink_metrics(&spool, "picky");
     assert_eq!((m.failures_retryable, m.dead_lettered), (3, 1), "{m:?}");
+    let reported = reported.lock().unwrap();
     assert!(
-        reported
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|e| e.contains("panicked")),
-        "{:?}",
-        reported.lock().unwrap()
+        reported.iter().any(|e| e.contains("panicked in deliver")),
+        "{reported:?}"
     );
-    Ok(())
-}
-
-/// A sink that refuses events of type "bad" for good and takes the others.
-struct Refuses {
-    got: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
-}
-
-impl eventspool::Sink for Refuses {
-    fn name(&self) -> &str {
-        "refuses"
-    }
-
-    fn deliver(
-        &mut self,
-        events: &[eventspool::StoredEvent],
-    ) -> Result<(), eventspool::DeliveryError> {
-        if events[0].event_type == "bad" {
-            return Err(eventspool::DeliveryError::permanent("refused"));
-        }
-        self.got.lock().unwrap().push(events[0].seq);
-        Ok(())
-    }
-}
-
-#[test]
-fn an_error_hook_that_panics_stops_nothing() -> TestResult {
-    let (_dir, path) = temp_spool();
-    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let spool = Spool::builder(&path)
-        .sink(Refuses { got: got.clone() })
-        .on_error(|e| panic!("the application's own bug, on {e}"))
-        .open()?;
-    spool.append(Event::new("bad", 0))?;
-    spool.append(numbered(1))?;
-    wait_until(T, "the sink went past the dead letter", || {
-        got.lock().unwrap().len() == 1
-    });
-    assert_eq!(*got.lock().unwrap(), [2]);
-    assert_eq!(spool.dead_letters("refuses", 10)?.len(), 1);
     Ok(())
 }
 
 #[test]
 fn a_sink_whose_filter_panics_takes_the_event() -> TestResult {
     let (_dir, path) = temp_spool();
-    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let reported = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = reported.clone();
-    let spool = Spool::builder(&path)
-        .sink(Panicky { got: got.clone() })
-        .on_error(move |e| seen.lock().unwrap().push(e.to_string()))
-        .open()?;
+    let (spool, got, reported) = picky_spool(&path, false)?;
     spool.append(Event::new("odd", 0))?;
     spool.append(numbered(1))?;
     wait_until(T, "both delivered", || got.lock().unwrap().len() == 2);
     assert_eq!(*got.lock().unwrap(), [1, 2]);
+    let reported = reported.lock().unwrap();
     assert!(
-        reported
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|e| e.contains("panicked in accepts")),
-        "{:?}",
-        reported.lock().unwrap()
+        reported.iter().any(|e| e.contains("panicked in accepts")),
+        "{reported:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn an_error_hook_that_panics_stops_nothing() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let (spool, got, _) = picky_spool(&path, true)?;
+    spool.append(Event::new("bad", 0))?;
+    spool.append(numbered(1))?;
+    wait_until(T, "the sink went past the dead letter", || {
+        got.lock().unwrap().len() == 1
+    });
+    assert_eq!(*got.lock().unwrap(), [2]);
+    assert_eq!(spool.dead_letters("picky", 10)?.len(), 1);
     Ok(())
 }
