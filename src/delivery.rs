@@ -135,8 +135,9 @@ pub struct SinkMetrics {
     pub failures_permanent: u64,
     /// Events moved to the dead letters.
     pub dead_lettered: u64,
-    /// Events evicted by the caps before the sink acknowledged them. An event evicted
-    /// while its batch is in flight may also end up counted in `delivered`.
+    /// Events evicted by the caps before the sink had them. One evicted while its
+    /// batch was in flight counts as what became of that batch (delivered,
+    /// dead-lettered or filtered), not here.
     pub evicted_unsent: u64,
     /// Events skipped because the sink does not accept their type.
     pub filtered: u64,
@@ -175,6 +176,8 @@ pub(crate) struct Control {
 struct Batch {
     events: Vec<StoredEvent>,
     ack_to: Option<SeqNo>,
+    /// The first seq the batch covers (filtered events included).
+    from: SeqNo,
 }
 
 pub(crate) struct Worker {
@@ -312,9 +315,11 @@ impl Worker {
                 }
             }
             if !events.is_empty() {
+                let from = events[0].seq;
                 return Ok(Some(Batch {
                     events,
                     ack_to: None,
+                    from,
                 }));
             }
         }
@@ -327,7 +332,7 @@ impl Worker {
             let after = self.ahead.back().map_or(self.cursor, seq_of);
             self.read_ahead(after)?;
             let mut events = Vec::new();
-            let mut last = None;
+            let (mut first, mut last) = (None, None);
             while events.len() < self.batch_size {
                 // A damaged row ends the batch; on its own it is quarantined.
                 if events.is_empty()
@@ -336,11 +341,19 @@ impl Worker {
                     let corrupt = corrupt.clone();
                     self.quarantine(&corrupt)?;
                     self.ahead.pop_front();
-                    last = None;
+                    (first, last) = (None, None);
                     continue;
+                }
+                // A gap (the caps evicted between two reads) ends the batch too: a batch
+                // covers `from..=ack_to` whole, which is what its acknowledgement counts.
+                if let (Some(l), Some(next)) = (last, self.ahead.front())
+                    && seq_of(next) != l + 1
+                {
+                    break;
                 }
                 match self.ahead.pop_front() {
                     Some(Ok(event)) => {
+                        first = first.or(Some(event.seq));
                         last = Some(event.seq);
                         if self.accepts_guarded(&event.event_type) {
                             events.push(event);
@@ -355,19 +368,22 @@ impl Worker {
                     None => break,
                 }
             }
-            let Some(last) = last else {
+            let (Some(first), Some(last)) = (first, last) else {
                 return Ok(None);
             };
             if !events.is_empty() {
                 return Ok(Some(Batch {
                     events,
                     ack_to: Some(last),
+                    from: first,
                 }));
             }
-            self.commit(Op::Ack {
+            let evicted = self.commit(Op::Ack {
                 consumer: self.name.clone(),
                 seq: last,
+                from: Some(first),
             })?;
+            self.counted_twice(evicted);
             self.advance(last);
         }
     }
@@ -396,10 +412,17 @@ impl Worker {
             corrupt.reason
         );
         self.shared.report(&corrupt.error());
-        self.commit(corrupt.quarantine(&self.name, true))?;
+        let evicted = self.commit(corrupt.quarantine(&self.name, true))?;
+        self.counted_twice(evicted);
         self.counters.dead_lettered.fetch_add(1, Relaxed);
         self.advance(corrupt.seq);
         Ok(())
+    }
+
+    /// Takes back from `evicted_unsent` events the caps evicted while this worker had
+    /// them in hand: it counts them itself (delivered, dead-lettered or filtered).
+    fn counted_twice(&self, evicted: u64) {
+        self.counters.evicted_unsent.fetch_sub(evicted, Relaxed);
     }
 
     fn advance(&mut self, seq: SeqNo) {
@@ -504,6 +527,7 @@ impl Worker {
             (None, Some(seq)) => Op::Ack {
                 consumer: self.name.clone(),
                 seq,
+                from: Some(batch.from),
             },
             (None, None) => Op::Redelivered {
                 sink: self.name.clone(),
@@ -512,10 +536,11 @@ impl Worker {
             (Some(e), ack_to) => Op::DeadLetter {
                 sink: self.name.clone(),
                 seqs: seqs(),
+                held: batch.events.clone(),
                 attempts: retries + 1,
                 status: e.status(),
                 error: e.to_string(),
-                ack_to,
+                ack: ack_to.map(|to| (batch.from, to)),
             },
         };
         if let Some(e) = &failure {
@@ -546,7 +571,8 @@ impl Worker {
         let committed = pending.and_then(|done| writer::answer(&done));
         spent(&self.counters.commit_ns, started);
         match committed {
-            Ok(_) => {
+            Ok(evicted) => {
+                self.counted_twice(evicted);
                 if let Some(seq) = batch.ack_to {
                     self.advance(seq);
                 }

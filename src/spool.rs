@@ -714,6 +714,7 @@ impl Spool {
             self.inner.call(Op::Ack {
                 consumer: name.clone(),
                 seq: last,
+                from: None,
             })?;
             cursor = last;
             delivered += events.len();
@@ -906,6 +907,7 @@ impl Spool {
         self.inner.call(Op::Ack {
             consumer: name.to_owned(),
             seq,
+            from: None,
         })?;
         if let Some(state) = state {
             state.acked(seq);

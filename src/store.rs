@@ -90,17 +90,27 @@ pub(crate) enum Op {
         kind: &'static str,
         start: StartAt,
     },
-    /// Moves a cursor forward (never back).
-    Ack { consumer: String, seq: SeqNo },
-    /// Records events a sink gave up on (copying them, so deletion can go on), and
-    /// moves its cursor to `ack_to` when they came from the stream.
+    /// Moves a cursor forward (never back). `from` is set by a sink's worker: the first
+    /// seq of the range `from..=seq` it handled; what of it the caps evicted while it
+    /// was in flight was counted as evicted unsent, and the op yields how many, for the
+    /// worker to take back (it counts them as delivered or filtered).
+    Ack {
+        consumer: String,
+        seq: SeqNo,
+        from: Option<SeqNo>,
+    },
+    /// Records events a sink gave up on (copying them, so deletion can go on; from
+    /// `held` when the caps evicted them meanwhile), and, when they came from the
+    /// stream, moves its cursor past the range `ack` (yielding, as `Ack` does, how many
+    /// of it had been evicted).
     DeadLetter {
         sink: String,
         seqs: Vec<SeqNo>,
+        held: Vec<StoredEvent>,
         attempts: u32,
         status: Option<u16>,
         error: String,
-        ack_to: Option<SeqNo>,
+        ack: Option<(SeqNo, SeqNo)>,
     },
     /// Sets a consumer's position (registering it as a subscriber if new); yields it.
     Seek { consumer: String, to: SeekPosition },
@@ -136,7 +146,14 @@ pub(crate) fn apply(
             .execute(params![consumer, kind, acked as i64])?;
             Ok(cursor(tx, consumer)?.unwrap_or(acked))
         }
-        Op::Ack { consumer, seq } => ack(tx, consumer, *seq).map(|()| 0),
+        Op::Ack {
+            consumer,
+            seq,
+            from,
+        } => {
+            ack(tx, consumer, *seq)?;
+            Ok(from.map_or(0, |from| evicted_in(from, *seq, first_seq)))
+        }
         Op::Seek { consumer, to } => {
             let seq = match to {
                 SeekPosition::Beginning => first_seq.saturating_sub(1),
@@ -159,10 +176,11 @@ pub(crate) fn apply(
         Op::DeadLetter {
             sink,
             seqs,
+            held,
             attempts,
             status,
             error,
-            ack_to,
+            ack: acked,
         } => {
             let now = crate::event::now_ms();
             for &seq in seqs {
@@ -174,20 +192,46 @@ pub(crate) fn apply(
                          WHERE sink = ?1 AND seq = ?2",
                     )?
                     .execute(args)?;
-                if again == 0 {
-                    tx.prepare_cached(
+                if again > 0 {
+                    continue;
+                }
+                let copied = tx
+                    .prepare_cached(
                         "INSERT INTO dead_letters (sink, seq, id, type, source, subject, ts, data,
                              attempts, last_status, last_error, failed_at)
                          SELECT ?1, seq, id, type, source, subject, ts, data, ?3, ?4, ?5, ?6
                          FROM events WHERE seq = ?2",
                     )?
                     .execute(args)?;
+                if let (0, Some(e)) = (copied, held.iter().find(|e| e.seq == seq)) {
+                    tx.prepare_cached(
+                        "INSERT INTO dead_letters (sink, seq, id, type, source, subject, ts, data,
+                             attempts, last_status, last_error, failed_at)
+                         VALUES (?1, ?2, ?7, ?8, ?9, ?10, ?11, ?12, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![
+                        sink,
+                        seq as i64,
+                        attempts,
+                        status,
+                        error,
+                        now,
+                        e.id,
+                        e.event_type,
+                        e.source,
+                        e.subject,
+                        e.timestamp_ms,
+                        e.data.get()
+                    ])?;
                 }
             }
-            if let Some(seq) = ack_to {
-                ack(tx, sink, *seq)?;
+            match acked {
+                Some((from, to)) => {
+                    ack(tx, sink, *to)?;
+                    Ok(evicted_in(*from, *to, first_seq))
+                }
+                None => Ok(0),
             }
-            Ok(seqs.len() as u64)
         }
         Op::Requeue { sink } => Ok(tx
             .prepare_cached(
@@ -598,6 +642,12 @@ pub(crate) fn ack(tx: &Transaction<'_>, name: &str, seq: SeqNo) -> rusqlite::Res
     Ok(())
 }
 
+/// How many of `from..=to` are gone before `first_seq`: evicted by the caps (events a
+/// consumer has not acknowledged are never deleted otherwise).
+fn evicted_in(from: SeqNo, to: SeqNo, first_seq: SeqNo) -> u64 {
+    (to + 1).min(first_seq).saturating_sub(from)
+}
+
 /// The lowest cursor over all consumers: every event up to it was acknowledged by all.
 /// `None` when there is no consumer (events are then kept until the caps evict them).
 pub(crate) fn min_acked(tx: &Transaction<'_>) -> rusqlite::Result<Option<SeqNo>> {
@@ -663,10 +713,11 @@ impl Corrupt {
         Op::DeadLetter {
             sink: sink.to_owned(),
             seqs: vec![self.seq],
+            held: Vec::new(),
             attempts: 0,
             status: None,
             error: format!("corrupt row, not delivered: {}", self.reason),
-            ack_to: from_stream.then_some(self.seq),
+            ack: from_stream.then_some((self.seq, self.seq)),
         }
     }
 

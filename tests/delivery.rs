@@ -765,3 +765,79 @@ fn an_error_hook_that_panics_stops_nothing() -> TestResult {
     assert_eq!(spool.dead_letters("picky", 10)?.len(), 1);
     Ok(())
 }
+
+/// A sink that holds each delivery until the test lets it go.
+struct Gated {
+    entered: crossbeam_channel::Sender<Vec<u64>>,
+    go: crossbeam_channel::Receiver<Result<(), eventspool::DeliveryError>>,
+}
+
+impl eventspool::Sink for Gated {
+    fn name(&self) -> &str {
+        "gated"
+    }
+
+    fn deliver(
+        &mut self,
+        events: &[eventspool::StoredEvent],
+    ) -> Result<(), eventspool::DeliveryError> {
+        let _ = self.entered.send(events.iter().map(|e| e.seq).collect());
+        self.go.recv().unwrap_or(Ok(()))
+    }
+
+    fn batch_size(&self) -> usize {
+        5
+    }
+
+    fn max_retries(&self) -> Option<u32> {
+        Some(0)
+    }
+}
+
+#[test]
+fn events_evicted_while_in_flight_are_counted_once() -> TestResult {
+    // The caps evict a batch the sink is delivering: it is counted as evicted unsent
+    // then, and as delivered (or dead-lettered) when the sink answers. It must end up in
+    // one count only, so the counters balance.
+    let (_dir, path) = temp_spool();
+    let (entered_tx, entered) = crossbeam_channel::unbounded();
+    let (go, go_rx) = crossbeam_channel::unbounded();
+    let spool = Spool::builder(&path)
+        .max_events(10)
+        .sink(Gated {
+            entered: entered_tx,
+            go: go_rx,
+        })
+        .open()?;
+    spool.append_batch((0..5).map(numbered).collect())?;
+    assert_eq!(entered.recv_timeout(T)?, [1, 2, 3, 4, 5]);
+    spool.append_batch((5..25).map(numbered).collect())?; // evicts 1..=15
+    go.send(Ok(()))?; // 1..=5 delivered after all
+    assert_eq!(entered.recv_timeout(T)?, [16, 17, 18, 19, 20]);
+    spool.append_batch((25..35).map(numbered).collect())?; // evicts 16..=25
+    go.send(Err(eventspool::DeliveryError::permanent("no")))?; // 16..=20 dead-lettered
+    assert_eq!(entered.recv_timeout(T)?, [26, 27, 28, 29, 30]);
+    go.send(Ok(()))?;
+    assert_eq!(entered.recv_timeout(T)?, [31, 32, 33, 34, 35]);
+    go.send(Ok(()))?;
+    wait_until(T, "caught up", || sink_metrics(&spool, "gated").lag == 0);
+    let m = sink_metrics(&spool, "gated");
+    assert_eq!(
+        (m.delivered, m.dead_lettered, m.evicted_unsent),
+        (15, 5, 15),
+        "1..=5, 26..=35 delivered; 16..=20 dead-lettered; 6..=15 and 21..=25 evicted: {m:?}"
+    );
+    assert_eq!(
+        m.delivered + m.dead_lettered + m.evicted_unsent + m.filtered + m.lag,
+        35,
+        "{m:?}"
+    );
+    // The dead letters were saved although the caps had evicted them.
+    let dead: Vec<u64> = spool
+        .dead_letters("gated", 10)?
+        .iter()
+        .map(|d| d.event.seq)
+        .collect();
+    assert_eq!(dead, [16, 17, 18, 19, 20]);
+    Ok(())
+}
