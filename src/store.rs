@@ -99,10 +99,11 @@ pub(crate) enum Op {
         seq: SeqNo,
         from: Option<SeqNo>,
     },
-    /// Records events a sink gave up on (copying them, so deletion can go on; from
-    /// `held` when the caps evicted them meanwhile), and, when they came from the
-    /// stream, moves its cursor past the range `ack` (yielding, as `Ack` does, how many
-    /// of it had been evicted).
+    /// Records events a sink gave up on, copying them so deletion can go on: from
+    /// `held` (the worker's copies of `seqs`, in order), or from the file for a row that
+    /// could not be decoded (`held` empty). When they came from the stream, moves the
+    /// cursor past the range `ack` (yielding, as `Ack` does, how many of it the caps
+    /// evicted meanwhile).
     DeadLetter {
         sink: String,
         seqs: Vec<SeqNo>,
@@ -183,7 +184,7 @@ pub(crate) fn apply(
             ack: acked,
         } => {
             let now = crate::event::now_ms();
-            for &seq in seqs {
+            for (i, &seq) in seqs.iter().enumerate() {
                 let args = params![sink, seq as i64, attempts, status, error, now];
                 let again = tx
                     .prepare_cached(
@@ -195,35 +196,38 @@ pub(crate) fn apply(
                 if again > 0 {
                     continue;
                 }
-                let copied = tx
-                    .prepare_cached(
-                        "INSERT INTO dead_letters (sink, seq, id, type, source, subject, ts, data,
-                             attempts, last_status, last_error, failed_at)
-                         SELECT ?1, seq, id, type, source, subject, ts, data, ?3, ?4, ?5, ?6
-                         FROM events WHERE seq = ?2",
-                    )?
-                    .execute(args)?;
-                if let (0, Some(e)) = (copied, held.iter().find(|e| e.seq == seq)) {
-                    tx.prepare_cached(
-                        "INSERT INTO dead_letters (sink, seq, id, type, source, subject, ts, data,
-                             attempts, last_status, last_error, failed_at)
-                         VALUES (?1, ?2, ?7, ?8, ?9, ?10, ?11, ?12, ?3, ?4, ?5, ?6)",
-                    )?
-                    .execute(params![
-                        sink,
-                        seq as i64,
-                        attempts,
-                        status,
-                        error,
-                        now,
-                        e.id,
-                        e.event_type,
-                        e.source,
-                        e.subject,
-                        e.timestamp_ms,
-                        e.data.get()
-                    ])?;
-                }
+                match held.get(i) {
+                    // From the worker's copy: the caps may have evicted the row meanwhile.
+                    Some(e) => tx
+                        .prepare_cached(
+                            "INSERT INTO dead_letters (sink, seq, id, type, source, subject, ts,
+                                 data, attempts, last_status, last_error, failed_at)
+                             VALUES (?1, ?2, ?7, ?8, ?9, ?10, ?11, ?12, ?3, ?4, ?5, ?6)",
+                        )?
+                        .execute(params![
+                            sink,
+                            seq as i64,
+                            attempts,
+                            status,
+                            error,
+                            now,
+                            e.id,
+                            e.event_type,
+                            e.source,
+                            e.subject,
+                            e.timestamp_ms,
+                            e.data.get()
+                        ])?,
+                    // A row that cannot be decoded: copied as it is stored.
+                    None => tx
+                        .prepare_cached(
+                            "INSERT INTO dead_letters (sink, seq, id, type, source, subject, ts,
+                                 data, attempts, last_status, last_error, failed_at)
+                             SELECT ?1, seq, id, type, source, subject, ts, data, ?3, ?4, ?5, ?6
+                             FROM events WHERE seq = ?2",
+                        )?
+                        .execute(args)?,
+                };
             }
             match acked {
                 Some((from, to)) => {
