@@ -19,7 +19,7 @@ use crate::metrics::{Counters, MetricsSnapshot};
 use crate::sink::Sink;
 use crate::store::{self, Op, ReaderPool, StartAt};
 use crate::subscribe::{ConsumerInfo, SeekPosition, SubParts, SubState, Subscription};
-use crate::writer::{self, Checkpointer, Msg, Writer};
+use crate::writer::{self, Checkpointer, Gone, Msg, Reply, Writer};
 
 /// How long `Drop` waits for a spool that was not closed to commit what is queued.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -582,16 +582,16 @@ impl Spool {
     /// disk is full); [`Error::Closed`].
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let (reply, done) = bounded(1);
+        let (reply, done) = writer::reply();
         match self.inner.tx.send_deadline(Msg::Flush(reply), deadline) {
             Ok(()) => {}
             Err(SendTimeoutError::Timeout(_)) => return Err(Error::Timeout),
             Err(SendTimeoutError::Disconnected(_)) => return Err(Error::Closed),
         }
-        match done.recv_deadline(deadline) {
+        match done.wait_until(deadline) {
             Ok(()) => Ok(()),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(Error::Timeout),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(Error::Closed),
+            Err(Gone::Late) => Err(Error::Timeout),
+            Err(Gone::Dropped) => Err(Error::Closed),
         }
     }
 
@@ -1020,12 +1020,12 @@ impl Inner {
     /// Sends admitted events to the writer and waits for their commit.
     fn send_durable(&self, events: Vec<Event>) -> Result<SeqNo> {
         let n = events.len() as u64;
-        let (reply, done) = bounded(1);
+        let (reply, done) = writer::reply();
         if self.tx.send(Msg::Append(events, reply)).is_err() {
             return self.refuse(n, Error::Closed);
         }
         // A dropped reply means the writer gave up at close: it counted the events.
-        done.recv().unwrap_or(Err(Error::Closed))
+        done.wait().unwrap_or(Err(Error::Closed))
     }
 
     /// Sends a consumer operation to the writer and waits until it is committed.
@@ -1092,10 +1092,10 @@ impl Inner {
 }
 
 /// Sends a message that carries a reply channel and waits for the reply until `deadline`.
-fn request<T>(tx: &Sender<Msg>, msg: fn(Sender<T>) -> Msg, deadline: Instant) -> Option<T> {
-    let (reply, done) = bounded(1);
+fn request<T>(tx: &Sender<Msg>, msg: fn(Reply<T>) -> Msg, deadline: Instant) -> Option<T> {
+    let (reply, done) = writer::reply();
     tx.send_deadline(msg(reply), deadline).ok()?;
-    done.recv_deadline(deadline).ok()
+    done.wait_until(deadline).ok()
 }
 
 /// Waits until every thread finished or `deadline` passed; true if they all finished.

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, never, select};
@@ -29,18 +29,18 @@ pub(crate) enum Msg {
     /// An event from `emit`.
     Emit(Event),
     /// Events from `append`/`append_batch`; the reply carries the seq of the last one.
-    Append(Vec<Event>, Sender<Result<SeqNo>>),
+    Append(Vec<Event>, Reply<Result<SeqNo>>),
     /// Answered once everything sent before it is committed.
-    Flush(Sender<()>),
+    Flush(Reply<()>),
     /// Like `Flush`, once no event is in flight any more; the writer then serves only
     /// consumer operations until `Stop`.
-    Close(Sender<()>),
+    Close(Reply<()>),
     /// Commits what is pending and ends the writer; the reply is an error if the file
     /// was found deleted or replaced (and what it held saved, see [`Error::FileGone`]).
-    Stop(Sender<Result<()>>),
+    Stop(Reply<Result<()>>),
     /// A change to consumers or dead letters, committed with the next batch; the reply
     /// carries what [`store::apply`] yields.
-    Op(Op, Sender<Result<u64>>),
+    Op(Op, Reply<Result<u64>>),
 }
 
 /// Sends `op` to the writer and waits until it is committed.
@@ -48,16 +48,151 @@ pub(crate) fn call(tx: &Sender<Msg>, op: Op) -> Result<u64> {
     answer(&submit(tx, op)?)
 }
 
-/// Sends `op` to the writer; the returned channel answers once it is committed.
-pub(crate) fn submit(tx: &Sender<Msg>, op: Op) -> Result<Receiver<Result<u64>>> {
-    let (reply, done) = crossbeam_channel::bounded(1);
+/// Sends `op` to the writer; the returned answer comes once it is committed.
+pub(crate) fn submit(tx: &Sender<Msg>, op: Op) -> Result<Answer<Result<u64>>> {
+    let (reply, done) = reply();
     tx.send(Msg::Op(op, reply)).map_err(|_| Error::Closed)?;
     Ok(done)
 }
 
 /// Waits for the answer to a [`submit`]ted op.
-pub(crate) fn answer(done: &Receiver<Result<u64>>) -> Result<u64> {
-    done.recv().unwrap_or(Err(Error::Closed))
+pub(crate) fn answer(done: &Answer<Result<u64>>) -> Result<u64> {
+    done.wait().unwrap_or(Err(Error::Closed))
+}
+
+/// The writer's side of a one-shot answer to a caller blocked in [`Answer::wait`].
+///
+/// Unlike a channel's receiver, the caller parks at once instead of spinning first:
+/// with many `append` callers on few cores, spinning callers take the CPU the writer
+/// needs to answer them. Dropped unanswered, it wakes the caller with nothing.
+pub(crate) struct Reply<T>(Arc<Slot<T>>);
+
+/// The caller's side of a [`Reply`].
+pub(crate) struct Answer<T>(Arc<Slot<T>>);
+
+struct Slot<T> {
+    state: Mutex<State<T>>,
+    caller: thread::Thread,
+}
+
+enum State<T> {
+    Waiting,
+    /// The answer, and the wake-ups the caller passes on once it has it.
+    Answered(T, Option<Arc<Wakeups>>),
+    Dropped,
+}
+
+/// A one-shot reply for the calling thread to wait on (only that thread may wait on
+/// it: it is the one woken).
+pub(crate) fn reply<T>() -> (Reply<T>, Answer<T>) {
+    let slot = Arc::new(Slot {
+        state: Mutex::new(State::Waiting),
+        caller: thread::current(),
+    });
+    (Reply(slot.clone()), Answer(slot))
+}
+
+/// The callers of one commit, woken as a tree: the writer wakes two, and every caller
+/// that has its answer wakes two more. Waking a thread costs a system call; this way
+/// the callers share that work instead of the writer doing it all before its next
+/// batch.
+pub(crate) struct Wakeups {
+    callers: Vec<thread::Thread>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Wakeups {
+    pub(crate) fn new<'a, T: 'a>(replies: impl Iterator<Item = &'a Reply<T>>) -> Arc<Wakeups> {
+        Arc::new(Wakeups {
+            callers: replies.map(|r| r.0.caller.clone()).collect(),
+            next: Default::default(),
+        })
+    }
+
+    /// Wakes the next two callers that have not been woken yet.
+    pub(crate) fn pass(&self) {
+        for _ in 0..2 {
+            match self.callers.get(self.next.fetch_add(1, Relaxed)) {
+                Some(caller) => caller.unpark(),
+                None => return,
+            }
+        }
+    }
+}
+
+impl<T> Reply<T> {
+    /// Hands `value` to the caller and wakes it.
+    pub(crate) fn send(self, value: T) {
+        self.settle(State::Answered(value, None));
+    }
+
+    /// Hands `value` to the caller, to be woken through `wakeups`.
+    pub(crate) fn send_quietly(self, value: T, wakeups: Arc<Wakeups>) {
+        self.settle(State::Answered(value, Some(wakeups)));
+    }
+
+    fn settle(&self, answer: State<T>) {
+        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let State::Waiting = *state {
+            let wake = matches!(answer, State::Answered(_, None) | State::Dropped);
+            *state = answer;
+            drop(state);
+            if wake {
+                self.0.caller.unpark();
+            }
+        }
+    }
+}
+
+impl<T> Drop for Reply<T> {
+    fn drop(&mut self) {
+        self.settle(State::Dropped);
+    }
+}
+
+/// Why [`Answer::wait_until`] has no answer.
+pub(crate) enum Gone {
+    /// The deadline passed first.
+    Late,
+    /// The writer dropped the reply unanswered (it is closing).
+    Dropped,
+}
+
+impl<T> Answer<T> {
+    /// Waits for the answer; `None` if the writer dropped the reply unanswered.
+    pub(crate) fn wait(&self) -> Option<T> {
+        self.wait_for(None).ok()
+    }
+
+    /// Waits for the answer until `deadline`.
+    pub(crate) fn wait_until(&self, deadline: Instant) -> std::result::Result<T, Gone> {
+        self.wait_for(Some(deadline))
+    }
+
+    fn wait_for(&self, deadline: Option<Instant>) -> std::result::Result<T, Gone> {
+        loop {
+            let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+            match std::mem::replace(&mut *state, State::Dropped) {
+                State::Answered(value, wakeups) => {
+                    drop(state);
+                    if let Some(w) = wakeups {
+                        w.pass();
+                    }
+                    return Ok(value);
+                }
+                State::Dropped => return Err(Gone::Dropped),
+                State::Waiting => *state = State::Waiting,
+            }
+            drop(state);
+            match deadline {
+                None => thread::park(),
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => thread::park_timeout(left),
+                    _ => return Err(Gone::Late),
+                },
+            }
+        }
+    }
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(50);
@@ -158,7 +293,7 @@ impl Drop for Checkpointer {
 struct Waiter {
     start: usize,
     len: usize,
-    reply: Sender<Result<SeqNo>>,
+    reply: Reply<Result<SeqNo>>,
 }
 
 pub(crate) struct Writer {
@@ -188,10 +323,10 @@ pub(crate) struct Writer {
     stored_bytes: u64,
     batch: Vec<Event>,
     appends: Vec<Waiter>,
-    flushes: Vec<Sender<()>>,
-    ops: Vec<(Op, Sender<Result<u64>>)>,
-    closing: Option<Sender<()>>,
-    stopping: Option<Sender<Result<()>>>,
+    flushes: Vec<Reply<()>>,
+    ops: Vec<(Op, Reply<Result<u64>>)>,
+    closing: Option<Reply<()>>,
+    stopping: Option<Reply<Result<()>>>,
     /// Set after a failed commit: when to try again, and the delay used.
     retry: Option<(Instant, Duration)>,
     evicting: bool,
@@ -270,7 +405,7 @@ impl Writer {
                 && self.settled()
                 && let Some(reply) = self.closing.take()
             {
-                let _ = reply.send(());
+                reply.send(());
             }
             if let Some(reply) = self.stopping.take() {
                 // The last chance to save a file deleted while idle: once the connections
@@ -280,7 +415,7 @@ impl Writer {
                     self.collect();
                     let _ = store::checkpoint(&self.conn);
                 }
-                let _ = reply.send(gone.map_or(Ok(()), |rescued| {
+                reply.send(gone.map_or(Ok(()), |rescued| {
                     Err(Error::FileGone {
                         path: self.path.clone(),
                         rescued,
@@ -396,7 +531,7 @@ impl Writer {
 
     fn answer_flushes(&mut self) {
         for reply in self.flushes.drain(..) {
-            let _ = reply.send(());
+            reply.send(());
         }
     }
 
@@ -509,7 +644,7 @@ impl Writer {
         c.pending_retry.store(0, Relaxed);
         c.committed.fetch_add(n, SeqCst);
         for ((_, reply), result) in self.ops.drain(..).zip(kept.results) {
-            let _ = reply.send(Ok(result));
+            reply.send(Ok(result));
         }
         for (consumer, unsent) in kept.unsent {
             self.shared.evicted_unsent(&consumer, unsent);
@@ -525,9 +660,12 @@ impl Writer {
             log::info!("spool commits again after failures");
         }
         self.expected_waiters = self.appends.len();
+        let wakeups = Wakeups::new(self.appends.iter().map(|w| &w.reply));
         for w in self.appends.drain(..) {
-            let _ = w.reply.send(Ok(first + (w.start + w.len) as u64 - 1));
+            w.reply
+                .send_quietly(Ok(first + (w.start + w.len) as u64 - 1), wakeups.clone());
         }
+        wakeups.pass();
         self.batch.clear();
         self.answer_flushes();
 
@@ -579,13 +717,13 @@ impl Writer {
         c.commit_errors.fetch_add(1, Relaxed);
         let e = error();
         for (_, reply) in self.ops.drain(..) {
-            let _ = reply.send(Err(error()));
+            reply.send(Err(error()));
         }
         // `append` callers learn of the failure and own the retry: their events go.
         for w in self.appends.drain(..).rev() {
             self.batch.drain(w.start..w.start + w.len);
             c.rejected.fetch_add(w.len as u64, SeqCst);
-            let _ = w.reply.send(Err(error()));
+            w.reply.send(Err(error()));
         }
         c.pending_retry.store(self.batch.len() as u64, Relaxed);
         if self.batch.is_empty() {
@@ -657,7 +795,7 @@ fn commit_batch(
     conn: &mut Connection,
     batch: &[Event],
     first: SeqNo,
-    ops: &[(Op, Sender<Result<u64>>)],
+    ops: &[(Op, Reply<Result<u64>>)],
     mut kept: Kept,
     (max_events, max_bytes): (u64, u64),
     collect: bool,
@@ -716,4 +854,68 @@ fn commit_batch(
     }
     tx.commit()?;
     Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Callers blocked on replies, as `append` callers are: each sends its reply to
+    /// the test and reports back once its answer arrived.
+    fn callers(n: usize) -> (Vec<Reply<usize>>, Receiver<usize>) {
+        let (replies_tx, replies) = crossbeam_channel::unbounded();
+        let (woke_tx, woke) = crossbeam_channel::unbounded();
+        for _ in 0..n {
+            let (replies_tx, woke_tx) = (replies_tx.clone(), woke_tx.clone());
+            thread::spawn(move || {
+                let (reply, answer) = reply();
+                replies_tx.send(reply).unwrap();
+                if let Some(value) = answer.wait() {
+                    woke_tx.send(value).unwrap();
+                }
+            });
+        }
+        (replies.iter().take(n).collect(), woke)
+    }
+
+    #[test]
+    fn every_caller_of_a_commit_wakes_through_the_tree() {
+        let (replies, woke) = callers(100);
+        let wakeups = Wakeups::new(replies.iter());
+        for (i, reply) in replies.into_iter().enumerate() {
+            reply.send_quietly(i, wakeups.clone());
+        }
+        wakeups.pass();
+        let mut got: Vec<usize> = (0..100)
+            .map(|_| {
+                woke.recv_timeout(Duration::from_secs(30))
+                    .expect("a caller never woke")
+            })
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_reply_dropped_unanswered_wakes_its_caller_with_nothing() {
+        let (replies, woke) = callers(1);
+        drop(replies);
+        assert_eq!(
+            woke.recv_timeout(Duration::from_secs(30)),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        );
+    }
+
+    #[test]
+    fn waiting_until_a_deadline_gives_up_then_and_not_before() {
+        let (reply, answer) = reply::<()>();
+        let start = Instant::now();
+        assert!(matches!(
+            answer.wait_until(start + Duration::from_millis(50)),
+            Err(Gone::Late)
+        ));
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        reply.send(());
+        assert!(answer.wait_until(Instant::now()).is_ok());
+    }
 }
