@@ -10,7 +10,8 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -96,21 +97,37 @@ pub(crate) fn reply<T>() -> (Reply<T>, Answer<T>) {
 /// that has its answer wakes two more. Waking a thread costs a system call; this way
 /// the callers share that work instead of the writer doing it all before its next
 /// batch.
+///
+/// The answers count only once [`release`](Wakeups::release)d: a caller that looked
+/// while the writer was still handing them out could otherwise wake one whose answer
+/// was not there yet, and that caller, back asleep, would never be woken again.
 pub(crate) struct Wakeups {
     callers: Vec<thread::Thread>,
-    next: std::sync::atomic::AtomicUsize,
+    next: AtomicUsize,
+    released: AtomicBool,
 }
 
 impl Wakeups {
     pub(crate) fn new<'a, T: 'a>(replies: impl Iterator<Item = &'a Reply<T>>) -> Arc<Wakeups> {
         Arc::new(Wakeups {
             callers: replies.map(|r| r.0.caller.clone()).collect(),
-            next: Default::default(),
+            next: AtomicUsize::new(0),
+            released: AtomicBool::new(false),
         })
     }
 
+    /// Called once every reply was sent: the answers count, and the first two wake.
+    pub(crate) fn release(&self) {
+        self.released.store(true, Release);
+        self.pass();
+    }
+
+    fn released(&self) -> bool {
+        self.released.load(Acquire)
+    }
+
     /// Wakes the next two callers that have not been woken yet.
-    pub(crate) fn pass(&self) {
+    fn pass(&self) {
         for _ in 0..2 {
             match self.callers.get(self.next.fetch_add(1, Relaxed)) {
                 Some(caller) => caller.unpark(),
@@ -126,7 +143,8 @@ impl<T> Reply<T> {
         self.settle(State::Answered(value, None));
     }
 
-    /// Hands `value` to the caller, to be woken through `wakeups`.
+    /// Hands `value` to the caller, to be woken through `wakeups` once they are
+    /// released.
     pub(crate) fn send_quietly(self, value: T, wakeups: Arc<Wakeups>) {
         self.settle(State::Answered(value, Some(wakeups)));
     }
@@ -161,18 +179,29 @@ pub(crate) enum Gone {
 impl<T> Answer<T> {
     /// Waits for the answer; `None` if the writer dropped the reply unanswered.
     pub(crate) fn wait(&self) -> Option<T> {
-        self.wait_for(None).ok()
+        self.wait_for(None, 0).ok()
+    }
+
+    /// Like [`wait`](Answer::wait), but first yields the CPU up to `yields` times,
+    /// looking for the answer in between. With many callers on few cores the answer
+    /// often comes meanwhile, and a caller that finds it awake costs no wake-up (a
+    /// system call, and on a VM often an interrupt to an idle CPU).
+    pub(crate) fn wait_yielding(&self, yields: u32) -> Option<T> {
+        self.wait_for(None, yields).ok()
     }
 
     /// Waits for the answer until `deadline`.
     pub(crate) fn wait_until(&self, deadline: Instant) -> std::result::Result<T, Gone> {
-        self.wait_for(Some(deadline))
+        self.wait_for(Some(deadline), 0)
     }
 
-    fn wait_for(&self, deadline: Option<Instant>) -> std::result::Result<T, Gone> {
+    fn wait_for(&self, deadline: Option<Instant>, mut yields: u32) -> std::result::Result<T, Gone> {
         loop {
             let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
             match std::mem::replace(&mut *state, State::Dropped) {
+                State::Answered(value, Some(w)) if !w.released() => {
+                    *state = State::Answered(value, Some(w));
+                }
                 State::Answered(value, wakeups) => {
                     drop(state);
                     if let Some(w) = wakeups {
@@ -184,6 +213,11 @@ impl<T> Answer<T> {
                 State::Waiting => *state = State::Waiting,
             }
             drop(state);
+            if yields > 0 {
+                yields -= 1;
+                thread::yield_now();
+                continue;
+            }
             match deadline {
                 None => thread::park(),
                 Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
@@ -665,7 +699,7 @@ impl Writer {
             w.reply
                 .send_quietly(Ok(first + (w.start + w.len) as u64 - 1), wakeups.clone());
         }
-        wakeups.pass();
+        wakeups.release();
         self.batch.clear();
         self.answer_flushes();
 
@@ -861,16 +895,17 @@ mod tests {
     use super::*;
 
     /// Callers blocked on replies, as `append` callers are: each sends its reply to
-    /// the test and reports back once its answer arrived.
+    /// the test and reports back once its answer arrived. Every other one yields
+    /// first, as `append` callers do, and so may find its answer without being woken.
     fn callers(n: usize) -> (Vec<Reply<usize>>, Receiver<usize>) {
         let (replies_tx, replies) = crossbeam_channel::unbounded();
         let (woke_tx, woke) = crossbeam_channel::unbounded();
-        for _ in 0..n {
+        for i in 0..n {
             let (replies_tx, woke_tx) = (replies_tx.clone(), woke_tx.clone());
             thread::spawn(move || {
                 let (reply, answer) = reply();
                 replies_tx.send(reply).unwrap();
-                if let Some(value) = answer.wait() {
+                if let Some(value) = answer.wait_yielding(i as u32 % 2 * 1000) {
                     woke_tx.send(value).unwrap();
                 }
             });
@@ -885,7 +920,7 @@ mod tests {
         for (i, reply) in replies.into_iter().enumerate() {
             reply.send_quietly(i, wakeups.clone());
         }
-        wakeups.pass();
+        wakeups.release();
         let mut got: Vec<usize> = (0..100)
             .map(|_| {
                 woke.recv_timeout(Duration::from_secs(30))
@@ -894,6 +929,25 @@ mod tests {
             .collect();
         got.sort_unstable();
         assert_eq!(got, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_answer_counts_only_once_every_answer_of_the_commit_is_out() {
+        // This thread is the first caller of a commit of two and finds its answer
+        // before the writer has handed out the second one. Taking it then would wake
+        // the second caller too early, and nothing would wake it again.
+        let (first, answer) = reply();
+        let (mut others, woke) = callers(1);
+        let wakeups = Wakeups::new([&first, &others[0]].into_iter());
+        first.send_quietly(0, wakeups.clone());
+        assert!(matches!(
+            answer.wait_until(Instant::now() + Duration::from_millis(20)),
+            Err(Gone::Late)
+        ));
+        others.remove(0).send_quietly(1, wakeups.clone());
+        wakeups.release();
+        assert_eq!(answer.wait(), Some(0));
+        assert_eq!(woke.recv_timeout(Duration::from_secs(30)), Ok(1));
     }
 
     #[test]

@@ -383,6 +383,42 @@ fn concurrent_appends_share_transactions() -> TestResult {
 }
 
 #[test]
+fn many_appenders_each_get_the_seq_of_their_own_event() -> TestResult {
+    // More callers than cores: the writer answers a commit's callers through one
+    // another, and some find their answer before anyone wakes them.
+    let (_dir, path) = temp_spool();
+    let spool = Spool::open(&path)?;
+    let (done_tx, done) = crossbeam_channel::unbounded();
+    for t in 0..64u64 {
+        let (spool, done_tx) = (spool.clone(), done_tx.clone());
+        std::thread::spawn(move || {
+            let seqs: Vec<(u64, u64)> = (0..300)
+                .map(|n| {
+                    let seq = spool
+                        .append(Event::new("t", json!({"t": t, "n": n})))
+                        .expect("append");
+                    (seq, t * 1000 + n)
+                })
+                .collect();
+            done_tx.send(seqs).expect("report");
+        });
+    }
+    let mut returned = Vec::new();
+    for _ in 0..64 {
+        returned.extend(done.recv_timeout(Duration::from_secs(120))?);
+    }
+    returned.sort_unstable();
+    let stored = spool.query(&EventQuery::new().limit(100_000))?;
+    assert_eq!(stored.len(), returned.len());
+    for (e, (seq, tn)) in stored.iter().zip(&returned) {
+        assert_eq!(e.seq, *seq, "every seq returned once");
+        let data: serde_json::Value = serde_json::from_str(e.data.get())?;
+        assert_eq!(data["t"].as_u64().unwrap() * 1000 + data["n"].as_u64().unwrap(), *tn);
+    }
+    Ok(())
+}
+
+#[test]
 fn pragmas_in_force_are_reported() -> TestResult {
     let (_dir, path) = temp_spool();
     let spool = Spool::open(&path)?;
