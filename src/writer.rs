@@ -63,9 +63,10 @@ pub(crate) fn answer(done: &Answer<Result<u64>>) -> Result<u64> {
 
 /// The writer's side of a one-shot answer to a caller blocked in [`Answer::wait`].
 ///
-/// Unlike a channel's receiver, the caller parks at once instead of spinning first:
-/// with many `append` callers on few cores, spinning callers take the CPU the writer
-/// needs to answer them. Dropped unanswered, it wakes the caller with nothing.
+/// Unlike a channel's receiver, the caller does not spin before it sleeps: with many
+/// `append` callers on few cores, spinning callers take the CPU the writer needs to
+/// answer them (they yield it instead, see [`Answer::wait_yielding`]). Dropped
+/// unanswered, it wakes the caller with nothing.
 pub(crate) struct Reply<T>(Arc<Slot<T>>);
 
 /// The caller's side of a [`Reply`].
@@ -198,19 +199,23 @@ impl<T> Answer<T> {
     fn wait_for(&self, deadline: Option<Instant>, mut yields: u32) -> std::result::Result<T, Gone> {
         loop {
             let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
-            match std::mem::replace(&mut *state, State::Dropped) {
-                State::Answered(value, Some(w)) if !w.released() => {
-                    *state = State::Answered(value, Some(w));
-                }
-                State::Answered(value, wakeups) => {
-                    drop(state);
-                    if let Some(w) = wakeups {
-                        w.pass();
+            let ready = match &*state {
+                State::Waiting => false,
+                State::Answered(_, Some(wakeups)) => wakeups.released(),
+                State::Answered(_, None) | State::Dropped => true,
+            };
+            if ready {
+                // What is left behind makes a later `settle` (the writer's drop) a no-op.
+                return match std::mem::replace(&mut *state, State::Dropped) {
+                    State::Answered(value, wakeups) => {
+                        drop(state);
+                        if let Some(wakeups) = wakeups {
+                            wakeups.pass();
+                        }
+                        Ok(value)
                     }
-                    return Ok(value);
-                }
-                State::Dropped => return Err(Gone::Dropped),
-                State::Waiting => *state = State::Waiting,
+                    _ => Err(Gone::Dropped),
+                };
             }
             drop(state);
             if yields > 0 {

@@ -413,7 +413,10 @@ fn many_appenders_each_get_the_seq_of_their_own_event() -> TestResult {
     for (e, (seq, tn)) in stored.iter().zip(&returned) {
         assert_eq!(e.seq, *seq, "every seq returned once");
         let data: serde_json::Value = serde_json::from_str(e.data.get())?;
-        assert_eq!(data["t"].as_u64().unwrap() * 1000 + data["n"].as_u64().unwrap(), *tn);
+        assert_eq!(
+            data["t"].as_u64().unwrap() * 1000 + data["n"].as_u64().unwrap(),
+            *tn
+        );
     }
     Ok(())
 }
