@@ -116,7 +116,8 @@ pub struct SpoolConfig {
     pub reader_pool_size: u32,
     /// Open what the file holds even when commits were lost with its write-ahead log
     /// after a crash (see [`Error::WalLost`](crate::Error::WalLost)): the loss is
-    /// logged and the `seq`s of the lost commits may be given again. For unattended
+    /// logged, and every `seq` the lost commits may have used is skipped (an upper
+    /// bound read from `<path>-shm`), so none is given to another event. For unattended
     /// programs under `Durability::Normal`, where a power loss can cause it and nobody
     /// is there to act on the error. Defaults to false: refuse to open.
     #[serde(default)]

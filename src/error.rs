@@ -59,8 +59,9 @@ pub enum Error {
     /// After a crash, the write-ahead log `<path>-wal` is missing (or cut short) while
     /// `<path>-shm` records commits in it that were not yet copied into the file: they
     /// were lost with it, and opening would reuse their `seq`s. Nothing was modified.
-    /// To open what the file still holds, accepting that loss, delete `<path>-shm` (or
-    /// open with `accept_lost_wal`, which does that).
+    /// To open what the file still holds, accepting that loss, open with
+    /// `accept_lost_wal`, which also skips the lost `seq`s; deleting `<path>-shm` by
+    /// hand opens it too, but then the spool cannot tell which `seq`s to skip.
     /// (A power loss under `Durability::Normal`, which does not sync every commit, can
     /// leave the same picture; `Durability::Full` cannot.)
     WalLost(PathBuf),
@@ -172,7 +173,8 @@ impl fmt::Display for Error {
                 write!(
                     f,
                     "spool file {} lost commits: its write-ahead log {} is missing or cut short \
-                     after a crash; the file was not modified; delete {} to open what it still holds",
+                     after a crash; the file was not modified; open it with accept_lost_wal to go \
+                     on with what it still holds (deleting {} opens it too, but may reuse seqs)",
                     path.display(),
                     beside("-wal").display(),
                     beside("-shm").display()

@@ -338,22 +338,27 @@ fn check_header(path: &Path) -> Result<()> {
 
 /// After a crash `<path>-shm` still describes the WAL. When it says the WAL holds
 /// commits not yet copied into the database but `<path>-wal` is missing or shorter,
-/// those commits were lost with it: SQLite would open the file without them (and the
-/// spool would hand out their `seq`s again), so refuse before SQLite touches anything.
+/// those commits were lost with it: SQLite would open the file without them, and the
+/// spool would hand out their `seq`s again. Returns how many `seq`s they may have
+/// used at most (every frame they wrote full of the smallest rows there can be), so
+/// that opening can skip them; `None` when nothing was lost.
 ///
 /// The layout read is SQLite's WAL-index header (two copies of 48 bytes in native byte
 /// order, then the checkpoint info), documented in SQLite's `wal.c`.
-fn check_wal(path: &Path) -> Result<()> {
+fn lost_seqs(path: &Path) -> Option<u64> {
     const WAL_INDEX_VERSION: u32 = 3_007_000;
+    // A row is at least its 2-byte cell pointer, a length, the rowid, and a record
+    // header of one byte per column.
+    const SMALLEST_ROW: u64 = 8;
     let mut shm = [0u8; 100];
-    match File::open(beside(path, "-shm")).and_then(|mut f| f.read_exact(&mut shm)) {
-        Ok(()) => {}
-        Err(_) => return Ok(()), // no WAL index left behind, or none SQLite could use
-    }
+    // No WAL index left behind, or none SQLite could use: nothing to go by.
+    File::open(beside(path, "-shm"))
+        .and_then(|mut f| f.read_exact(&mut shm))
+        .ok()?;
     let word = |at: usize| u32::from_ne_bytes([shm[at], shm[at + 1], shm[at + 2], shm[at + 3]]);
     let initialised = shm[12] == 1 && shm[..48] == shm[48..96];
     if word(0) != WAL_INDEX_VERSION || !initialised {
-        return Ok(());
+        return None;
     }
     let page = match u16::from_ne_bytes([shm[14], shm[15]]) {
         1 => 65_536,
@@ -361,13 +366,10 @@ fn check_wal(path: &Path) -> Result<()> {
     };
     let (frames, copied) = (word(16), word(96));
     if frames <= copied {
-        return Ok(()); // everything in the WAL is also in the database
+        return None; // everything in the WAL is also in the database
     }
     let needed = 32 + u64::from(frames) * (24 + page);
-    if wal_bytes(path) < needed {
-        return Err(Error::WalLost(path.to_owned()));
-    }
-    Ok(())
+    (wal_bytes(path) < needed).then(|| u64::from(frames - copied) * (page / SMALLEST_ROW))
 }
 
 /// Identifies the file at `path` (device and inode), to notice it deleted or replaced.
@@ -442,22 +444,24 @@ pub(crate) fn open_writer(config: &SpoolConfig) -> Result<Opened> {
     let path = config.path.as_path();
     drop(create_private(path)?);
     check_header(path)?;
-    match check_wal(path) {
-        Err(Error::WalLost(_)) if config.accept_lost_wal => {
-            // The documented way out, taken for the operator.
-            log::error!(
-                "spool {}: commits were lost with its write-ahead log after a crash; \
-                 opening what the file holds, as accept_lost_wal asks",
-                path.display()
-            );
-            fs::remove_file(beside(path, "-shm")).map_err(|e| {
-                Error::io(
-                    format!("cannot remove {}", beside(path, "-shm").display()),
-                    e,
-                )
-            })?;
+    let lost = lost_seqs(path);
+    if let Some(seqs) = lost {
+        if !config.accept_lost_wal {
+            return Err(Error::WalLost(path.to_owned()));
         }
-        checked => checked?,
+        log::error!(
+            "spool {}: commits were lost with its write-ahead log after a crash; \
+             opening what the file holds, as accept_lost_wal asks, and skipping the \
+             {seqs} seqs they may have used",
+            path.display()
+        );
+        // The documented way out, taken for the operator.
+        fs::remove_file(beside(path, "-shm")).map_err(|e| {
+            Error::io(
+                format!("cannot remove {}", beside(path, "-shm").display()),
+                e,
+            )
+        })?;
     }
     let conn = Connection::open(path).map_err(at_open(path))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -487,11 +491,20 @@ pub(crate) fn open_writer(config: &SpoolConfig) -> Result<Opened> {
     }
 
     let (journal_mode, synchronous) = configure(&conn, config).map_err(at_open(path))?;
+    // In the transaction that opens the file, so the skip is durable before anything
+    // else is written.
+    let skip_lost = lost.map_or(String::new(), |seqs| {
+        format!(
+            "UPDATE state SET last_seq =
+                 max(last_seq, (SELECT coalesce(max(seq), 0) FROM events)) + {seqs};"
+        )
+    });
     conn.execute_batch(&format!(
         "BEGIN IMMEDIATE;
          {SCHEMA}
          INSERT OR IGNORE INTO state (one, spool_id, last_seq, stored_bytes)
              VALUES (0, lower(hex(randomblob(8))), 0, 0);
+         {skip_lost}
          PRAGMA application_id = {APPLICATION_ID};
          PRAGMA user_version = {SCHEMA_VERSION};
          COMMIT;"
