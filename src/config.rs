@@ -115,7 +115,7 @@ pub struct SpoolConfig {
     #[serde(default = "default_reader_pool_size")]
     pub reader_pool_size: u32,
     /// Open what the file holds even when commits were lost with its write-ahead log
-    /// after a crash (see [`Error::WalLost`](crate::Error::WalLost)): the loss is
+    /// after a crash (see [`crate::Error::WalLost`]): the loss is
     /// logged, and every `seq` the lost commits may have used is skipped (an upper
     /// bound read from `<path>-shm`), so none is given to another event. For unattended
     /// programs under `Durability::Normal`, where a power loss can cause it and nobody

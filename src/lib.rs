@@ -74,6 +74,7 @@ mod delivery;
 mod error;
 mod event;
 mod metrics;
+mod reply;
 mod sink;
 mod spool;
 mod store;

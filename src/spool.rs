@@ -16,10 +16,11 @@ use crate::delivery::{Control, DeadLetter, SinkCounters, Worker, WorkerParts};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventQuery, SeqNo, StoredEvent};
 use crate::metrics::{Counters, MetricsSnapshot};
+use crate::reply::{self, Gone, Reply};
 use crate::sink::Sink;
 use crate::store::{self, Op, ReaderPool, StartAt};
 use crate::subscribe::{ConsumerInfo, SeekPosition, SubParts, SubState, Subscription};
-use crate::writer::{self, Checkpointer, Gone, Msg, Reply, Writer};
+use crate::writer::{self, Checkpointer, Msg, Writer};
 
 /// How long `Drop` waits for a spool that was not closed to commit what is queued.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -588,7 +589,7 @@ impl Spool {
     /// disk is full); [`Error::Closed`].
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let (reply, done) = writer::reply();
+        let (reply, done) = reply::reply();
         match self.inner.tx.send_deadline(Msg::Flush(reply), deadline) {
             Ok(()) => {}
             Err(SendTimeoutError::Timeout(_)) => return Err(Error::Timeout),
@@ -1026,7 +1027,7 @@ impl Inner {
     /// Sends admitted events to the writer and waits for their commit.
     fn send_durable(&self, events: Vec<Event>) -> Result<SeqNo> {
         let n = events.len() as u64;
-        let (reply, done) = writer::reply();
+        let (reply, done) = reply::reply();
         if self.tx.send(Msg::Append(events, reply)).is_err() {
             return self.refuse(n, Error::Closed);
         }
@@ -1100,7 +1101,7 @@ impl Inner {
 
 /// Sends a message that carries a reply channel and waits for the reply until `deadline`.
 fn request<T>(tx: &Sender<Msg>, msg: fn(Reply<T>) -> Msg, deadline: Instant) -> Option<T> {
-    let (reply, done) = writer::reply();
+    let (reply, done) = reply::reply();
     tx.send_deadline(msg(reply), deadline).ok()?;
     done.wait_until(deadline).ok()
 }
