@@ -373,10 +373,7 @@ impl Spool {
         config.validate()?;
         check_sinks(&sinks)?;
         let path = config.path.clone();
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
-        }
+        store::make_parent(&path)?;
         let lock = store::lock(&path)?;
         let opened = store::open_writer(&config)?;
         let pool = store::reader_pool(&path, config.reader_pool_size + sinks.len() as u32)?;

@@ -285,6 +285,15 @@ pub(crate) struct Opened {
     pub(crate) synchronous: String,
 }
 
+/// Creates the directory `path` is in, if it is not there.
+pub(crate) fn make_parent(path: &Path) -> Result<()> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e)),
+        None => Ok(()),
+    }
+}
+
 /// Takes the OS lock that makes one `Spool` the owner of `path`.
 pub(crate) fn lock(path: &Path) -> Result<File> {
     let lock_path = beside(path, ".lock");
@@ -374,7 +383,16 @@ fn lost_seqs(path: &Path) -> Option<u64> {
 
 /// Identifies the file at `path` (device and inode), to notice it deleted or replaced.
 pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
-    let meta = fs::metadata(path).ok()?;
+    id_of(&fs::metadata(path).ok()?)
+}
+
+/// Whether `file` (open) is the file at `path`.
+pub(crate) fn is_at(file: &File, path: &Path) -> bool {
+    let open = file.metadata().ok().and_then(|meta| id_of(&meta));
+    open.is_some() && open == file_id(path)
+}
+
+fn id_of(meta: &fs::Metadata) -> Option<(u64, u64)> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
@@ -388,18 +406,12 @@ pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
 }
 
 /// Saves what `conn` holds into a new file after the spool's own file was deleted or
-/// replaced under it: at `path` when that is free and the WAL was `emptied` (else
-/// SQLite would apply the frames left at `<path>-wal` to the new file), else at
-/// `<path>.rescued`.
-pub(crate) fn rescue(conn: &Connection, path: &Path, emptied: bool) -> Option<PathBuf> {
-    // Its directory may have gone with it: made again, as at open.
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
-        && let Err(e) = fs::create_dir_all(parent)
-    {
-        log::error!("cannot create {}: {e}", parent.display());
-    }
+/// replaced under it: at `path` when that is free and may be used `in_place` (the
+/// WAL was emptied, else SQLite would apply the frames left at `<path>-wal` to the new
+/// file; and the spool still holds the lock), else at `<path>.rescued`.
+pub(crate) fn rescue(conn: &Connection, path: &Path, in_place: bool) -> Option<PathBuf> {
     let targets = [path.to_owned(), beside(path, ".rescued")];
-    for target in &targets[usize::from(!emptied)..] {
+    for target in &targets[usize::from(!in_place)..] {
         let Some(name) = target.to_str() else {
             break; // SQL takes the name as text
         };

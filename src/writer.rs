@@ -204,7 +204,7 @@ pub(crate) struct Writer {
     gc_pending: bool,
     /// The OS lock that makes this spool the file's owner; released when the writer
     /// ends, after its connections closed (fields drop in order).
-    _lock: File,
+    lock: File,
 }
 
 impl Writer {
@@ -225,7 +225,7 @@ impl Writer {
             .store(state.last_seq + 1 - state.first_seq, Relaxed);
         c.stored_bytes.store(state.stored_bytes, Relaxed);
         Writer {
-            _lock: lock,
+            lock,
             checkpointer,
             file_id: store::file_id(&config.path),
             gone: None,
@@ -482,7 +482,13 @@ impl Writer {
                     log::error!("cannot empty the WAL of {}: {e}", self.path.display());
                     false
                 });
-            let rescued = store::rescue(&self.conn, &self.path, emptied);
+            // Its directory may have gone with it (and the lock file in it). Without
+            // the lock, `path` may be someone else's: saved beside it then.
+            let owned = store::make_parent(&self.path)
+                .and_then(|()| self.keep_lock())
+                .inspect_err(|e| log::error!("cannot save {} in place: {e}", self.path.display()))
+                .is_ok();
+            let rescued = store::rescue(&self.conn, &self.path, emptied && owned);
             // Callers learn of it at their next commit; the hook, also when none comes.
             self.shared.report(&Error::FileGone {
                 path: self.path.clone(),
@@ -491,6 +497,17 @@ impl Writer {
             self.gone = Some(rescued);
         }
         self.gone.clone()
+    }
+
+    /// Takes the lock file again if it went with the file's directory: until this
+    /// writer's connections close, nobody else may open a file at `path`, because
+    /// SQLite removes `<path>-wal` and `<path>-shm` by name when the last of them
+    /// closes, and those would then be the newcomer's.
+    fn keep_lock(&mut self) -> Result<()> {
+        if !store::is_at(&self.lock, &store::beside(&self.path, ".lock")) {
+            self.lock = store::lock(&self.path)?;
+        }
+        Ok(())
     }
 
     fn committed(&mut self, n: u64, kept: Kept) {

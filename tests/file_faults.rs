@@ -107,6 +107,24 @@ fn a_directory_removed_with_the_file_is_made_again_to_save_it() -> TestResult {
 }
 
 #[test]
+fn a_file_saved_back_with_its_directory_stays_locked_until_close() -> TestResult {
+    // The lock file went with the directory. Until this spool's connections close, a
+    // second owner must be refused: when the last of them closes, SQLite removes
+    // `<path>-wal` and `<path>-shm` by name, and those would be the newcomer's.
+    let (dir, _) = temp_spool();
+    let path = dir.path().join("data").join("events.db");
+    let spool = spool_with(&path, 10)?;
+    std::fs::remove_dir_all(dir.path().join("data"))?;
+    wait_until(T, "the file is saved back", || path.exists());
+    assert!(matches!(Spool::open(&path), Err(Error::Locked(_))));
+    let _ = spool.close(T);
+    let reopened = Spool::open(&path)?;
+    assert_eq!(numbers(&reopened), (0..10).collect::<Vec<_>>());
+    reopened.close(T)?;
+    Ok(())
+}
+
+#[test]
 fn a_file_deleted_while_the_spool_is_idle_is_saved_back_within_seconds() -> TestResult {
     let (_dir, path) = temp_spool();
     let spool = spool_with(&path, 100)?;
