@@ -432,7 +432,7 @@ impl Worker {
 
     fn commit(&self, op: Op) -> Result<u64> {
         let started = Instant::now();
-        let committed = writer::call(&self.tx, op);
+        let committed = writer::submit(&self.tx, op).and_then(|done| writer::answer(&done));
         spent(&self.counters.commit_ns, started);
         committed
     }

@@ -300,12 +300,6 @@ struct Lifecycle {
 /// finish on its own (it may be inside a SQLite call that cannot be interrupted).
 const ABANDON_GRACE: Duration = Duration::from_millis(200);
 
-/// How often an `append` caller yields its CPU, looking for its commit, before it
-/// sleeps. 64 threads appending on 2 cores, median of 5 alternated runs: 0 yields
-/// 166k/s, 10: 198k/s, 30: 216k/s, 100: 221k/s (8 threads: 79k/s at 0, 105k/s at
-/// 10-100). Delivery workers waiting for their cursor do not yield: it cost them.
-const APPEND_YIELDS: u32 = 30;
-
 impl fmt::Debug for Spool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Spool")
@@ -1029,7 +1023,7 @@ impl Inner {
             return self.refuse(n, Error::Closed);
         }
         // A dropped reply means the writer gave up at close: it counted the events.
-        done.wait_yielding(APPEND_YIELDS)
+        done.wait_yielding(reply::CALLER_YIELDS)
             .unwrap_or(Err(Error::Closed))
     }
 

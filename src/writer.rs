@@ -21,7 +21,7 @@ use rusqlite::Connection;
 use crate::config::SpoolConfig;
 use crate::error::{Error, Result};
 use crate::event::{Event, SeqNo};
-use crate::reply::{Answer, Reply, Wakeups, reply};
+use crate::reply::{Answer, CALLER_YIELDS, Reply, Wakeups, reply};
 use crate::spool::Shared;
 use crate::store::{self, Op, StoreState};
 
@@ -44,9 +44,12 @@ pub(crate) enum Msg {
     Op(Op, Reply<Result<u64>>),
 }
 
-/// Sends `op` to the writer and waits until it is committed.
+/// Sends `op` to the writer and waits until it is committed, yielding first (for
+/// application threads: see [`CALLER_YIELDS`]).
 pub(crate) fn call(tx: &Sender<Msg>, op: Op) -> Result<u64> {
-    answer(&submit(tx, op)?)
+    submit(tx, op)?
+        .wait_yielding(CALLER_YIELDS)
+        .unwrap_or(Err(Error::Closed))
 }
 
 /// Sends `op` to the writer; the returned answer comes once it is committed.
@@ -56,7 +59,8 @@ pub(crate) fn submit(tx: &Sender<Msg>, op: Op) -> Result<Answer<Result<u64>>> {
     Ok(done)
 }
 
-/// Waits for the answer to a [`submit`]ted op.
+/// Waits for the answer to a [`submit`]ted op, sleeping at once (for sink workers,
+/// whose yields cost the receiver they share the CPUs with more than they save).
 pub(crate) fn answer(done: &Answer<Result<u64>>) -> Result<u64> {
     done.wait().unwrap_or(Err(Error::Closed))
 }
