@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::Instant;
 
-/// How often a caller on an application thread (`append`, a consumer's `ack`, ...)
+/// How often a caller on an application thread (`append`, `flush`, a consumer's `ack`)
 /// yields its CPU, looking for its answer, before it sleeps. A commit takes tens of
 /// microseconds; a caller still awake then costs no wake-up, which on a VM is often
 /// an interrupt to a halted virtual CPU. Measured on 2 vCPUs with 0 / 30 / 100 / 300
@@ -16,13 +16,13 @@ use std::time::Instant;
 /// `--quick`); from 64 threads 166k / 216k / 221k / - (median of 5 runs); a consumer
 /// reading and acking each event 73-88 / 62-71 / 23-30 / - us per event. Sink workers
 /// do not yield: their cursor waits got shorter but their requests slower.
-pub(crate) const CALLER_YIELDS: u32 = 100;
+const CALLER_YIELDS: u32 = 100;
 
 /// The writer's side of a one-shot answer to a caller blocked in [`Answer::wait`].
 ///
 /// Unlike a channel's receiver, the caller does not spin before it sleeps: with many
 /// `append` callers on few cores, spinning callers take the CPU the writer needs to
-/// answer them (they yield it instead, see [`Answer::wait_yielding`]). Dropped
+/// answer them (they yield it instead, see [`Answer::wait_as_caller`]). Dropped
 /// unanswered, it wakes the caller with nothing.
 pub(crate) struct Reply<T>(Arc<Slot<T>>);
 
@@ -140,17 +140,16 @@ impl<T> Answer<T> {
         self.wait_for(None, 0).ok()
     }
 
-    /// Like [`wait`](Answer::wait), but first yields the CPU up to `yields` times,
-    /// looking for the answer in between. With many callers on few cores the answer
-    /// often comes meanwhile, and a caller that finds it awake costs no wake-up (a
-    /// system call, and on a VM often an interrupt to an idle CPU).
-    pub(crate) fn wait_yielding(&self, yields: u32) -> Option<T> {
-        self.wait_for(None, yields).ok()
+    /// Like [`wait`](Answer::wait), for application threads: first yields the CPU up
+    /// to [`CALLER_YIELDS`] times, looking for the answer in between.
+    pub(crate) fn wait_as_caller(&self) -> Option<T> {
+        self.wait_for(None, CALLER_YIELDS).ok()
     }
 
-    /// Waits for the answer until `deadline`.
+    /// Waits for the answer until `deadline`, yielding first as
+    /// [`wait_as_caller`](Answer::wait_as_caller) does.
     pub(crate) fn wait_until(&self, deadline: Instant) -> std::result::Result<T, Gone> {
-        self.wait_for(Some(deadline), 0)
+        self.wait_for(Some(deadline), CALLER_YIELDS)
     }
 
     fn wait_for(&self, deadline: Option<Instant>, mut yields: u32) -> std::result::Result<T, Gone> {
@@ -175,7 +174,7 @@ impl<T> Answer<T> {
                 };
             }
             drop(state);
-            if yields > 0 {
+            if yields > 0 && deadline.is_none_or(|d| Instant::now() < d) {
                 yields -= 1;
                 thread::yield_now();
                 continue;
@@ -199,7 +198,8 @@ mod tests {
 
     /// Callers blocked on replies, as `append` callers are: each sends its reply to
     /// the test and reports back once its answer arrived. Every other one yields
-    /// first, as `append` callers do, and so may find its answer without being woken.
+    /// first, as application threads do, and so may find its answer without being
+    /// woken.
     fn callers(n: usize) -> (Vec<Reply<usize>>, Receiver<usize>) {
         let (replies_tx, replies) = crossbeam_channel::unbounded();
         let (woke_tx, woke) = crossbeam_channel::unbounded();
@@ -208,7 +208,11 @@ mod tests {
             thread::spawn(move || {
                 let (reply, answer) = reply();
                 replies_tx.send(reply).unwrap();
-                if let Some(value) = answer.wait_yielding(i as u32 % 2 * 1000) {
+                let answer = match i % 2 {
+                    0 => answer.wait(),
+                    _ => answer.wait_as_caller(),
+                };
+                if let Some(value) = answer {
                     woke_tx.send(value).unwrap();
                 }
             });

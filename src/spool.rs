@@ -1023,8 +1023,7 @@ impl Inner {
             return self.refuse(n, Error::Closed);
         }
         // A dropped reply means the writer gave up at close: it counted the events.
-        done.wait_yielding(reply::CALLER_YIELDS)
-            .unwrap_or(Err(Error::Closed))
+        done.wait_as_caller().unwrap_or(Err(Error::Closed))
     }
 
     /// Sends a consumer operation to the writer and waits until it is committed.

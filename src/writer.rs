@@ -21,7 +21,7 @@ use rusqlite::Connection;
 use crate::config::SpoolConfig;
 use crate::error::{Error, Result};
 use crate::event::{Event, SeqNo};
-use crate::reply::{Answer, CALLER_YIELDS, Reply, Wakeups, reply};
+use crate::reply::{Answer, Reply, Wakeups, reply};
 use crate::spool::Shared;
 use crate::store::{self, Op, StoreState};
 
@@ -44,11 +44,11 @@ pub(crate) enum Msg {
     Op(Op, Reply<Result<u64>>),
 }
 
-/// Sends `op` to the writer and waits until it is committed, yielding first (for
-/// application threads: see [`CALLER_YIELDS`]).
+/// Sends `op` to the writer and waits until it is committed (for application threads:
+/// see [`Answer::wait_as_caller`]).
 pub(crate) fn call(tx: &Sender<Msg>, op: Op) -> Result<u64> {
     submit(tx, op)?
-        .wait_yielding(CALLER_YIELDS)
+        .wait_as_caller()
         .unwrap_or(Err(Error::Closed))
 }
 
