@@ -8,21 +8,32 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::Instant;
 
+use crate::config::Durability;
+
 /// How often a caller on an application thread (`append`, `flush`, a consumer's `ack`)
-/// yields its CPU, looking for its answer, before it sleeps. A commit takes tens of
-/// microseconds; a caller still awake then costs no wake-up, which on a VM is often
-/// an interrupt to a halted virtual CPU. Measured on 2 vCPUs with 0 / 30 / 100 / 300
-/// yields: `append` from 1 thread 12.8k / 13.8k / 30.5k / 33.8k per second (bench
-/// `--quick`); from 64 threads 166k / 216k / 221k / - (median of 5 runs); a consumer
-/// reading and acking each event 73-88 / 62-71 / 23-30 / - us per event. Sink workers
-/// do not yield: their cursor waits got shorter but their requests slower.
-const CALLER_YIELDS: u32 = 100;
+/// yields its CPU, looking for its answer, before it sleeps, under
+/// [`Durability::Normal`]. A commit takes tens of microseconds; a caller still awake
+/// then costs no wake-up, which on a VM is often an interrupt to a halted virtual CPU.
+/// Measured on 2 vCPUs with 0 / 30 / 100 / 300 yields: `append` from 1 thread 12.8k /
+/// 13.8k / 30.5k / 33.8k per second (bench `--quick`); from 64 threads 166k / 216k /
+/// 221k / - (median of 5 runs); a consumer reading and acking each event 73-88 / 62-71 /
+/// 23-30 / - us per event. Under [`Durability::Full`] a commit waits for an `fsync`
+/// (100-200 us): yielding through it gained nothing (1 thread: ~2.8k-3.1k appends/s
+/// either way) and cost CPU (55% -> 70% of a core), so callers sleep at once. Sink
+/// workers do not yield either: their cursor waits got shorter but their requests
+/// slower.
+pub(crate) fn caller_yields(durability: Durability) -> u32 {
+    match durability {
+        Durability::Normal => 100,
+        Durability::Full => 0,
+    }
+}
 
 /// The writer's side of a one-shot answer to a caller blocked in [`Answer::wait`].
 ///
 /// Unlike a channel's receiver, the caller does not spin before it sleeps: with many
 /// `append` callers on few cores, spinning callers take the CPU the writer needs to
-/// answer them (they yield it instead, see [`Answer::wait_as_caller`]). Dropped
+/// answer them (they yield it instead, see [`caller_yields`]). Dropped
 /// unanswered, it wakes the caller with nothing.
 pub(crate) struct Reply<T>(Arc<Slot<T>>);
 
@@ -140,16 +151,20 @@ impl<T> Answer<T> {
         self.wait_for(None, 0).ok()
     }
 
-    /// Like [`wait`](Answer::wait), for application threads: first yields the CPU up
-    /// to [`CALLER_YIELDS`] times, looking for the answer in between.
-    pub(crate) fn wait_as_caller(&self) -> Option<T> {
-        self.wait_for(None, CALLER_YIELDS).ok()
+    /// Like [`wait`](Answer::wait), but first yields the CPU up to `yields` times,
+    /// looking for the answer in between (see [`caller_yields`]).
+    pub(crate) fn wait_yielding(&self, yields: u32) -> Option<T> {
+        self.wait_for(None, yields).ok()
     }
 
     /// Waits for the answer until `deadline`, yielding first as
-    /// [`wait_as_caller`](Answer::wait_as_caller) does.
-    pub(crate) fn wait_until(&self, deadline: Instant) -> std::result::Result<T, Gone> {
-        self.wait_for(Some(deadline), CALLER_YIELDS)
+    /// [`wait_yielding`](Answer::wait_yielding) does.
+    pub(crate) fn wait_until(
+        &self,
+        deadline: Instant,
+        yields: u32,
+    ) -> std::result::Result<T, Gone> {
+        self.wait_for(Some(deadline), yields)
     }
 
     fn wait_for(&self, deadline: Option<Instant>, mut yields: u32) -> std::result::Result<T, Gone> {
@@ -210,7 +225,7 @@ mod tests {
                 replies_tx.send(reply).unwrap();
                 let answer = match i % 2 {
                     0 => answer.wait(),
-                    _ => answer.wait_as_caller(),
+                    _ => answer.wait_yielding(caller_yields(Durability::Normal)),
                 };
                 if let Some(value) = answer {
                     woke_tx.send(value).unwrap();
@@ -248,7 +263,7 @@ mod tests {
         let wakeups = Wakeups::new([&first, &others[0]].into_iter());
         first.send_quietly(0, wakeups.clone());
         assert!(matches!(
-            answer.wait_until(Instant::now() + Duration::from_millis(20)),
+            answer.wait_until(Instant::now() + Duration::from_millis(20), 0),
             Err(Gone::Late)
         ));
         others.remove(0).send_quietly(1, wakeups.clone());
@@ -272,11 +287,11 @@ mod tests {
         let (reply, answer) = reply::<()>();
         let start = Instant::now();
         assert!(matches!(
-            answer.wait_until(start + Duration::from_millis(50)),
+            answer.wait_until(start + Duration::from_millis(50), 0),
             Err(Gone::Late)
         ));
         assert!(start.elapsed() >= Duration::from_millis(50));
         reply.send(());
-        assert!(answer.wait_until(Instant::now()).is_ok());
+        assert!(answer.wait_until(Instant::now(), 0).is_ok());
     }
 }

@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     /// The open subscriptions, by consumer name.
     pub(crate) subscriptions: Mutex<HashMap<String, Arc<SubState>>>,
+    /// How often application threads yield before they sleep waiting for the writer.
+    pub(crate) caller_yields: u32,
 }
 
 impl Shared {
@@ -384,6 +386,7 @@ impl Spool {
             requeues: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             subscriptions: Mutex::new(HashMap::new()),
+            caller_yields: reply::caller_yields(config.durability),
         });
         let spool_id = opened.state.spool_id.clone();
         let checkpointer = Checkpointer::start(store::open_checkpointer(&path)?)?;
@@ -586,7 +589,7 @@ impl Spool {
             Err(SendTimeoutError::Timeout(_)) => return Err(Error::Timeout),
             Err(SendTimeoutError::Disconnected(_)) => return Err(Error::Closed),
         }
-        match done.wait_until(deadline) {
+        match done.wait_until(deadline, self.inner.shared.caller_yields) {
             Ok(()) => Ok(()),
             Err(Gone::Late) => Err(Error::Timeout),
             Err(Gone::Dropped) => Err(Error::Closed),
@@ -1023,12 +1026,13 @@ impl Inner {
             return self.refuse(n, Error::Closed);
         }
         // A dropped reply means the writer gave up at close: it counted the events.
-        done.wait_as_caller().unwrap_or(Err(Error::Closed))
+        done.wait_yielding(self.shared.caller_yields)
+            .unwrap_or(Err(Error::Closed))
     }
 
     /// Sends a consumer operation to the writer and waits until it is committed.
     fn call(&self, op: Op) -> Result<u64> {
-        writer::call(&self.tx, op)
+        writer::call(&self.tx, op, self.shared.caller_yields)
     }
 
     fn lock_lifecycle(&self) -> std::sync::MutexGuard<'_, Lifecycle> {
@@ -1093,7 +1097,7 @@ impl Inner {
 fn request<T>(tx: &Sender<Msg>, msg: fn(Reply<T>) -> Msg, deadline: Instant) -> Option<T> {
     let (reply, done) = reply::reply();
     tx.send_deadline(msg(reply), deadline).ok()?;
-    done.wait_until(deadline).ok()
+    done.wait_until(deadline, 0).ok()
 }
 
 /// Waits until every thread finished or `deadline` passed; true if they all finished.

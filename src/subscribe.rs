@@ -286,6 +286,7 @@ impl Subscription {
                 seq,
                 from: None,
             },
+            self.shared.caller_yields,
         )?;
         self.state.acked(seq);
         Ok(())

@@ -44,11 +44,11 @@ pub(crate) enum Msg {
     Op(Op, Reply<Result<u64>>),
 }
 
-/// Sends `op` to the writer and waits until it is committed (for application threads:
-/// see [`Answer::wait_as_caller`]).
-pub(crate) fn call(tx: &Sender<Msg>, op: Op) -> Result<u64> {
+/// Sends `op` to the writer and waits until it is committed, yielding first up to
+/// `yields` times (for application threads: see [`crate::reply::caller_yields`]).
+pub(crate) fn call(tx: &Sender<Msg>, op: Op, yields: u32) -> Result<u64> {
     submit(tx, op)?
-        .wait_as_caller()
+        .wait_yielding(yields)
         .unwrap_or(Err(Error::Closed))
 }
 
