@@ -117,7 +117,12 @@ fn a_file_saved_back_with_its_directory_stays_locked_until_close() -> TestResult
     std::fs::remove_dir_all(dir.path().join("data"))?;
     wait_until(T, "the file is saved back", || path.exists());
     assert!(matches!(Spool::open(&path), Err(Error::Locked(_))));
-    let _ = spool.close(T);
+    match spool.close(T) {
+        Err(Error::FileGone { rescued, .. }) => {
+            assert_eq!(rescued.as_deref(), Some(path.as_path()), "saved in place")
+        }
+        other => panic!("expected FileGone, got {other:?}"),
+    }
     let reopened = Spool::open(&path)?;
     assert_eq!(numbers(&reopened), (0..10).collect::<Vec<_>>());
     reopened.close(T)?;
