@@ -260,7 +260,7 @@ fn wait_for(receiver: &support::Receiver, events: u64) {
 
 /// Delivery through the spool: `events` are stored while the receiver is down; the
 /// clock runs from the moment it comes up until it has them all. Also returns where the
-/// worker's time went per request: reading, delivering, waiting for the cursor commit.
+/// worker's time went per request: reading, delivering, committing the cursor.
 fn spool_delivery(dir: &std::path::Path, name: &str, events: u64, batch: usize) -> (f64, [f64; 3]) {
     let receiver = support::Receiver::start("127.0.0.1:0", None, 2, false).unwrap();
     let (addr, url) = (receiver.addr.to_string(), receiver.url());
@@ -428,7 +428,7 @@ fn delivery(d: &std::path::Path, s: &Scale) {
             ours.push(rate);
             let [read, deliver, commit] = steps;
             notes.push(format!(
-                "{name}, round {}: {rate:.0}/s; per request the worker spent {read:.0} µs reading, {deliver:.0} µs in the sink, {commit:.0} µs waiting for the cursor commit",
+                "{name}, round {}: {rate:.0}/s; per request the worker spent {read:.0} µs reading, {deliver:.0} µs in the sink, {commit:.0} µs committing the cursor",
                 round + 1
             ));
         }

@@ -3,8 +3,8 @@
 //! or on a permanent failure, dead-letter the batch and move on.
 //!
 //! The cursor is committed before the next batch is sent, so a crash replays at most
-//! the batch that was in flight; the next events are read from the file while that
-//! commit runs.
+//! the batch that was in flight. The worker commits it itself, on the writer's
+//! connection ([`Db::ack`]); the writer deletes what every consumer acknowledged.
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
@@ -21,7 +21,7 @@ use crate::event::{SeqNo, StoredEvent, now_ms};
 use crate::sink::{Backoff, DeliveryError, Sink};
 use crate::spool::Shared;
 use crate::store::{self, Corrupt, Decoded, Op, ReaderPool, seq_of};
-use crate::writer::{self, Msg};
+use crate::writer::{self, COLLECT_AT, Db, Msg};
 
 /// Most events a worker reads ahead of its cursor in one query.
 const READ_AHEAD: usize = 512;
@@ -154,9 +154,10 @@ pub struct SinkMetrics {
     /// Time spent in the sink's `deliver` (for a webhook: encoding the body and the
     /// HTTP exchange), in µs.
     pub deliver_us: u64,
-    /// Time the worker waited for the writer to commit its progress (the cursor, dead
-    /// letters), in µs. The next request waits for it, so that a crash replays at most
-    /// the batch in flight.
+    /// Time the worker spent committing its progress, in µs: its cursor (on the
+    /// writer's connection, waiting for it while the writer commits or deletes), dead
+    /// letters (through the writer). The next request waits for it, so that a crash
+    /// replays at most the batch in flight.
     pub commit_us: u64,
     /// The last delivery error.
     pub last_error: Option<String>,
@@ -184,6 +185,10 @@ pub(crate) struct Worker {
     sink: Box<dyn Sink>,
     name: String,
     tx: Sender<Msg>,
+    db: Arc<Db>,
+    /// Events and commits acknowledged on the writer's connection since the writer
+    /// was last told ([`Msg::Acked`]).
+    untold: (u64, u32),
     pool: ReaderPool,
     spool_id: String,
     shared: Arc<Shared>,
@@ -204,6 +209,7 @@ pub(crate) struct Worker {
 /// Everything a worker needs from the spool.
 pub(crate) struct WorkerParts {
     pub(crate) tx: Sender<Msg>,
+    pub(crate) db: Arc<Db>,
     pub(crate) pool: ReaderPool,
     pub(crate) spool_id: String,
     pub(crate) shared: Arc<Shared>,
@@ -228,6 +234,8 @@ impl Worker {
             backoff: sink.backoff(),
             sink,
             tx: parts.tx,
+            db: parts.db,
+            untold: (0, 0),
             pool: parts.pool,
             spool_id: parts.spool_id,
             shared: parts.shared,
@@ -266,6 +274,7 @@ impl Worker {
                 }
                 None => {
                     self.counters.oldest_pending_ms.store(0, Relaxed);
+                    self.tell_writer();
                     if self.control.draining.load(Relaxed) {
                         return;
                     }
@@ -378,11 +387,7 @@ impl Worker {
                     from: first,
                 }));
             }
-            let evicted = self.commit(Op::Ack {
-                consumer: self.name.clone(),
-                seq: last,
-                from: Some(first),
-            })?;
+            let evicted = self.ack(first, last)?;
             self.counted_twice(evicted);
             self.advance(last);
         }
@@ -432,9 +437,34 @@ impl Worker {
 
     fn commit(&self, op: Op) -> Result<u64> {
         let started = Instant::now();
-        let committed = writer::submit(&self.tx, op).and_then(|done| writer::answer(&done));
+        let committed = writer::call(&self.tx, op, 0);
         spent(&self.counters.commit_ns, started);
         committed
+    }
+
+    /// Acknowledges `from..=to` on this thread (see [`Db::ack`]); returns how many of
+    /// them the caps evicted first. Every [`COLLECT_AT`] events the writer is told, so
+    /// it deletes what every consumer has acknowledged.
+    fn ack(&mut self, from: SeqNo, to: SeqNo) -> Result<u64> {
+        let started = Instant::now();
+        let acked = self.db.ack(&self.name, to, from, &self.shared.counters);
+        spent(&self.counters.commit_ns, started);
+        let evicted = acked?;
+        self.untold.0 += to + 1 - from;
+        self.untold.1 += 1;
+        if self.untold.0 >= COLLECT_AT {
+            self.tell_writer();
+        }
+        Ok(evicted)
+    }
+
+    /// Tells the writer of the acknowledgements committed since it was last told. When
+    /// its channel is full it is busy committing, which deletes them as well.
+    fn tell_writer(&mut self) {
+        if self.untold.1 > 0 {
+            let _ = self.tx.try_send(Msg::Acked(self.untold.1));
+            self.untold = (0, 0);
+        }
     }
 
     /// Delivers one batch until it is acknowledged or dead-lettered. Returns false when
@@ -518,31 +548,10 @@ impl Worker {
         error
     }
 
-    /// Records the outcome of `batch` (acknowledged when `failure` is `None`, else given
-    /// up) through the writer. Returns false when told to
-    /// stop while waiting after a failed commit.
+    /// Records the outcome of `batch`: acknowledged when `failure` is `None` (see
+    /// [`ack`](Worker::ack)), else given up (through the writer). Returns false when
+    /// told to stop while waiting after a failed commit.
     fn settle(&mut self, batch: &Batch, failure: Option<DeliveryError>, retries: u32) -> bool {
-        let seqs = || batch.events.iter().map(|e| e.seq).collect::<Vec<_>>();
-        let op = match (&failure, batch.ack_to) {
-            (None, Some(seq)) => Op::Ack {
-                consumer: self.name.clone(),
-                seq,
-                from: Some(batch.from),
-            },
-            (None, None) => Op::Redelivered {
-                sink: self.name.clone(),
-                seqs: seqs(),
-            },
-            (Some(e), ack_to) => Op::DeadLetter {
-                sink: self.name.clone(),
-                seqs: seqs(),
-                held: batch.events.clone(),
-                attempts: retries + 1,
-                status: e.status(),
-                error: e.to_string(),
-                ack: ack_to.map(|to| (batch.from, to)),
-            },
-        };
         if let Some(e) = &failure {
             self.counters
                 .dead_lettered
@@ -559,17 +568,23 @@ impl Worker {
                 source: Box::new(e.clone()),
             });
         }
-        let pending = writer::submit(&self.tx, op);
-        // The next request waits for this commit; reading it from the file need not.
-        if let (Ok(_), Some(seq)) = (&pending, batch.ack_to) {
-            let after = self.ahead.back().map_or(seq, seq_of);
-            if let Err(e) = self.read_ahead(after) {
-                log::debug!("sink {}: reading ahead failed: {e}", self.name);
-            }
-        }
-        let started = Instant::now();
-        let committed = pending.and_then(|done| writer::answer(&done));
-        spent(&self.counters.commit_ns, started);
+        let seqs = || batch.events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        let committed = match (&failure, batch.ack_to) {
+            (None, Some(to)) => self.ack(batch.from, to),
+            (None, None) => self.commit(Op::Redelivered {
+                sink: self.name.clone(),
+                seqs: seqs(),
+            }),
+            (Some(e), ack_to) => self.commit(Op::DeadLetter {
+                sink: self.name.clone(),
+                seqs: seqs(),
+                held: batch.events.clone(),
+                attempts: retries + 1,
+                status: e.status(),
+                error: e.to_string(),
+                ack: ack_to.map(|to| (batch.from, to)),
+            }),
+        };
         match committed {
             Ok(evicted) => {
                 self.counted_twice(evicted);

@@ -310,7 +310,7 @@ impl MetricsSnapshot {
             ),
             (
                 "sink_commit_us_total",
-                "Time spent waiting for progress to commit, in microseconds.",
+                "Time spent committing progress, in microseconds.",
                 "counter",
                 |s| s.commit_us,
             ),

@@ -29,7 +29,8 @@ pub(crate) fn caller_yields(durability: Durability) -> u32 {
     }
 }
 
-/// The writer's side of a one-shot answer to a caller blocked in [`Answer::wait`].
+/// The writer's side of a one-shot answer to a caller blocked in
+/// [`Answer::wait_yielding`].
 ///
 /// Unlike a channel's receiver, the caller does not spin before it sleeps: with many
 /// `append` callers on few cores, spinning callers take the CPU the writer needs to
@@ -146,13 +147,9 @@ pub(crate) enum Gone {
 }
 
 impl<T> Answer<T> {
-    /// Waits for the answer; `None` if the writer dropped the reply unanswered.
-    pub(crate) fn wait(&self) -> Option<T> {
-        self.wait_for(None, 0).ok()
-    }
-
-    /// Like [`wait`](Answer::wait), but first yields the CPU up to `yields` times,
-    /// looking for the answer in between (see [`caller_yields`]).
+    /// Waits for the answer (`None` if the writer dropped the reply unanswered), first
+    /// yielding the CPU up to `yields` times, looking for it in between (see
+    /// [`caller_yields`]).
     pub(crate) fn wait_yielding(&self, yields: u32) -> Option<T> {
         self.wait_for(None, yields).ok()
     }
@@ -224,7 +221,7 @@ mod tests {
                 let (reply, answer) = reply();
                 replies_tx.send(reply).unwrap();
                 let answer = match i % 2 {
-                    0 => answer.wait(),
+                    0 => answer.wait_yielding(0),
                     _ => answer.wait_yielding(caller_yields(Durability::Normal)),
                 };
                 if let Some(value) = answer {
@@ -268,7 +265,7 @@ mod tests {
         ));
         others.remove(0).send_quietly(1, wakeups.clone());
         wakeups.release();
-        assert_eq!(answer.wait(), Some(0));
+        assert_eq!(answer.wait_yielding(0), Some(0));
         assert_eq!(woke.recv_timeout(Duration::from_secs(30)), Ok(1));
     }
 

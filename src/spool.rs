@@ -400,6 +400,7 @@ impl Spool {
             stop_rx,
             shared.clone(),
         );
+        let db = writer.db();
         let handle = thread::Builder::new()
             .name("eventspool-writer".into())
             .spawn(move || writer.run())
@@ -441,6 +442,7 @@ impl Spool {
             })?;
             let parts = WorkerParts {
                 tx: spool.inner.tx.clone(),
+                db: db.clone(),
                 pool: spool.inner.pool.clone(),
                 spool_id: spool.inner.spool_id.clone(),
                 shared: spool.inner.shared.clone(),

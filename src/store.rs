@@ -673,7 +673,7 @@ pub(crate) fn ack(tx: &Transaction<'_>, name: &str, seq: SeqNo) -> rusqlite::Res
 
 /// How many of `from..=to` are gone before `first_seq`: evicted by the caps (events a
 /// consumer has not acknowledged are never deleted otherwise).
-fn evicted_in(from: SeqNo, to: SeqNo, first_seq: SeqNo) -> u64 {
+pub(crate) fn evicted_in(from: SeqNo, to: SeqNo, first_seq: SeqNo) -> u64 {
     (to + 1).min(first_seq).saturating_sub(from)
 }
 

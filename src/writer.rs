@@ -1,4 +1,5 @@
-//! The writer thread: the one owner of the writer connection.
+//! The writer thread, which owns the writer connection and lends it to consumers that
+//! acknowledge events ([`Db`]).
 //!
 //! It blocks on the first message, drains what is already queued (up to `batch_size`
 //! events) into one transaction, assigns `seq`, enforces the caps in the same
@@ -10,8 +11,9 @@
 
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,7 +23,8 @@ use rusqlite::Connection;
 use crate::config::SpoolConfig;
 use crate::error::{Error, Result};
 use crate::event::{Event, SeqNo};
-use crate::reply::{Answer, Reply, Wakeups, reply};
+use crate::metrics::Counters;
+use crate::reply::{Reply, Wakeups, reply};
 use crate::spool::Shared;
 use crate::store::{self, Op, StoreState};
 
@@ -42,27 +45,79 @@ pub(crate) enum Msg {
     /// A change to consumers or dead letters, committed with the next batch; the reply
     /// carries what [`store::apply`] yields.
     Op(Op, Reply<Result<u64>>),
+    /// A consumer committed this many acknowledgements itself ([`Db::ack`]): what they
+    /// made deletable is deleted now, and they count toward the next checkpoint.
+    Acked(u32),
+}
+
+/// The writer connection. The writer thread commits on it, and so do sink workers when
+/// they move their cursor ([`Db::ack`]), on their own thread, instead of waking the
+/// writer and waiting to be woken: each of those wake-ups costs tens of microseconds on
+/// a VM (a sleeping virtual CPU), as much as the commit. Whoever holds the lock has the
+/// connection; it is still the only one that writes, so a commit never meets SQLite's
+/// busy handler.
+pub(crate) struct Db {
+    state: Mutex<DbState>,
+    path: PathBuf,
+    /// Consumers waiting for the lock: the writer stops deleting for them.
+    waiting: AtomicUsize,
+}
+
+struct DbState {
+    /// Taken when the writer ends (its connection closes before the file is unlocked).
+    conn: Option<Connection>,
+    /// What the writer's last look at the file found: where its content was saved
+    /// while it is deleted or replaced (see [`Writer::file_gone`]).
+    gone: Option<Option<PathBuf>>,
+}
+
+impl Db {
+    fn lock(&self) -> MutexGuard<'_, DbState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Moves `consumer`'s cursor to `seq` (acknowledging `from..=seq`) in a transaction
+    /// of its own, on the calling thread; returns how many of those the caps evicted
+    /// first (see [`Op::Ack`]). The writer updates `counters` with the lock held, so
+    /// they describe what is stored.
+    pub(crate) fn ack(
+        &self,
+        consumer: &str,
+        seq: SeqNo,
+        from: SeqNo,
+        counters: &Counters,
+    ) -> Result<u64> {
+        self.waiting.fetch_add(1, SeqCst);
+        let mut db = self.lock();
+        self.waiting.fetch_sub(1, SeqCst);
+        if let Some(rescued) = &db.gone {
+            return Err(Error::FileGone {
+                path: self.path.clone(),
+                rescued: rescued.clone(),
+            });
+        }
+        let conn = db.conn.as_mut().ok_or(Error::Closed)?;
+        let first_seq = counters.first_seq();
+        let committed = conn.transaction().and_then(|tx| {
+            store::ack(&tx, consumer, seq)?;
+            tx.commit()
+        });
+        committed.map_err(|e| {
+            counters.commit_errors.fetch_add(1, Relaxed);
+            Error::Commit(Arc::new(e))
+        })?;
+        Ok(store::evicted_in(from, seq, first_seq))
+    }
 }
 
 /// Sends `op` to the writer and waits until it is committed, yielding first up to
-/// `yields` times (for application threads: see [`crate::reply::caller_yields`]).
+/// `yields` times (for application threads: see [`crate::reply::caller_yields`]; sink
+/// workers sleep at once: their yields cost the receiver they share the CPUs with more
+/// than they save).
 pub(crate) fn call(tx: &Sender<Msg>, op: Op, yields: u32) -> Result<u64> {
-    submit(tx, op)?
-        .wait_yielding(yields)
-        .unwrap_or(Err(Error::Closed))
-}
-
-/// Sends `op` to the writer; the returned answer comes once it is committed.
-pub(crate) fn submit(tx: &Sender<Msg>, op: Op) -> Result<Answer<Result<u64>>> {
     let (reply, done) = reply();
     tx.send(Msg::Op(op, reply)).map_err(|_| Error::Closed)?;
-    Ok(done)
-}
-
-/// Waits for the answer to a [`submit`]ted op, sleeping at once (for sink workers,
-/// whose yields cost the receiver they share the CPUs with more than they save).
-pub(crate) fn answer(done: &Answer<Result<u64>>) -> Result<u64> {
-    done.wait().unwrap_or(Err(Error::Closed))
+    done.wait_yielding(yields).unwrap_or(Err(Error::Closed))
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(50);
@@ -87,11 +142,11 @@ const CHECKPOINT_IDLE: Duration = Duration::from_millis(50);
 /// Acknowledged events are deleted once this many are waiting (in transactions of their
 /// own, after the commit that made them so), else when the writer is idle: deleting
 /// after every single acknowledgement would cost a transaction per delivery.
-const COLLECT_AT: u64 = 64;
+pub(crate) const COLLECT_AT: u64 = 512;
 /// At most this many are deleted per transaction, and more only while no message
 /// waits: a sink's next acknowledgement waits for one short deletion, not for the
 /// whole backlog.
-const COLLECT_CHUNK: u64 = 256;
+const COLLECT_CHUNK: u64 = 1024;
 /// The WAL restarts from its beginning only when a commit finds it wholly copied, which
 /// a steady stream of commits may never do while the checkpointer copies beside it: past
 /// `max_bytes` (within these bounds) the writer empties it itself.
@@ -150,12 +205,19 @@ impl Checkpointer {
     }
 }
 
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
+impl Checkpointer {
+    /// Ends the thread, once the pass in progress is over; its connection closes.
+    fn stop(&mut self) {
         drop(self.requests.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -168,7 +230,7 @@ struct Waiter {
 
 pub(crate) struct Writer {
     checkpointer: Checkpointer,
-    conn: Connection,
+    db: Arc<Db>,
     path: PathBuf,
     /// The file's identity at open (see [`store::file_id`]).
     file_id: Option<(u64, u64)>,
@@ -207,7 +269,7 @@ pub(crate) struct Writer {
     /// Some acknowledged events wait to be deleted.
     gc_pending: bool,
     /// The OS lock that makes this spool the file's owner; released when the writer
-    /// ends, after its connections closed (fields drop in order).
+    /// ends, after its connections closed (see `drop`).
     lock: File,
 }
 
@@ -234,7 +296,14 @@ impl Writer {
             file_id: store::file_id(&config.path),
             gone: None,
             path: config.path.clone(),
-            conn,
+            db: Arc::new(Db {
+                state: Mutex::new(DbState {
+                    conn: Some(conn),
+                    gone: None,
+                }),
+                path: config.path.clone(),
+                waiting: AtomicUsize::new(0),
+            }),
             rx,
             stop,
             max_events: config.max_events,
@@ -262,11 +331,17 @@ impl Writer {
         }
     }
 
+    /// The connection, for consumers that commit their acknowledgements themselves.
+    pub(crate) fn db(&self) -> Arc<Db> {
+        self.db.clone()
+    }
+
     pub(crate) fn run(mut self) {
         while self.gather() {
             if self.batch.is_empty() && self.ops.is_empty() {
                 // Only control messages: nothing is pending, so they are satisfied.
                 self.answer_flushes();
+                self.collect();
             } else {
                 self.commit();
             }
@@ -280,10 +355,14 @@ impl Writer {
             if let Some(reply) = self.stopping.take() {
                 // The last chance to save a file deleted while idle: once the connections
                 // close, an unlinked file is gone with everything in it.
-                let gone = self.file_gone();
+                let gone = self.check_file();
                 if gone.is_none() {
+                    // Consumers' own acknowledgements may have made more deletable.
+                    self.gc_pending = true;
                     self.collect();
-                    let _ = store::checkpoint(&self.conn);
+                    if let Some(conn) = &self.db.lock().conn {
+                        let _ = store::checkpoint(conn);
+                    }
                 }
                 reply.send(gone.map_or(Ok(()), |rescued| {
                     Err(Error::FileGone {
@@ -325,7 +404,7 @@ impl Writer {
                     self.checkpoint();
                 }
                 None if self.retry.is_none() && self.closing.is_none() => {
-                    let _ = self.file_gone();
+                    let _ = self.check_file();
                 }
                 None => {}
             }
@@ -396,6 +475,10 @@ impl Writer {
             Msg::Close(reply) => self.closing = Some(reply),
             Msg::Stop(reply) => self.stopping = Some(reply),
             Msg::Op(op, reply) => self.ops.push((op, reply)),
+            Msg::Acked(commits) => {
+                self.unchecked.0 += commits;
+                self.gc_pending = true;
+            }
         }
     }
 
@@ -416,18 +499,22 @@ impl Writer {
     }
 
     /// Deletes what every consumer acknowledged (and nothing else), [`COLLECT_CHUNK`]
-    /// events per transaction, until done or a message waits.
+    /// events per transaction, until done or a message or a consumer
+    /// ([`Db::ack`]) waits.
     fn collect(&mut self) {
         while std::mem::take(&mut self.gc_pending) {
             self.commit_with(true);
-            if !self.rx.is_empty() {
+            if !self.rx.is_empty() || self.db.waiting.load(SeqCst) > 0 {
                 break;
             }
         }
     }
 
     fn commit_with(&mut self, collect: bool) {
-        if let Some(rescued) = self.file_gone() {
+        let db = self.db.clone();
+        let mut db = db.lock();
+        if let Some(rescued) = self.file_gone(&mut db) {
+            drop(db);
             let path = self.path.clone();
             self.failed(&|| Error::FileGone {
                 path: path.clone(),
@@ -435,6 +522,11 @@ impl Writer {
             });
             return;
         }
+        let Some(conn) = db.conn.as_mut() else {
+            drop(db);
+            self.failed(&|| Error::Closed);
+            return;
+        };
         let n = self.batch.len() as u64;
         let added: u64 = self.batch.iter().map(Event::size).sum();
         let before = Kept {
@@ -448,7 +540,7 @@ impl Writer {
         };
         let caps = (self.max_events, self.max_bytes);
         match commit_batch(
-            &mut self.conn,
+            conn,
             &self.batch,
             self.next_seq,
             &self.ops,
@@ -456,22 +548,38 @@ impl Writer {
             caps,
             collect,
         ) {
-            Ok(kept) => self.committed(n, kept),
+            Ok(kept) => {
+                let first = self.stored(n, &kept);
+                drop(db);
+                self.committed(n, first, kept);
+            }
             Err(e) => {
+                drop(db);
                 let e = Arc::new(e);
                 self.failed(&|| Error::Commit(e.clone()));
             }
         }
     }
 
+    /// [`file_gone`](Writer::file_gone), taking the connection's lock.
+    fn check_file(&mut self) -> Option<Option<PathBuf>> {
+        let db = self.db.clone();
+        let mut db = db.lock();
+        self.file_gone(&mut db)
+    }
+
     /// A `stat` per commit notices the file deleted or replaced under the writer: its
     /// commits would reach a file nobody can open again. The first time, what the
     /// connection still holds is saved (see [`store::rescue`]). Returns where to, while
     /// the file is gone; a file moved back in place is written again.
-    fn file_gone(&mut self) -> Option<Option<PathBuf>> {
+    fn file_gone(&mut self, db: &mut DbState) -> Option<Option<PathBuf>> {
+        db.gone = None;
         if store::file_id(&self.path) == self.file_id {
             return None;
         }
+        let Some(conn) = db.conn.as_ref() else {
+            return self.gone.clone();
+        };
         if self.gone.is_none() {
             log::error!(
                 "spool file {} was deleted or replaced while open; saving what it held",
@@ -481,7 +589,7 @@ impl Writer {
             // frames to a new file at `path`.
             let emptied = self
                 .checkpointer
-                .truncate(&self.conn, WAL_WAIT)
+                .truncate(conn, WAL_WAIT)
                 .unwrap_or_else(|e| {
                     log::error!("cannot empty the WAL of {}: {e}", self.path.display());
                     false
@@ -492,7 +600,7 @@ impl Writer {
                 .and_then(|()| self.keep_lock())
                 .inspect_err(|e| log::error!("cannot save {} in place: {e}", self.path.display()))
                 .is_ok();
-            let rescued = store::rescue(&self.conn, &self.path, emptied && owned);
+            let rescued = store::rescue(conn, &self.path, emptied && owned);
             // Callers learn of it at their next commit; the hook, also when none comes.
             self.shared.report(&Error::FileGone {
                 path: self.path.clone(),
@@ -500,6 +608,7 @@ impl Writer {
             });
             self.gone = Some(rescued);
         }
+        db.gone = self.gone.clone();
         self.gone.clone()
     }
 
@@ -514,9 +623,10 @@ impl Writer {
         Ok(())
     }
 
-    fn committed(&mut self, n: u64, kept: Kept) {
-        self.gc_pending = kept.collectable;
-        let evicted = kept.evicted;
+    /// Records what a commit of `n` events left stored, in the writer and in the
+    /// counters, while the connection is still locked (see [`Db::ack`]). Returns the
+    /// first seq given.
+    fn stored(&mut self, n: u64, kept: &Kept) -> SeqNo {
         let first = self.next_seq;
         self.next_seq += n;
         self.first_seq = kept.first_seq;
@@ -526,15 +636,22 @@ impl Writer {
         c.stored_events
             .store(self.next_seq - self.first_seq, Relaxed);
         c.stored_bytes.store(self.stored_bytes, Relaxed);
-        c.evicted.fetch_add(evicted, Relaxed);
+        c.evicted.fetch_add(kept.evicted, Relaxed);
+        for (consumer, unsent) in &kept.unsent {
+            self.shared.evicted_unsent(consumer, *unsent);
+        }
+        first
+    }
+
+    fn committed(&mut self, n: u64, first: SeqNo, kept: Kept) {
+        self.gc_pending = kept.collectable;
+        let evicted = kept.evicted;
+        let c = &self.shared.counters;
         c.batches.fetch_add(u64::from(n > 0), Relaxed);
         c.pending_retry.store(0, Relaxed);
         c.committed.fetch_add(n, SeqCst);
         for ((_, reply), result) in self.ops.drain(..).zip(kept.results) {
             reply.send(Ok(result));
-        }
-        for (consumer, unsent) in kept.unsent {
-            self.shared.evicted_unsent(&consumer, unsent);
         }
         if n > 0 {
             self.shared.ring();
@@ -583,7 +700,12 @@ impl Writer {
         if size <= self.wal_next {
             return;
         }
-        match self.checkpointer.truncate(&self.conn, WAL_WAIT) {
+        let db = self.db.clone();
+        let db = db.lock();
+        let Some(conn) = db.conn.as_ref() else {
+            return;
+        };
+        match self.checkpointer.truncate(conn, WAL_WAIT) {
             Ok(true) => self.wal_next = self.wal_limit,
             outcome => {
                 self.wal_next = size * 2;
@@ -655,6 +777,16 @@ impl Writer {
             "spool closed before everything was committed: {} events abandoned",
             c.abandoned.load(Relaxed)
         );
+    }
+}
+
+impl Drop for Writer {
+    /// Closes the connections before the lock file (a field, dropped after this): until
+    /// then nobody else may open the file. The checkpointer's closes first, then the
+    /// writer's; a consumer that commits on it after this is told the spool is closed.
+    fn drop(&mut self) {
+        self.checkpointer.stop();
+        self.db.lock().conn = None;
     }
 }
 
