@@ -1,5 +1,5 @@
 //! One worker thread per sink: read after the cursor, deliver, and on success move the
-//! cursor (through the writer); on failure back off and retry; when retries run out,
+//! cursor; on failure back off and retry; when retries run out,
 //! or on a permanent failure, dead-letter the batch and move on.
 //!
 //! The cursor is committed before the next batch is sent, so a crash replays at most

@@ -12,9 +12,11 @@
 //!  ──────────────             ─────────────                  ─────────────────────────
 //!  emit(event)  ─┐  bounded   take all that is queued        read after the cursor,
 //!  append(event) ├─ crossbeam▶ (≤ batch_size), one SQLite ──▶ deliver (ureq / Sink);
-//!  flush()      ─┘  channel   transaction: seq, caps,        2xx: move the cursor
-//!    validate + serialize on  cursors; answer waiters,       (through the writer);
-//!    the caller's thread      wake sinks and subscribers     else backoff, dead letters
+//!  flush()      ─┘  channel   transaction: seq, caps,        2xx: commit the cursor
+//!    validate + serialize on  cursors; answer waiters,       (on the writer's
+//!    the caller's thread      wake sinks and subscribers     connection); else
+//!                             delete what all consumers      backoff, dead letters
+//!                             acknowledged
 //!
 //!  readers (r2d2 pool): len, last_seq, query, subscriptions, dead letters
 //!  checkpoint thread: copies the WAL into the database beside the writer

@@ -218,7 +218,7 @@ fn one_open_subscription_per_consumer() -> TestResult {
 
 #[test]
 fn events_are_deleted_only_when_every_consumer_acked_and_removal_releases() -> TestResult {
-    // Acknowledging 2000 events (over the writer's 1024 threshold) deletes them in a
+    // Acknowledging 2000 events (more than the writer deletes per transaction) deletes them in a
     // transaction of their own right after the ack's.
     let (_dir, path) = temp_spool();
     let spool = Spool::open(&path)?;
