@@ -66,9 +66,11 @@ pub(crate) struct Db {
 struct DbState {
     /// Taken when the writer ends (its connection closes before the file is unlocked).
     conn: Option<Connection>,
-    /// What the writer's last look at the file found: where its content was saved
-    /// while it is deleted or replaced (see [`Writer::file_gone`]).
-    gone: Option<Option<PathBuf>>,
+    /// Whether the writer's last look found the file deleted or replaced (see
+    /// [`Writer::file_gone`]).
+    missing: bool,
+    /// Set the first time it was: where what it held was saved.
+    rescued: Option<Option<PathBuf>>,
 }
 
 impl Db {
@@ -90,10 +92,10 @@ impl Db {
         self.waiting.fetch_add(1, SeqCst);
         let mut db = self.lock();
         self.waiting.fetch_sub(1, SeqCst);
-        if let Some(rescued) = &db.gone {
+        if db.missing {
             return Err(Error::FileGone {
                 path: self.path.clone(),
-                rescued: rescued.clone(),
+                rescued: db.rescued.clone().flatten(),
             });
         }
         let conn = db.conn.as_mut().ok_or(Error::Closed)?;
@@ -234,8 +236,6 @@ pub(crate) struct Writer {
     path: PathBuf,
     /// The file's identity at open (see [`store::file_id`]).
     file_id: Option<(u64, u64)>,
-    /// Set once the file was found deleted or replaced: where its content was saved.
-    gone: Option<Option<PathBuf>>,
     rx: Receiver<Msg>,
     stop: Receiver<()>,
     shared: Arc<Shared>,
@@ -294,12 +294,12 @@ impl Writer {
             lock,
             checkpointer,
             file_id: store::file_id(&config.path),
-            gone: None,
             path: config.path.clone(),
             db: Arc::new(Db {
                 state: Mutex::new(DbState {
                     conn: Some(conn),
-                    gone: None,
+                    missing: false,
+                    rescued: None,
                 }),
                 path: config.path.clone(),
                 waiting: AtomicUsize::new(0),
@@ -573,14 +573,13 @@ impl Writer {
     /// connection still holds is saved (see [`store::rescue`]). Returns where to, while
     /// the file is gone; a file moved back in place is written again.
     fn file_gone(&mut self, db: &mut DbState) -> Option<Option<PathBuf>> {
-        db.gone = None;
-        if store::file_id(&self.path) == self.file_id {
+        db.missing = store::file_id(&self.path) != self.file_id;
+        if !db.missing {
             return None;
         }
-        let Some(conn) = db.conn.as_ref() else {
-            return self.gone.clone();
-        };
-        if self.gone.is_none() {
+        if db.rescued.is_none()
+            && let Some(conn) = db.conn.as_ref()
+        {
             log::error!(
                 "spool file {} was deleted or replaced while open; saving what it held",
                 self.path.display()
@@ -606,10 +605,9 @@ impl Writer {
                 path: self.path.clone(),
                 rescued: rescued.clone(),
             });
-            self.gone = Some(rescued);
+            db.rescued = Some(rescued);
         }
-        db.gone = self.gone.clone();
-        self.gone.clone()
+        Some(db.rescued.clone().flatten())
     }
 
     /// Takes the lock file again if it went with the file's directory: until this
