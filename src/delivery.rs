@@ -4,7 +4,8 @@
 //!
 //! The cursor is committed before the next batch is sent, so a crash replays at most
 //! the batch that was in flight. The worker commits it itself, on the writer's
-//! connection ([`Db::ack`]); the writer deletes what every consumer acknowledged.
+//! connection ([`Db::ack`]); the writer deletes what every consumer acknowledged when
+//! it is idle or commits new events.
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
@@ -443,8 +444,10 @@ impl Worker {
     }
 
     /// Acknowledges `from..=to` on this thread (see [`Db::ack`]); returns how many of
-    /// them the caps evicted first. Every [`COLLECT_AT`] events the writer is told, so
-    /// it deletes what every consumer has acknowledged.
+    /// them the caps evicted first. Every [`COLLECT_AT`] events the writer is told: it
+    /// counts the commits toward the next checkpoint and, once idle, deletes what every
+    /// consumer has acknowledged (not while the sink works through a backlog: the
+    /// deletion would take the CPU and the connection from it).
     fn ack(&mut self, from: SeqNo, to: SeqNo) -> Result<u64> {
         let started = Instant::now();
         let acked = self.db.ack(&self.name, to, from, &self.shared.counters);

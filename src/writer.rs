@@ -46,7 +46,8 @@ pub(crate) enum Msg {
     /// carries what [`store::apply`] yields.
     Op(Op, Reply<Result<u64>>),
     /// A consumer committed this many acknowledgements itself ([`Db::ack`]): what they
-    /// made deletable is deleted now, and they count toward the next checkpoint.
+    /// made deletable is deleted once the writer is idle (or by its next commits), and
+    /// they count toward the next checkpoint.
     Acked(u32),
 }
 
@@ -341,7 +342,8 @@ impl Writer {
             if self.batch.is_empty() && self.ops.is_empty() {
                 // Only control messages: nothing is pending, so they are satisfied.
                 self.answer_flushes();
-                self.collect();
+                // Consumers' own commits ([`Msg::Acked`]) grow the WAL as well.
+                self.keep_wal_short();
             } else {
                 self.commit();
             }
@@ -673,10 +675,7 @@ impl Writer {
 
         self.unchecked.0 += 1;
         self.unchecked.1 += n;
-        if self.unchecked.0 >= CHECKPOINT_BATCHES || self.unchecked.1 >= CHECKPOINT_EVENTS {
-            self.checkpoint();
-        }
-        self.bound_wal();
+        self.keep_wal_short();
         // In a transaction of its own, once everyone is answered: a sink's next request
         // goes out while the deletion runs, instead of after it.
         if kept.collect_due {
@@ -687,6 +686,15 @@ impl Writer {
     fn checkpoint(&mut self) {
         self.unchecked = (0, 0);
         self.checkpointer.request();
+    }
+
+    /// Asks for a checkpoint when enough was committed since the last one, and empties
+    /// the WAL when it grew past its limit anyway.
+    fn keep_wal_short(&mut self) {
+        if self.unchecked.0 >= CHECKPOINT_BATCHES || self.unchecked.1 >= CHECKPOINT_EVENTS {
+            self.checkpoint();
+        }
+        self.bound_wal();
     }
 
     /// Empties the WAL when it grew past the limit (a `stat` per commit). When that does
