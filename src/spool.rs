@@ -213,8 +213,10 @@ impl SpoolBuilder {
     /// Called from the worker threads for failures no caller sees: a failed commit of
     /// emitted events, the spool file found deleted, a damaged row quarantined, a
     /// sink's dead letters or panics, a sink that cannot read or record its progress.
-    /// It runs on the writer and sink threads: it must not block for long. A panic in
-    /// it is logged and goes no further. Defaults to none (failures are still logged).
+    /// It runs on the writer and sink threads: it must not block for long, nor call
+    /// what waits for the writer (`append`, `flush`, `close`, a subscription's `ack`):
+    /// called on the writer's thread, those would wait for themselves. A panic in it
+    /// is logged and goes no further. Defaults to none (failures are still logged).
     pub fn on_error(mut self, hook: impl Fn(&Error) + Send + Sync + 'static) -> Self {
         self.on_error = Some(Arc::new(hook));
         self
