@@ -719,7 +719,6 @@ impl Spool {
             self.inner.call(Op::Ack {
                 consumer: name.clone(),
                 seq: last,
-                from: None,
             })?;
             cursor = last;
             delivered += events.len();
@@ -912,7 +911,6 @@ impl Spool {
         self.inner.call(Op::Ack {
             consumer: name.to_owned(),
             seq,
-            from: None,
         })?;
         if let Some(state) = state {
             state.acked(seq);

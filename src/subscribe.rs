@@ -284,7 +284,6 @@ impl Subscription {
             Op::Ack {
                 consumer: self.name.clone(),
                 seq,
-                from: None,
             },
             self.shared.caller_yields,
         )?;

@@ -80,9 +80,10 @@ impl Db {
     }
 
     /// Moves `consumer`'s cursor to `seq` (acknowledging `from..=seq`) in a transaction
-    /// of its own, on the calling thread; returns how many of those the caps evicted
-    /// first (see [`Op::Ack`]). The writer updates `counters` with the lock held, so
-    /// they describe what is stored.
+    /// of its own, on the calling thread. Returns how many of those the caps evicted
+    /// first: they were counted as evicted unsent, and the worker takes them back (it
+    /// counts them as delivered or filtered). The writer updates `counters` with the
+    /// lock held, so they describe what is stored.
     pub(crate) fn ack(
         &self,
         consumer: &str,
