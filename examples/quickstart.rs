@@ -125,10 +125,19 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         started.elapsed().as_secs_f64()
     );
     drop(log);
+    // Delivered events are deleted once the writer is idle (not while a sink catches up).
+    let idle = Instant::now();
+    while spool.metrics().stored_events > 0 && idle.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let m = spool.metrics();
     println!(
-        "spool: committed {} in {} transactions (mean {:.0}); stored now {} (delivered events are deleted)",
-        m.committed, m.batches, m.mean_batch_size, m.stored_events
+        "spool: committed {} in {} transactions (mean {:.0}); stored {} events {:.0} ms after the last delivery (delivered ones are deleted when the writer is idle)",
+        m.committed,
+        m.batches,
+        m.mean_batch_size,
+        m.stored_events,
+        idle.elapsed().as_secs_f64() * 1000.0
     );
     for line in m
         .to_prometheus()
