@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError, bounded};
 
 use crate::config::{Durability, Overflow, SpoolConfig};
-use crate::delivery::{Control, DeadLetter, SinkCounters, Worker, WorkerParts};
+use crate::delivery::{self, Control, DeadLetter, SinkCounters, Worker, WorkerParts};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventQuery, SeqNo, StoredEvent};
 use crate::metrics::{Counters, MetricsSnapshot};
@@ -445,6 +445,7 @@ impl Spool {
             let parts = WorkerParts {
                 tx: spool.inner.tx.clone(),
                 db: db.clone(),
+                acks_directly: delivery::acks_directly(config.durability),
                 pool: spool.inner.pool.clone(),
                 spool_id: spool.inner.spool_id.clone(),
                 shared: spool.inner.shared.clone(),
@@ -719,6 +720,7 @@ impl Spool {
             self.inner.call(Op::Ack {
                 consumer: name.clone(),
                 seq: last,
+                from: None,
             })?;
             cursor = last;
             delivered += events.len();
@@ -911,6 +913,7 @@ impl Spool {
         self.inner.call(Op::Ack {
             consumer: name.to_owned(),
             seq,
+            from: None,
         })?;
         if let Some(state) = state {
             state.acked(seq);

@@ -90,15 +90,20 @@ pub(crate) enum Op {
         kind: &'static str,
         start: StartAt,
     },
-    /// Moves a cursor forward (never back). A sink's worker moves its own on the
-    /// writer's connection instead (`writer::Db::ack`).
-    Ack { consumer: String, seq: SeqNo },
+    /// Moves a cursor forward (never back). `from` is set by a sink's worker: the first
+    /// seq of the range `from..=seq` it handled; what of it the caps evicted while it
+    /// was in flight was counted as evicted unsent, and the op yields how many, for the
+    /// worker to take back (it counts them as delivered or filtered).
+    Ack {
+        consumer: String,
+        seq: SeqNo,
+        from: Option<SeqNo>,
+    },
     /// Records events a sink gave up on, copying them so deletion can go on: from
     /// `held` (the worker's copies of `seqs`, in order), or from the file for a row that
     /// could not be decoded (`held` empty). When they came from the stream, moves the
-    /// cursor past the range `ack`, yielding how many of it the caps evicted meanwhile:
-    /// they were counted as evicted unsent, and the worker takes them back (it counts
-    /// them as dead-lettered), as it does for what it acknowledges (`writer::Db::ack`).
+    /// cursor past the range `ack` (yielding, as `Ack` does, how many of it the caps
+    /// evicted meanwhile).
     DeadLetter {
         sink: String,
         seqs: Vec<SeqNo>,
@@ -142,9 +147,13 @@ pub(crate) fn apply(
             .execute(params![consumer, kind, acked as i64])?;
             Ok(cursor(tx, consumer)?.unwrap_or(acked))
         }
-        Op::Ack { consumer, seq } => {
+        Op::Ack {
+            consumer,
+            seq,
+            from,
+        } => {
             ack(tx, consumer, *seq)?;
-            Ok(0)
+            Ok(from.map_or(0, |from| evicted_in(from, *seq, first_seq)))
         }
         Op::Seek { consumer, to } => {
             let seq = match to {

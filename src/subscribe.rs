@@ -284,6 +284,7 @@ impl Subscription {
             Op::Ack {
                 consumer: self.name.clone(),
                 seq,
+                from: None,
             },
             self.shared.caller_yields,
         )?;

@@ -52,7 +52,8 @@ pub(crate) enum Msg {
 }
 
 /// The writer connection. The writer thread commits on it, and so do sink workers when
-/// they move their cursor ([`Db::ack`]), on their own thread, instead of waking the
+/// they move their cursor ([`Db::ack`], under `Durability::Normal`: see
+/// [`crate::delivery::acks_directly`]), on their own thread, instead of waking the
 /// writer and waiting to be woken: each of those wake-ups costs tens of microseconds on
 /// a VM (a sleeping virtual CPU), as much as the commit. Whoever holds the lock has the
 /// connection; it is still the only one that writes, so a commit never meets SQLite's
@@ -80,10 +81,9 @@ impl Db {
     }
 
     /// Moves `consumer`'s cursor to `seq` (acknowledging `from..=seq`) in a transaction
-    /// of its own, on the calling thread. Returns how many of those the caps evicted
-    /// first: they were counted as evicted unsent, and the worker takes them back (it
-    /// counts them as delivered or filtered). The writer updates `counters` with the
-    /// lock held, so they describe what is stored.
+    /// of its own, on the calling thread; returns how many of those the caps evicted
+    /// first (see [`Op::Ack`]). The writer updates `counters` with the lock held, so
+    /// they describe what is stored.
     pub(crate) fn ack(
         &self,
         consumer: &str,

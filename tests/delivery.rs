@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::http::{Reply, Request, Server};
 use common::*;
-use eventspool::{Backoff, Content, Error, Event, Spool, WebhookSink, verify};
+use eventspool::{Backoff, Content, Durability, Error, Event, Spool, WebhookSink, verify};
 
 /// Generous: a deadline only matters when something is wrong, and CI machines are busy.
 const T: Duration = Duration::from_secs(120);
@@ -451,6 +451,31 @@ fn event_type_filters_skip_and_count() -> TestResult {
     });
     let m = sink_metrics(&spool, "orders");
     assert_eq!((m.delivered, m.filtered), (3, 2));
+    Ok(())
+}
+
+#[test]
+fn under_full_durability_a_sink_delivers_in_order_and_its_events_are_deleted() -> TestResult {
+    // Under Durability::Full a sink's cursor joins the writer's transactions (sharing
+    // their fsync) instead of committing on its own thread: the same order, counts and
+    // deletion.
+    let (_dir, path) = temp_spool();
+    let server = Server::start();
+    let spool = Spool::builder(&path)
+        .durability(Durability::Full)
+        .sink(quick("hook", &server).batch(10))
+        .open()?;
+    for n in 0..200 {
+        spool.emit(numbered(n))?;
+    }
+    let all: Vec<u64> = (1..=200).collect();
+    assert_eq!(wait_delivered(&server, 200), all);
+    wait_until(T, "acknowledged events are deleted", || {
+        spool.len().unwrap() == 0
+    });
+    let m = sink_metrics(&spool, "hook");
+    assert_eq!((m.delivered, m.lag, m.cursor), (200, 0, 200), "{m:?}");
+    spool.close(T)?;
     Ok(())
 }
 
