@@ -61,7 +61,8 @@ pub(crate) enum Msg {
 pub(crate) struct Db {
     state: Mutex<DbState>,
     path: PathBuf,
-    /// Consumers waiting for the lock: the writer stops deleting for them.
+    /// Sink workers waiting for the lock in [`Db::ack`]: the writer stops deleting for
+    /// them between chunks (see `collect`).
     waiting: AtomicUsize,
 }
 
