@@ -428,7 +428,7 @@ fn delivery(d: &std::path::Path, s: &Scale) {
             ours.push(rate);
             let [read, deliver, commit] = steps;
             notes.push(format!(
-                "{name}, round {}: {rate:.0}/s; per request the worker spent {read:.0} µs reading, {deliver:.0} µs in the sink, {commit:.0} µs committing the cursor",
+                "{name}, round {}: {rate:.0}/s; per request {read:.0} µs reading (on the reader thread, beside the request), {deliver:.0} µs in the sink, {commit:.0} µs committing the cursor",
                 round + 1
             ));
         }
@@ -447,6 +447,9 @@ fn delivery(d: &std::path::Path, s: &Scale) {
     for note in notes {
         println!("- {note}");
     }
+    let (p50, p99) = e2e_latency(d, s.e2e_events);
+    println!();
+    println!("end-to-end latency, `emit` to receipt at 1000 events/s: p50 {p50:?}, p99 {p99:?}");
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -460,7 +463,8 @@ fn main() {
         return rss_child(args[i + 1].parse().unwrap());
     }
     let quick = args.iter().any(|a| a == "--quick");
-    // `--delivery`: only the delivery figures (for comparing changes to the workers);
+    // `--delivery`: only the delivery figures, end-to-end latency included (for
+    // comparing changes to the workers);
     // `--ingest`: only the emit and append figures (for changes to the writer).
     let delivery_only = args.iter().any(|a| a == "--delivery");
     let ingest_only = args.iter().any(|a| a == "--ingest");
@@ -520,9 +524,6 @@ fn main() {
     }
 
     delivery(d, &s);
-    let (p50, p99) = e2e_latency(d, s.e2e_events);
-    println!();
-    println!("end-to-end latency, `emit` to receipt at 1000 events/s: p50 {p50:?}, p99 {p99:?}");
     println!();
 
     let raw = raw_read_delete(d, s.consume);

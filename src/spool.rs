@@ -451,7 +451,7 @@ impl Spool {
                 shared: spool.inner.shared.clone(),
                 control: control.clone(),
             };
-            let worker = Worker::new(sink, cursor, counters, spool.inner.shared.doorbell(), parts);
+            let worker = Worker::new(sink, cursor, counters, spool.inner.shared.doorbell(), parts)?;
             let handle = thread::Builder::new()
                 .name(format!("eventspool-sink-{name}"))
                 .spawn(move || worker.run())

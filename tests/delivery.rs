@@ -498,6 +498,36 @@ fn the_cursor_survives_a_restart_and_nothing_acknowledged_is_resent() -> TestRes
 }
 
 #[test]
+fn a_backlog_goes_out_in_whole_batches() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let server = Server::start();
+    // Registered, then stored while it is not running: the whole backlog waits.
+    Spool::builder(&path)
+        .sink(quick("s", &server))
+        .open()?
+        .close(T)?;
+    let spool = Spool::open(&path)?;
+    spool.append_batch((0..1000).map(numbered).collect())?;
+    spool.close(T)?;
+
+    // Batches of 30 do not divide the reads (100 at a time): every batch but the
+    // last is still whole.
+    let spool = Spool::builder(&path)
+        .sink(quick("s", &server).batch(30))
+        .open()?;
+    assert_eq!(
+        wait_delivered(&server, 1000),
+        (1..=1000).collect::<Vec<_>>()
+    );
+    spool.close(T)?;
+    let sizes: Vec<usize> = server.requests().iter().map(|r| seqs_of(r).len()).collect();
+    let mut whole = vec![30; 33];
+    whole.push(10);
+    assert_eq!(sizes, whole);
+    Ok(())
+}
+
+#[test]
 fn close_lets_sinks_catch_up_and_keeps_the_rest_for_next_time() -> TestResult {
     let (_dir, path) = temp_spool();
     let mut server = Server::start();
