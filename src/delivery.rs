@@ -763,8 +763,8 @@ impl ReadLoop {
     /// Reads and sends chunks to `rows` until `bye` disconnects (or see [`Reader`]).
     fn run(mut self, rows: &Sender<Vec<Decoded>>, bye: &Receiver<()>) {
         loop {
-            // Read before it is known whether the spool closes, so what was committed
-            // before `close` began is read before the reader ends.
+            // `close` commits what is in flight before it sets `draining`: a read that
+            // starts after it is set and comes back short has read the last event.
             let draining = self.draining.load(SeqCst);
             let started = Instant::now();
             let read =
@@ -795,7 +795,7 @@ impl ReadLoop {
                 recv(self.stop) -> _ => return,
                 recv(bye) -> _ => return,
             }
-            if caught_up && self.wait(bye, None) {
+            if caught_up && (draining || self.wait(bye, None)) {
                 return;
             }
         }
