@@ -31,12 +31,12 @@ use crate::spool::Shared;
 use crate::store::{self, Corrupt, Decoded, Op, ReaderPool, seq_of};
 use crate::writer::{self, COLLECT_AT, Db, Msg};
 
-/// Fewest events a reader reads per query (a batch's worth when batches are larger);
-/// it holds one such read ready for the worker, beside what the worker holds. Small, so
-/// a read ends within the request it overlaps: on 2 vCPUs, draining in batches of 100,
-/// reads of 512 slowed the requests beside them as much as they saved (317k-343k
-/// events/s, 315k-334k reading on the worker's thread), reads of 100 did not
-/// (439k-482k).
+/// The most events a reader reads per query (a batch's worth when batches are
+/// larger); it holds one such read ready for the worker, beside what the worker holds.
+/// Small, so a read ends within the request it overlaps: on 2 vCPUs, draining in
+/// batches of 100, reads of 512 on the reader thread slowed the requests beside them as
+/// much as they saved (317k-343k events/s; the same reads on the worker's thread:
+/// 315k-334k), reads of 100 did not (439k-482k).
 const READ_AHEAD: usize = 100;
 /// The wait before a worker tries again after it could not read the spool or record
 /// its progress.
