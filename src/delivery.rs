@@ -38,6 +38,11 @@ use crate::writer::{self, COLLECT_AT, Db, Msg};
 /// much as they saved (317k-343k events/s; the same reads on the worker's thread:
 /// 315k-334k), reads of 100 did not (439k-482k).
 const READ_AHEAD: usize = 100;
+/// The most rows a sink's reader reads per query.
+fn read_limit(batch_size: usize) -> usize {
+    READ_AHEAD.max(batch_size)
+}
+
 /// The wait before a worker tries again after it could not read the spool or record
 /// its progress.
 const PROGRESS_RETRY: Duration = Duration::from_secs(1);
@@ -215,8 +220,6 @@ pub(crate) struct Worker {
     ahead: VecDeque<Decoded>,
     /// The reader's last chunk was short: it had read all there was.
     caught_up: bool,
-    /// The most rows the reader reads at once.
-    read_limit: usize,
     /// The reader has ended: caught up while the spool closes, or told to stop.
     reader_ended: bool,
     /// A batch delivered again because its outcome could not be committed.
@@ -268,13 +271,12 @@ impl Worker {
         let mut seed = std::collections::hash_map::RandomState::new().build_hasher();
         seed.write(sink.name().as_bytes());
         let batch_size = sink.batch_size().max(1);
-        let read_limit = READ_AHEAD.max(batch_size);
         let reader = Reader::start(ReadLoop {
             name: sink.name().to_owned(),
             pool: parts.pool.clone(),
             spool_id: parts.spool_id.clone(),
             after: cursor,
-            limit: read_limit,
+            limit: read_limit(batch_size),
             doorbell,
             stop: parts.control.stop.clone(),
             draining: parts.control.draining.clone(),
@@ -300,7 +302,6 @@ impl Worker {
             cursor,
             ahead: VecDeque::new(),
             caught_up: false,
-            read_limit,
             reader_ended: false,
             again: None,
             requeues_seen: u64::MAX, // look for requeued dead letters at start
@@ -481,7 +482,7 @@ impl Worker {
     fn received(&mut self, rows: Option<Vec<Decoded>>) {
         match rows {
             Some(rows) => {
-                self.caught_up = rows.len() < self.read_limit;
+                self.caught_up = rows.len() < read_limit(self.batch_size);
                 self.ahead.extend(rows);
             }
             None => self.reader_ended = true,
