@@ -43,6 +43,8 @@ fn read_limit(batch_size: usize) -> usize {
     READ_AHEAD.max(batch_size)
 }
 
+/// Batches of delivered events waiting for the reader to free them, at most.
+const GIVEN_BACK: usize = 4;
 /// The wait before a worker tries again after it could not read the spool or record
 /// its progress.
 const PROGRESS_RETRY: Duration = Duration::from_secs(1);
@@ -682,6 +684,7 @@ impl Worker {
                 if let Some(seq) = batch.ack_to {
                     self.advance(seq);
                 }
+                self.reader.give_back(batch.events);
                 true
             }
             // The cursor did not move: the batch is delivered again (at least once)
@@ -713,6 +716,11 @@ impl Worker {
 /// spool closes (its channel then disconnects: nothing more will come).
 struct Reader {
     rows: Receiver<Vec<Decoded>>,
+    /// Delivered events, handed back to be freed where they were allocated ...
+    back: Sender<Vec<StoredEvent>>,
+    /// ... [`READ_AHEAD`] or more at a time, so one-event batches do not wake the
+    /// reader for every request.
+    used: Vec<StoredEvent>,
     /// Dropped to end the thread.
     bye: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -723,16 +731,34 @@ impl Reader {
         // One chunk waits for the worker while the next is read: memory stays bounded
         // whatever the backlog.
         let (rows_tx, rows) = bounded(1);
+        let (back, back_rx) = bounded(GIVEN_BACK);
         let (bye, bye_rx) = bounded(0);
         let thread = thread::Builder::new()
             .name(format!("eventspool-read-{}", read.name))
-            .spawn(move || read.run(&rows_tx, &bye_rx))
+            .spawn(move || read.run(&rows_tx, &back_rx, &bye_rx))
             .map_err(|e| Error::io("cannot spawn a sink's reader thread", e))?;
         Ok(Reader {
             rows,
+            back,
+            used: Vec::new(),
             bye: Some(bye),
             thread: Some(thread),
         })
+    }
+
+    /// Hands delivered events back to the reader to free (or frees them here when it
+    /// has not taken the last ones yet). Freeing on the thread that allocated them is
+    /// cheaper, and off the worker's path between two requests: 100 events freed by the
+    /// worker took it 20-51 µs.
+    fn give_back(&mut self, events: Vec<StoredEvent>) {
+        if self.used.is_empty() {
+            self.used = events;
+        } else {
+            self.used.extend(events);
+        }
+        if self.used.len() >= READ_AHEAD {
+            let _ = self.back.try_send(std::mem::take(&mut self.used));
+        }
     }
 }
 
@@ -761,8 +787,14 @@ struct ReadLoop {
 }
 
 impl ReadLoop {
-    /// Reads and sends chunks to `rows` until `bye` disconnects (or see [`Reader`]).
-    fn run(mut self, rows: &Sender<Vec<Decoded>>, bye: &Receiver<()>) {
+    /// Reads and sends chunks to `rows`, and frees what comes back on `back`, until
+    /// `bye` disconnects (or see [`Reader`]).
+    fn run(
+        mut self,
+        rows: &Sender<Vec<Decoded>>,
+        back: &Receiver<Vec<StoredEvent>>,
+        bye: &Receiver<()>,
+    ) {
         loop {
             // `close` commits what is in flight before it sets `draining`: a read that
             // starts after it is set and comes back short has read the last event.
@@ -778,7 +810,7 @@ impl ReadLoop {
                 Err(e) => {
                     log::error!("sink {}: cannot read the spool: {e}", self.name);
                     self.shared.report(&e);
-                    if self.wait(bye, Some(PROGRESS_RETRY)) {
+                    if self.wait(back, bye, Some(PROGRESS_RETRY)) {
                         return;
                     }
                     continue;
@@ -791,12 +823,9 @@ impl ReadLoop {
             if let Some(last) = chunk.last() {
                 self.after = seq_of(last);
             }
-            select! {
-                send(rows, chunk) -> sent => if sent.is_err() { return },
-                recv(self.stop) -> _ => return,
-                recv(bye) -> _ => return,
-            }
-            if caught_up && (draining || self.wait(bye, None)) {
+            if !self.hand_over(rows, back, bye, chunk)
+                || caught_up && (draining || self.wait(back, bye, None))
+            {
                 return;
             }
         }
@@ -804,13 +833,40 @@ impl ReadLoop {
 
     /// Waits for the doorbell (rung after every commit with new events, and by
     /// `close` and `requeue_dead_letters`), or `timeout`. Returns true when told to end.
-    fn wait(&self, bye: &Receiver<()>, timeout: Option<Duration>) -> bool {
+    fn wait(
+        &self,
+        back: &Receiver<Vec<StoredEvent>>,
+        bye: &Receiver<()>,
+        timeout: Option<Duration>,
+    ) -> bool {
         let timer = timeout.map_or_else(never, after);
-        select! {
-            recv(self.doorbell) -> _ => false,
-            recv(timer) -> _ => false,
-            recv(self.stop) -> _ => true,
-            recv(bye) -> _ => true,
+        loop {
+            select! {
+                recv(self.doorbell) -> _ => return false,
+                recv(timer) -> _ => return false,
+                recv(back) -> events => if events.is_err() { return true },
+                recv(self.stop) -> _ => return true,
+                recv(bye) -> _ => return true,
+            }
+        }
+    }
+
+    /// Sends `chunk` to the worker once it has taken the last one, freeing what it
+    /// gives back meanwhile. Returns false when told to end.
+    fn hand_over(
+        &self,
+        rows: &Sender<Vec<Decoded>>,
+        back: &Receiver<Vec<StoredEvent>>,
+        bye: &Receiver<()>,
+        chunk: Vec<Decoded>,
+    ) -> bool {
+        loop {
+            select! {
+                send(rows, chunk) -> sent => return sent.is_ok(),
+                recv(back) -> events => if events.is_err() { return false },
+                recv(self.stop) -> _ => return false,
+                recv(bye) -> _ => return false,
+            }
         }
     }
 }
