@@ -8,10 +8,10 @@
 //! ([`Subscription`]). Everything survives `kill -9` and restarts.
 //!
 //! ```text
-//!  caller threads             writer thread                  sink threads (1 per sink)
+//!  caller threads             writer thread                  sink threads (2 per sink)
 //!  ──────────────             ─────────────                  ─────────────────────────
-//!  emit(event)  ─┐  bounded   take all that is queued        read after the cursor,
-//!  append(event) ├─ crossbeam▶ (≤ batch_size), one SQLite ──▶ deliver (ureq / Sink);
+//!  emit(event)  ─┐  bounded   take all that is queued        one reads after the cursor,
+//!  append(event) ├─ crossbeam▶ (≤ batch_size), one SQLite ──▶ one delivers (ureq / Sink);
 //!  flush()      ─┘  channel   transaction: seq, caps,        2xx: commit the cursor
 //!    validate + serialize on  cursors; answer waiters,       (on the writer's
 //!    the caller's thread      wake sinks and subscribers     connection); else
