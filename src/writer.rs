@@ -74,6 +74,8 @@ struct DbState {
     missing: bool,
     /// Set the first time it was: where what it held was saved.
     rescued: Option<Option<PathBuf>>,
+    /// Acknowledgements committed by [`Db::ack`] since its last checkpoint.
+    acks: u64,
 }
 
 impl Db {
@@ -94,7 +96,7 @@ impl Db {
         counters: &Counters,
     ) -> Result<u64> {
         self.waiting.fetch_add(1, SeqCst);
-        let db = self.lock();
+        let mut db = self.lock();
         self.waiting.fetch_sub(1, SeqCst);
         if db.missing {
             return Err(Error::FileGone {
@@ -102,12 +104,21 @@ impl Db {
                 rescued: db.rescued.clone().flatten(),
             });
         }
-        let conn = db.conn.as_ref().ok_or(Error::Closed)?;
+        let state = &mut *db;
+        let conn = state.conn.as_ref().ok_or(Error::Closed)?;
         let first_seq = counters.first_seq();
         store::ack(conn, consumer, seq).map_err(|e| {
             counters.commit_errors.fetch_add(1, Relaxed);
             Error::Commit(Arc::new(e))
         })?;
+        state.acks += 1;
+        if state.acks >= ACK_CHECKPOINT {
+            state.acks = 0;
+            // Busy when the checkpointer's pass is running: that one will do.
+            if let Err(e) = store::checkpoint(conn) {
+                log::debug!("checkpoint after acknowledgements failed: {e}");
+            }
+        }
         Ok(store::evicted_in(from, seq, first_seq))
     }
 }
@@ -141,6 +152,17 @@ const CHECKPOINT_BATCHES: u32 = 256;
 /// ... or when the writer has been idle this long with a WAL to copy (deleting what
 /// every consumer acknowledged first).
 const CHECKPOINT_IDLE: Duration = Duration::from_millis(50);
+/// Every this many acknowledgements committed by sink workers ([`Db::ack`]), the one
+/// that commits the last copies the WAL into the database itself, holding the
+/// connection so nothing commits in between: the next commit then starts the WAL over
+/// from its beginning. The checkpointer's passes run beside a steady stream of
+/// acknowledgements and never end with all of it copied, so the WAL grew by a page per
+/// acknowledgement up to the writer's limit, each commit extending the file (a
+/// single-event drain of 20 000 events, 4 alternated runs: 19-21 µs per
+/// acknowledgement and 8.2k-8.6k events/s in three runs, vs 23-26 µs and 7.6k-7.8k;
+/// the WAL peaked at 4.6 MB vs 89 MB). It costs that worker one pass, 1.4 ms at most
+/// in those runs, per 1024 requests.
+const ACK_CHECKPOINT: u64 = 1024;
 /// Acknowledged events are deleted once this many are waiting (in transactions of their
 /// own, after the commit that made them so), else when the writer is idle: deleting
 /// after every single acknowledgement would cost a transaction per delivery.
@@ -300,6 +322,7 @@ impl Writer {
                     conn: Some(conn),
                     missing: false,
                     rescued: None,
+                    acks: 0,
                 }),
                 path: config.path.clone(),
                 waiting: AtomicUsize::new(0),

@@ -733,6 +733,40 @@ fn the_worker_reports_where_its_time_goes() -> TestResult {
     Ok(())
 }
 
+/// A sink that takes every event at once, one per call.
+struct Accepting;
+
+impl eventspool::Sink for Accepting {
+    fn name(&self) -> &str {
+        "accepting"
+    }
+
+    fn deliver(
+        &mut self,
+        _events: &[eventspool::StoredEvent],
+    ) -> Result<(), eventspool::DeliveryError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_wal_starts_over_while_a_sink_acknowledges_event_by_event() -> TestResult {
+    // Each acknowledgement is a commit of its own, a page appended to the WAL: 4000 of
+    // them are 16 MB. The WAL must start over from its beginning now and then instead
+    // (well below the size at which the writer would empty it, 128 MiB here).
+    const N: u64 = 4000;
+    let (_dir, path) = temp_spool();
+    let spool = Spool::builder(&path).sink(Accepting).open()?;
+    spool.append_batch((0..N).map(numbered).collect())?;
+    wait_until(T, "every event acknowledged", || {
+        sink_metrics(&spool, "accepting").cursor == N
+    });
+    let wal = std::fs::metadata(beside(&path, "-wal"))?.len();
+    assert!(wal < 8 << 20, "the WAL grew to {wal} bytes");
+    assert_eq!(sink_metrics(&spool, "accepting").delivered, N);
+    Ok(())
+}
+
 type Shared<T> = std::sync::Arc<std::sync::Mutex<Vec<T>>>;
 
 /// A custom sink with bugs and opinions, by event type: "boom" panics in `deliver`,

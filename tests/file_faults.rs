@@ -27,12 +27,6 @@ fn numbers(spool: &Spool) -> Vec<u64> {
     all_events(spool).iter().map(number_of).collect()
 }
 
-fn beside(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
 #[test]
 fn a_file_deleted_while_open_refuses_writes_and_is_saved_back() -> TestResult {
     let (_dir, path) = temp_spool();

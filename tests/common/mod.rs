@@ -29,6 +29,13 @@ pub fn temp_spool() -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// `path` with `suffix` appended to its file name (`-wal`, `-shm`).
+pub fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 /// An event whose data records `n`.
 pub fn numbered(n: u64) -> Event {
     Event::new("test.numbered", json!({ "n": n }))
