@@ -74,8 +74,9 @@ struct DbState {
     missing: bool,
     /// Set the first time it was: where what it held was saved.
     rescued: Option<Option<PathBuf>>,
-    /// Acknowledgements committed by [`Db::ack`] since its last checkpoint.
-    acks: u64,
+    /// Acknowledgements committed by [`Db::ack`] since it last considered a checkpoint,
+    /// and the last seq committed then.
+    acks: (u64, SeqNo),
 }
 
 impl Db {
@@ -111,13 +112,16 @@ impl Db {
             counters.commit_errors.fetch_add(1, Relaxed);
             Error::Commit(Arc::new(e))
         })?;
-        state.acks += 1;
-        if state.acks >= ACK_CHECKPOINT {
-            state.acks = 0;
+        state.acks.0 += 1;
+        if state.acks.0 >= ACK_CHECKPOINT {
+            let last_seq = counters.last_seq.load(Relaxed);
             // Busy when the checkpointer's pass is running: that one will do.
-            if let Err(e) = store::checkpoint(conn) {
+            if last_seq == state.acks.1
+                && let Err(e) = store::checkpoint(conn)
+            {
                 log::debug!("checkpoint after acknowledgements failed: {e}");
             }
+            state.acks = (0, last_seq);
         }
         Ok(store::evicted_in(from, seq, first_seq))
     }
@@ -155,13 +159,15 @@ const CHECKPOINT_IDLE: Duration = Duration::from_millis(50);
 /// Every this many acknowledgements committed by sink workers ([`Db::ack`]), the one
 /// that commits the last copies the WAL into the database itself, holding the
 /// connection so nothing commits in between: the next commit then starts the WAL over
-/// from its beginning. The checkpointer's passes run beside a steady stream of
+/// from its beginning. Only when no event was committed meanwhile: then the pass copies
+/// little more than the acknowledgements' page, where events coming in could leave
+/// megabytes to copy with the writer waiting for the connection (while they come in, the
+/// writer's own limit bounds the WAL). The checkpointer's passes run beside a steady stream of
 /// acknowledgements and never end with all of it copied, so the WAL grew by a page per
 /// acknowledgement up to the writer's limit, each commit extending the file (a
-/// single-event drain of 20 000 events, 4 alternated runs: 19-21 µs per
-/// acknowledgement and 8.2k-8.6k events/s in three runs, vs 23-26 µs and 7.6k-7.8k;
-/// the WAL peaked at 4.6 MB vs 89 MB). It costs that worker one pass, 1.4 ms at most
-/// in those runs, per 1024 requests.
+/// single-event drain of 20 000 events, alternated runs: 19-20 µs per acknowledgement
+/// vs 23-24 µs, 7.9k-8.6k events/s vs 7.6k-8.0k; the WAL peaked at 4.6-9 MB vs 89 MB).
+/// It costs that worker one pass per 1024 requests (1.4 ms at most in such runs).
 const ACK_CHECKPOINT: u64 = 1024;
 /// Acknowledged events are deleted once this many are waiting (in transactions of their
 /// own, after the commit that made them so), else when the writer is idle: deleting
@@ -322,7 +328,7 @@ impl Writer {
                     conn: Some(conn),
                     missing: false,
                     rescued: None,
-                    acks: 0,
+                    acks: (0, 0),
                 }),
                 path: config.path.clone(),
                 waiting: AtomicUsize::new(0),
