@@ -17,6 +17,9 @@ use crate::sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, DeliveryError, 
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes of a response body read (the rest is discarded with the connection).
 const MAX_RESPONSE_BYTES: u64 = 64 << 10;
+/// Each write and read of a request waits at most this share of its timeout (see
+/// `WebhookSink::agent`).
+const PER_IO: f64 = 0.999;
 
 /// What a webhook posts of each event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -173,9 +176,16 @@ impl WebhookSink {
 
     fn agent(&mut self) -> &ureq::Agent {
         let timeout = self.timeout;
+        // ureq sets a socket's timeout again whenever it differs from the last one set:
+        // with only the request's deadline that is before every write and read, as the
+        // time left shrinks (3 system calls a request). Capped a little below it, each
+        // write and read gets the same timeout, set once per connection.
+        let per_io = timeout.mul_f64(PER_IO);
         self.agent.get_or_insert_with(|| {
             let config = ureq::Agent::config_builder()
                 .timeout_global(Some(timeout))
+                .timeout_per_read(Some(per_io))
+                .timeout_per_write(Some(per_io))
                 .http_status_as_error(false)
                 .max_redirects(0)
                 .user_agent(concat!("eventspool/", env!("CARGO_PKG_VERSION")))
