@@ -733,8 +733,10 @@ fn the_worker_reports_where_its_time_goes() -> TestResult {
     Ok(())
 }
 
-/// A sink that takes every event at once, one per call.
-struct Accepting;
+/// A sink that takes every event, one per call, once `gate` lets it start.
+struct Accepting {
+    gate: Option<crossbeam_channel::Receiver<()>>,
+}
 
 impl eventspool::Sink for Accepting {
     fn name(&self) -> &str {
@@ -745,6 +747,9 @@ impl eventspool::Sink for Accepting {
         &mut self,
         _events: &[eventspool::StoredEvent],
     ) -> Result<(), eventspool::DeliveryError> {
+        if let Some(gate) = self.gate.take() {
+            let _ = gate.recv();
+        }
         Ok(())
     }
 }
@@ -756,8 +761,13 @@ fn the_wal_starts_over_while_a_sink_acknowledges_event_by_event() -> TestResult 
     // (well below the size at which the writer would empty it, 128 MiB here).
     const N: u64 = 8000;
     let (_dir, path) = temp_spool();
-    let spool = Spool::builder(&path).sink(Accepting).open()?;
+    let (open_gate, gate) = crossbeam_channel::bounded(1);
+    let sink = Accepting { gate: Some(gate) };
+    let spool = Spool::builder(&path).sink(sink).open()?;
+    // All stored before the sink starts: it then works through them with nothing else
+    // committed meanwhile.
     spool.append_batch((0..N).map(numbered).collect())?;
+    open_gate.send(())?;
     wait_until(T, "every event acknowledged", || {
         sink_metrics(&spool, "accepting").cursor == N
     });
