@@ -586,7 +586,7 @@ pub(crate) fn reader_pool(path: &Path, size: u32) -> Result<ReaderPool> {
             c.busy_timeout(BUSY_TIMEOUT)?;
             // Plans that do not depend on bound values: SQLite otherwise plans around
             // the value bound to `LIMIT ?` and prepares the statement again at every
-            // read (reading 100 events at a time: 431 ns an event, 364 without).
+            // read (reading 100 events at a time: 431 ns an event; 364 with this on).
             c.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
             Ok(())
         });

@@ -85,10 +85,11 @@ impl Db {
     }
 
     /// Moves `consumer`'s cursor to `seq` (acknowledging `from..=seq`) in one statement
-    /// that commits on its own (no `BEGIN` and `COMMIT` to run as well: about 2-3 µs of
-    /// the ~27 µs each acknowledgement took), on the calling thread; returns how many of those the caps evicted
-    /// first (see [`Op::Ack`]). The writer updates `counters` with the lock held, so
-    /// they describe what is stored.
+    /// that commits on its own (`BEGIN` and `COMMIT` around it cost 2-3 µs of the ~27 µs
+    /// an acknowledgement took), on the calling thread; returns how many of those the
+    /// caps evicted first (see [`Op::Ack`]). The writer updates `counters` with the lock
+    /// held, so they describe what is stored. Every [`ACK_CHECKPOINT`] calls it may copy
+    /// the WAL into the database as well.
     pub(crate) fn ack(
         &self,
         consumer: &str,
@@ -159,15 +160,16 @@ const CHECKPOINT_IDLE: Duration = Duration::from_millis(50);
 /// Every this many acknowledgements committed by sink workers ([`Db::ack`]), the one
 /// that commits the last copies the WAL into the database itself, holding the
 /// connection so nothing commits in between: the next commit then starts the WAL over
-/// from its beginning. Only when no event was committed meanwhile: then the pass copies
-/// little more than the acknowledgements' page, where events coming in could leave
-/// megabytes to copy with the writer waiting for the connection (while they come in, the
-/// writer's own limit bounds the WAL). The checkpointer's passes run beside a steady stream of
+/// from its beginning. The checkpointer's passes run beside a steady stream of
 /// acknowledgements and never end with all of it copied, so the WAL grew by a page per
 /// acknowledgement up to the writer's limit, each commit extending the file (a
 /// single-event drain of 20 000 events, alternated runs: 19-20 µs per acknowledgement
 /// vs 23-24 µs, 7.9k-8.6k events/s vs 7.6k-8.0k; the WAL peaked at 4.6-9 MB vs 89 MB).
-/// It costs that worker one pass per 1024 requests (1.4 ms at most in such runs).
+/// It costs that worker one pass per 1024 requests (1.4 ms at most in such runs). Only
+/// when no event was committed meanwhile: then the pass copies little more than the
+/// acknowledgements' page, where events coming in could leave megabytes to copy with
+/// the writer waiting for the connection (while they come in, the writer's own limit
+/// bounds the WAL).
 const ACK_CHECKPOINT: u64 = 1024;
 /// Acknowledged events are deleted once this many are waiting (in transactions of their
 /// own, after the commit that made them so), else when the writer is idle: deleting
