@@ -330,7 +330,7 @@ impl Writer {
                     conn: Some(conn),
                     missing: false,
                     rescued: None,
-                    acks: (0, 0),
+                    acks: (0, state.last_seq),
                 }),
                 path: config.path.clone(),
                 waiting: AtomicUsize::new(0),
