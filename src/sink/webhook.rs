@@ -114,7 +114,8 @@ impl WebhookSink {
         }
     }
 
-    /// Time allowed for a whole request (connect, send, response). Defaults to 10 s.
+    /// Time allowed for a whole request (connect, send, response); each single write
+    /// or read gets at most 99.9% of it. Defaults to 10 s.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
