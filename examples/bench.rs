@@ -290,7 +290,7 @@ fn wait_for(receiver: &support::Receiver, events: u64) {
 /// clock runs from the moment it comes up until it has them all. Also returns where the
 /// worker's time went per request: reading, delivering, committing the cursor.
 fn spool_delivery(dir: &std::path::Path, name: &str, events: u64, batch: usize) -> (f64, [f64; 3]) {
-    let receiver = support::Receiver::start("127.0.0.1:0", None, 2, false).unwrap();
+    let receiver = support::Receiver::start("127.0.0.1:0", None, false).unwrap();
     let (addr, url) = (receiver.addr.to_string(), receiver.url());
     receiver.stop();
     let spool = Spool::builder(dir.join(name))
@@ -303,7 +303,7 @@ fn spool_delivery(dir: &std::path::Path, name: &str, events: u64, batch: usize) 
     }
     spool.flush(Duration::from_secs(60)).unwrap();
     let start = Instant::now();
-    let receiver = support::Receiver::start(&addr, None, 2, false).unwrap();
+    let receiver = support::Receiver::start(&addr, None, false).unwrap();
     wait_for(&receiver, events);
     let r = rate(events, start.elapsed());
     let m = spool.metrics().sinks.remove(0);
@@ -316,7 +316,7 @@ fn spool_delivery(dir: &std::path::Path, name: &str, events: u64, batch: usize) 
 
 /// End-to-end latency, `emit` to receipt, at 1000 events/s, one event per request.
 fn e2e_latency(dir: &std::path::Path, events: u64) -> (Duration, Duration) {
-    let receiver = support::Receiver::start("127.0.0.1:0", None, 2, false).unwrap();
+    let receiver = support::Receiver::start("127.0.0.1:0", None, false).unwrap();
     let spool = Spool::builder(dir.join("e2e.db"))
         .sink(bench_sink(&receiver.url(), 1))
         .open()
@@ -451,7 +451,7 @@ fn delivery(d: &std::path::Path, s: &Scale) {
         let (mut raws, mut floors, mut directs, mut ours) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..3 {
-            let receiver = support::Receiver::start("127.0.0.1:0", None, 2, false).unwrap();
+            let receiver = support::Receiver::start("127.0.0.1:0", None, false).unwrap();
             raws.push(raw_ureq(&receiver.url(), n, batch, None));
             let cursor = cursor_conn(d, &format!("cursor{batch}-{round}.db"));
             floors.push(raw_ureq(&receiver.url(), n, batch, Some(&cursor)));

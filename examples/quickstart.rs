@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let path = dir.path().join("events.db");
 
     let secret = || SigningSecret::parse(SECRET).map(Some);
-    let receiver = support::Receiver::start("127.0.0.1:0", secret()?, 2, false)?;
+    let receiver = support::Receiver::start("127.0.0.1:0", secret()?, false)?;
     let (addr, log) = (receiver.addr, receiver.log.clone());
     let sink = || {
         WebhookSink::new("receiver", format!("http://{addr}/webhook"))
@@ -98,7 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         progress(&spool, "receiver DOWN, spooling");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let receiver = support::Receiver::start_with_log(&addr.to_string(), secret()?, 2, false, log)?;
+    let receiver = support::Receiver::start_with_log(&addr.to_string(), secret()?, false, log)?;
     while spool.metrics().sinks[0].lag > 0 {
         progress(&spool, "receiver back, catching up");
         std::thread::sleep(Duration::from_millis(50));

@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:8080".into());
     let secret = args.next().map(|s| SigningSecret::parse(&s)).transpose()?;
     let signed = secret.is_some();
-    let receiver = support::Receiver::start(&addr, secret, 2, true)?;
+    let receiver = support::Receiver::start(&addr, secret, true)?;
     println!(
         "listening on {} ({}); Ctrl-C to stop",
         receiver.url(),

@@ -1,14 +1,19 @@
-//! A small webhook receiver (tiny_http) shared by the examples: it checks Standard
-//! Webhooks signatures when given the secret, and logs the seq range of every request
-//! it accepts (from the `eventspool-seq` header).
+//! A small webhook receiver shared by the examples, on the tests' HTTP/1.1 server (a
+//! thread per connection): it checks Standard Webhooks signatures when given the
+//! secret, and logs the seq range of every request it accepts (from the
+//! `eventspool-seq` header).
 #![allow(dead_code)] // each example uses a different part
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use eventspool::{SigningSecret, verify};
+
+#[path = "../../tests/common/http.rs"]
+mod http;
+
+use http::{Reply, Request, Server};
 
 /// One accepted request.
 #[derive(Debug, Clone, Copy)]
@@ -30,50 +35,34 @@ pub struct Log {
 pub struct Receiver {
     pub addr: SocketAddr,
     pub log: Arc<Mutex<Log>>,
-    server: Arc<tiny_http::Server>,
-    threads: Vec<JoinHandle<()>>,
+    server: Server,
 }
 
 impl Receiver {
-    /// Listens on `addr` with `threads` handler threads; with `print`, prints each event.
+    /// Listens on `addr`; with `print`, prints each request's body.
     pub fn start(
         addr: &str,
         secret: Option<SigningSecret>,
-        threads: usize,
         print: bool,
     ) -> Result<Receiver, Box<dyn std::error::Error + Send + Sync>> {
-        Receiver::start_with_log(addr, secret, threads, print, Arc::default())
+        Receiver::start_with_log(addr, secret, print, Arc::default())
     }
 
     /// Like `start`, appending to an existing log (to come back after `stop`).
     pub fn start_with_log(
         addr: &str,
         secret: Option<SigningSecret>,
-        threads: usize,
         print: bool,
         log: Arc<Mutex<Log>>,
     ) -> Result<Receiver, Box<dyn std::error::Error + Send + Sync>> {
-        let server = Arc::new(tiny_http::Server::http(addr)?);
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or("the receiver is not on an IP address")?;
-        let secret = Arc::new(secret);
-        let threads = (0..threads)
-            .map(|_| {
-                let (server, log, secret) = (server.clone(), log.clone(), secret.clone());
-                std::thread::spawn(move || {
-                    while let Ok(request) = server.recv() {
-                        handle(request, secret.as_ref().as_ref(), &log, print);
-                    }
-                })
-            })
-            .collect();
+        let kept = log.clone();
+        let server = Server::bind(addr, false, move |request| {
+            answer(request, secret.as_ref(), &kept, print)
+        })?;
         Ok(Receiver {
-            addr,
+            addr: server.addr(),
             log,
             server,
-            threads,
         })
     }
 
@@ -86,59 +75,40 @@ impl Receiver {
         self.log.lock().unwrap().events
     }
 
-    /// Stops listening: new connections are refused.
+    /// Stops listening and shuts the open connections: new connections are refused.
     pub fn stop(self) {
-        for _ in &self.threads {
-            self.server.unblock();
-        }
-        for t in self.threads {
-            let _ = t.join();
-        }
+        drop(self.server);
     }
 }
 
-fn handle(
-    mut request: tiny_http::Request,
+fn answer(
+    request: &Request,
     secret: Option<&SigningSecret>,
     log: &Mutex<Log>,
     print: bool,
-) {
-    let header = |name: &str| {
-        request
-            .headers()
-            .iter()
-            .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str().to_owned())
-    };
-    let (id, timestamp, signature, range) = (
-        header("webhook-id").unwrap_or_default(),
-        header("webhook-timestamp").unwrap_or_default(),
-        header("webhook-signature").unwrap_or_default(),
-        header("eventspool-seq").unwrap_or_default(),
+) -> Reply {
+    let header = |name: &str| request.header(name).unwrap_or_default();
+    let (id, timestamp, signature) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
     );
-    let mut body = Vec::new();
-    if request.as_reader().read_to_end(&mut body).is_err() {
-        let _ = request.respond(tiny_http::Response::empty(400));
-        return;
-    }
     if let Some(secret) = secret
-        && !verify(secret, &id, &timestamp, &body, &signature)
+        && !verify(secret, id, timestamp, &request.body, signature)
     {
         log.lock().unwrap().bad_signatures += 1;
-        let _ = request.respond(tiny_http::Response::empty(401));
-        return;
+        return Reply::status(401);
     }
-    let Some((first, last)) = range
+    let Some((first, last)) = header("eventspool-seq")
         .split_once('-')
         .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
     else {
-        let _ = request.respond(tiny_http::Response::empty(400));
-        return;
+        return Reply::status(400);
     };
     if print {
         println!(
             "{id} seq {first}-{last}: {}",
-            String::from_utf8_lossy(&body)
+            String::from_utf8_lossy(&request.body)
         );
     }
     let mut log = log.lock().unwrap();
@@ -148,6 +118,5 @@ fn handle(
         last,
         at: Instant::now(),
     });
-    drop(log);
-    let _ = request.respond(tiny_http::Response::empty(204));
+    Reply::status(204)
 }

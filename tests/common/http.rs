@@ -1,11 +1,12 @@
-//! A real HTTP/1.1 receiver on 127.0.0.1 for the delivery tests, whose answers are
+//! A real HTTP/1.1 receiver for the delivery tests and the examples, whose answers are
 //! scripted: any status and headers, never answering, or resetting the connection.
-//! It can be taken down (connections refused) and brought back on the same port.
+//! Each connection has its own thread. It can be taken down (connections refused) and
+//! brought back on the same port.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -64,7 +65,9 @@ struct State {
     script: Mutex<Script>,
     up: AtomicBool,
     closing: AtomicBool,
-    conns: Mutex<Vec<TcpStream>>,
+    /// Open connections by number, to shut them when going down.
+    conns: Mutex<HashMap<u64, TcpStream>>,
+    opened: AtomicU64,
 }
 
 pub struct Server {
@@ -80,24 +83,39 @@ impl Server {
     }
 
     pub fn with_script(script: impl FnMut(&Request) -> Reply + Send + 'static) -> Server {
+        Server::bind("127.0.0.1:0", true, script).expect("bind")
+    }
+
+    /// A receiver on `addr` answering what `script` says; with `keep`, requests are kept
+    /// for `requests()`.
+    pub fn bind(
+        addr: impl ToSocketAddrs,
+        keep: bool,
+        script: impl FnMut(&Request) -> Reply + Send + 'static,
+    ) -> std::io::Result<Server> {
         let state = Arc::new(State {
             requests: Mutex::new(Vec::new()),
-            keep: AtomicBool::new(true),
+            keep: AtomicBool::new(keep),
             arrived: Condvar::new(),
             script: Mutex::new(Box::new(script)),
             up: AtomicBool::new(false),
             closing: AtomicBool::new(false),
-            conns: Mutex::new(Vec::new()),
+            conns: Mutex::new(HashMap::new()),
+            opened: AtomicU64::new(0),
         });
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().unwrap();
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
         let mut server = Server {
             addr,
             state,
             acceptor: None,
         };
         server.serve(listener);
-        server
+        Ok(server)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     pub fn url(&self) -> String {
@@ -149,7 +167,7 @@ impl Server {
         if let Some(acceptor) = self.acceptor.take() {
             acceptor.join().unwrap();
         }
-        for conn in self.state.conns.lock().unwrap().drain(..) {
+        for (_, conn) in self.state.conns.lock().unwrap().drain() {
             let _ = conn.shutdown(std::net::Shutdown::Both);
         }
     }
@@ -169,11 +187,15 @@ impl Server {
                     return;
                 }
                 let Ok(stream) = stream else { continue };
+                let n = state.opened.fetch_add(1, Ordering::SeqCst);
                 if let Ok(clone) = stream.try_clone() {
-                    state.conns.lock().unwrap().push(clone);
+                    state.conns.lock().unwrap().insert(n, clone);
                 }
                 let state = state.clone();
-                thread::spawn(move || handle(stream, &state));
+                thread::spawn(move || {
+                    handle(stream, &state);
+                    state.conns.lock().unwrap().remove(&n);
+                });
             }
         }));
     }
@@ -187,7 +209,10 @@ impl Drop for Server {
 }
 
 fn handle(stream: TcpStream, state: &State) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let Ok(clone) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(clone);
     let mut out = stream;
     loop {
         let Some(request) = read_request(&mut reader) else {
@@ -203,11 +228,17 @@ fn handle(stream: TcpStream, state: &State) {
         }
         match reply {
             Reply::Status(code, headers) => {
-                let mut head = format!("HTTP/1.1 {code} X\r\ncontent-length: 2\r\n");
+                // No body (nor length) where HTTP allows none.
+                let body = if code == 204 || code == 304 { "" } else { "ok" };
+                let mut head = format!("HTTP/1.1 {code} X\r\n");
+                if !body.is_empty() {
+                    head.push_str("content-length: 2\r\n");
+                }
                 for (k, v) in headers {
                     head.push_str(&format!("{k}: {v}\r\n"));
                 }
-                head.push_str("\r\nok");
+                head.push_str("\r\n");
+                head.push_str(body);
                 if out.write_all(head.as_bytes()).is_err() {
                     return;
                 }
