@@ -165,6 +165,9 @@ pub struct WebhookConfig {
     /// Events per request.
     #[serde(default = "default_webhook_batch")]
     pub batch: usize,
+    /// Requests acknowledged per cursor commit (see [`WebhookSink::commit_every`]).
+    #[serde(default = "default_commit_every")]
+    pub commit_every: usize,
     /// Post CloudEvents 1.0 JSON.
     #[serde(default)]
     pub cloudevents: bool,
@@ -190,6 +193,7 @@ impl std::fmt::Debug for WebhookConfig {
             .field("backoff_max_ms", &self.backoff_max_ms)
             .field("content", &self.content)
             .field("batch", &self.batch)
+            .field("commit_every", &self.commit_every)
             .field("cloudevents", &self.cloudevents)
             .field("signed", &self.signing_secret.is_some())
             .field("header_names", &self.headers.keys().collect::<Vec<_>>())
@@ -210,6 +214,7 @@ impl WebhookConfig {
             ))
             .content(self.content)
             .batch(self.batch)
+            .commit_every(self.commit_every)
             .cloudevents(self.cloudevents)
             .event_types(self.event_types.iter().cloned());
         if let Some(secret) = &self.signing_secret {
@@ -235,6 +240,9 @@ fn default_backoff_max_ms() -> u64 {
     DEFAULT_BACKOFF.max().as_millis() as u64
 }
 fn default_webhook_batch() -> usize {
+    1
+}
+fn default_commit_every() -> usize {
     1
 }
 

@@ -193,6 +193,16 @@ pub(crate) struct Control {
     pub(crate) draining: Arc<AtomicBool>,
 }
 
+/// Events acknowledged by the sink whose cursor commit is put off: `from..=to`, whole
+/// (a gap the caps made between two reads is committed apart: the acknowledgement
+/// counts what the caps evicted of its range), over `requests` requests.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    from: SeqNo,
+    to: SeqNo,
+    requests: usize,
+}
+
 /// The events of one delivery: from the stream after the cursor (`ack_to` is the last
 /// seq read, filtered ones included), or requeued dead letters (`ack_to` is `None`).
 struct Batch {
@@ -226,6 +236,9 @@ pub(crate) struct Worker {
     reader_ended: bool,
     /// A batch delivered again because its outcome could not be committed.
     again: Option<Batch>,
+    /// Acknowledged and not committed yet (see [`Sink::commit_every`]).
+    pending: Option<Pending>,
+    commit_every: usize,
     /// The requeue generation last checked for requeued dead letters.
     requeues_seen: u64,
     batch_size: usize,
@@ -290,6 +303,7 @@ impl Worker {
             batch_size,
             max_retries: sink.max_retries(),
             backoff: sink.backoff(),
+            commit_every: sink.commit_every().max(1),
             sink,
             tx: parts.tx,
             db: parts.db,
@@ -306,6 +320,7 @@ impl Worker {
             caught_up: false,
             reader_ended: false,
             again: None,
+            pending: None,
             requeues_seen: u64::MAX, // look for requeued dead letters at start
 
             rng: seed.finish() | 1,
@@ -313,6 +328,15 @@ impl Worker {
     }
 
     pub(crate) fn run(mut self) {
+        self.work();
+        // What was acknowledged is committed before the worker goes (a crash would
+        // replay it otherwise).
+        if let Err(e) = self.flush() {
+            log::error!("sink {}: cannot record progress at exit: {e}", self.name);
+        }
+    }
+
+    fn work(&mut self) {
         loop {
             if self.stopped() {
                 return;
@@ -335,6 +359,15 @@ impl Worker {
                     }
                 }
                 None => {
+                    // Nothing more in hand: what was acknowledged is committed now.
+                    if let Err(e) = self.flush() {
+                        log::error!("sink {}: cannot record progress: {e}", self.name);
+                        self.shared.report(&e);
+                        if self.pause(PROGRESS_RETRY) {
+                            return;
+                        }
+                        continue;
+                    }
                     if self.caught_up || self.reader_ended {
                         self.counters.oldest_pending_ms.store(0, Relaxed);
                         self.tell_writer();
@@ -452,8 +485,7 @@ impl Worker {
                     from: first,
                 }));
             }
-            let evicted = self.ack(first, last)?;
-            self.counted_twice(evicted);
+            self.acknowledge(first, last)?;
             self.advance(last);
         }
     }
@@ -518,11 +550,56 @@ impl Worker {
         self.counters.cursor.store(seq, Relaxed);
     }
 
-    fn commit(&self, op: Op) -> Result<u64> {
+    /// Sends `op` to the writer, after committing what is pending (an op that moves
+    /// the cursor must come after it).
+    fn commit(&mut self, op: Op) -> Result<u64> {
+        self.flush()?;
+        self.send(op)
+    }
+
+    /// Sends `op` to the writer and waits until it is committed.
+    fn send(&self, op: Op) -> Result<u64> {
         let started = Instant::now();
         let committed = writer::call(&self.tx, op, 0);
         spent(&self.counters.commit_ns, started);
         committed
+    }
+
+    /// Records that the sink acknowledged `from..=to` (the events after the cursor),
+    /// committing it with what is pending once [`Sink::commit_every`] requests are.
+    fn acknowledge(&mut self, from: SeqNo, to: SeqNo) -> Result<()> {
+        match &mut self.pending {
+            Some(p) if from <= p.to + 1 => {
+                p.to = p.to.max(to);
+                p.requests += 1;
+            }
+            _ => {
+                self.flush()?;
+                self.pending = Some(Pending {
+                    from,
+                    to,
+                    requests: 1,
+                });
+            }
+        }
+        if self
+            .pending
+            .is_some_and(|p| p.requests >= self.commit_every)
+        {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Commits what is pending, if anything.
+    fn flush(&mut self) -> Result<()> {
+        let Some(p) = self.pending else {
+            return Ok(());
+        };
+        let evicted = self.ack(p.from, p.to)?;
+        self.pending = None;
+        self.counted_twice(evicted);
+        Ok(())
     }
 
     /// Acknowledges `from..=to`, on this thread (see [`Db::ack`]) unless
@@ -533,7 +610,7 @@ impl Worker {
     /// deletion would take the CPU and the connection from it).
     fn ack(&mut self, from: SeqNo, to: SeqNo) -> Result<u64> {
         if !self.acks_directly {
-            return self.commit(Op::Ack {
+            return self.send(Op::Ack {
                 consumer: self.name.clone(),
                 seq: to,
                 from: Some(from),
@@ -604,6 +681,11 @@ impl Worker {
                 self.name,
                 batch.events[0].seq
             );
+            // What was acknowledged before is committed first: an outage can last.
+            if let Err(e) = self.flush() {
+                log::error!("sink {}: cannot record progress: {e}", self.name);
+                self.shared.report(&e);
+            }
             if self.pause(wait) {
                 return false;
             }
@@ -663,7 +745,7 @@ impl Worker {
         }
         let seqs = || batch.events.iter().map(|e| e.seq).collect::<Vec<_>>();
         let committed = match (&failure, batch.ack_to) {
-            (None, Some(to)) => self.ack(batch.from, to),
+            (None, Some(to)) => self.acknowledge(batch.from, to).map(|()| 0),
             (None, None) => self.commit(Op::Redelivered {
                 sink: self.name.clone(),
                 seqs: seqs(),

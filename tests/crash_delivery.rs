@@ -1,6 +1,6 @@
 //! `kill -9` in the middle of delivering to a real receiver: after a restart the
 //! receiver has every committed event at least once, in order, and duplicates only
-//! from the batch that was in flight.
+//! from the batch that was in flight (or, with `commit_every(n)`, from the last n).
 
 mod common;
 
@@ -17,9 +17,10 @@ use eventspool::{Backoff, Spool, WebhookSink};
 const ROUNDS: usize = 3;
 const BATCH: usize = 5;
 
-fn sink(url: &str, run: &str) -> WebhookSink {
+fn sink(url: &str, run: &str, commit_every: usize) -> WebhookSink {
     WebhookSink::new("hook", url)
         .batch(BATCH)
+        .commit_every(commit_every)
         .backoff(Backoff::exponential(
             Duration::from_millis(5),
             Duration::from_millis(50),
@@ -29,9 +30,9 @@ fn sink(url: &str, run: &str) -> WebhookSink {
 
 /// Child: appends events one by one, logging each acknowledged seq, while its sink
 /// delivers them to the parent's receiver.
-fn child(path: &str, url: &str, run: &str, progress: &str) -> ! {
+fn child(path: &str, url: &str, run: &str, progress: &str, commit_every: usize) -> ! {
     let spool = Spool::builder(path)
-        .sink(sink(url, run))
+        .sink(sink(url, run, commit_every))
         .open()
         .expect("child open");
     let mut log = std::fs::OpenOptions::new()
@@ -64,6 +65,24 @@ fn from_run<'a>(requests: &'a [Request], run: &str) -> Vec<&'a Request> {
 
 #[test]
 fn kill_9_while_delivering_replays_only_the_batch_in_flight() -> TestResult {
+    kill_rounds(
+        "kill_9_while_delivering_replays_only_the_batch_in_flight",
+        1,
+    )
+}
+
+#[test]
+fn kill_9_with_commit_every_replays_at_most_that_many_requests() -> TestResult {
+    kill_rounds(
+        "kill_9_with_commit_every_replays_at_most_that_many_requests",
+        4,
+    )
+}
+
+/// Kills a child delivering with `commit_every` in the middle, restarts in this
+/// process, and checks what the receiver got; three times over one file. `test` is the
+/// test running it (the child runs it too, and becomes the child).
+fn kill_rounds(test: &str, commit_every: usize) -> TestResult {
     let vars = [
         "EVENTSPOOL_DC_PATH",
         "EVENTSPOOL_DC_URL",
@@ -71,7 +90,7 @@ fn kill_9_while_delivering_replays_only_the_batch_in_flight() -> TestResult {
         "EVENTSPOOL_DC_PROGRESS",
     ];
     if let [Ok(path), Ok(url), Ok(run), Ok(progress)] = vars.map(std::env::var) {
-        child(&path, &url, &run, &progress);
+        child(&path, &url, &run, &progress, commit_every);
     }
     let (_dir, path) = temp_spool();
     let progress = path.with_extension("progress");
@@ -80,11 +99,7 @@ fn kill_9_while_delivering_replays_only_the_batch_in_flight() -> TestResult {
         let run = format!("child-{round}");
         let before = server.requests().len();
         let mut child = Command::new(std::env::current_exe()?)
-            .args([
-                "--exact",
-                "kill_9_while_delivering_replays_only_the_batch_in_flight",
-                "--nocapture",
-            ])
+            .args(["--exact", test, "--nocapture"])
             .env(vars[0], &path)
             .env(vars[1], server.url())
             .env(vars[2], &run)
@@ -103,7 +118,7 @@ fn kill_9_while_delivering_replays_only_the_batch_in_flight() -> TestResult {
 
         let parent_run = format!("parent-{round}");
         let spool = Spool::builder(&path)
-            .sink(sink(&server.url(), &parent_run))
+            .sink(sink(&server.url(), &parent_run, commit_every))
             .open()?;
         let last = spool.last_seq()?;
         wait_until(
@@ -136,13 +151,14 @@ fn kill_9_while_delivering_replays_only_the_batch_in_flight() -> TestResult {
                 "round {round}: {name} out of order"
             );
         }
-        // Across the kill: the parent resends at most the child's last batch.
+        // Across the kill: the parent resends at most the child's last batch (the last
+        // `commit_every` batches).
         let child_requests = from_run(&requests, &run);
         let in_flight: HashSet<u64> = child_requests
-            .last()
-            .map(|r| seqs_of(r))
-            .unwrap_or_default()
-            .into_iter()
+            .iter()
+            .rev()
+            .take(commit_every)
+            .flat_map(|r| seqs_of(r))
             .collect();
         let earlier: HashSet<u64> = requests[..requests.len()]
             .iter()

@@ -630,6 +630,10 @@ fn misconfigured_sinks_are_refused_at_open() -> TestResult {
             "batch",
         ),
         (
+            WebhookSink::new("s", "http://example.test/").commit_every(0),
+            "commit_every",
+        ),
+        (
             WebhookSink::new("s", "http://example.test/").signing_secret("whsec_%%%"),
             "whsec_",
         ),
@@ -661,7 +665,7 @@ fn sinks_come_from_the_operator_config() -> TestResult {
     let server = Server::start();
     let config: eventspool::SpoolConfig = serde_json::from_value(serde_json::json!({
         "path": path,
-        "sinks": [{"name": "ops", "url": server.url(), "batch": 2, "backoff_min_ms": 5,
+        "sinks": [{"name": "ops", "url": server.url(), "batch": 2, "commit_every": 2, "backoff_min_ms": 5,
                    "headers": {"x-from": "config"}}]
     }))?;
     let spool = Spool::from_config(&config)?;
@@ -971,5 +975,98 @@ fn events_evicted_while_in_flight_are_counted_once() -> TestResult {
         .map(|d| d.event.seq)
         .collect();
     assert_eq!(dead, [16, 17, 18, 19, 20]);
+    Ok(())
+}
+
+/// A sink that, at each call, looks in the spool file for its own committed cursor and
+/// records it beside the seq it is handed (one event per call), once `gate` lets it
+/// start.
+struct Peeking {
+    path: std::path::PathBuf,
+    commit_every: usize,
+    gate: Option<crossbeam_channel::Receiver<()>>,
+    /// (seq handed over, cursor committed in the file at that moment)
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>,
+}
+
+/// The cursor of `name` as committed in the spool file at `path`.
+fn committed_cursor(path: &Path, name: &str) -> u64 {
+    let conn = rusqlite::Connection::open(path).expect("open the spool file");
+    conn.query_row(
+        "SELECT acked FROM consumers WHERE name = ?1",
+        [name],
+        |row| row.get::<_, i64>(0),
+    )
+    .expect("the sink's cursor") as u64
+}
+
+impl eventspool::Sink for Peeking {
+    fn name(&self) -> &str {
+        "peeking"
+    }
+
+    fn commit_every(&self) -> usize {
+        self.commit_every
+    }
+
+    fn deliver(
+        &mut self,
+        events: &[eventspool::StoredEvent],
+    ) -> Result<(), eventspool::DeliveryError> {
+        if let Some(gate) = self.gate.take() {
+            let _ = gate.recv();
+        }
+        let committed = committed_cursor(&self.path, "peeking");
+        self.seen.lock().unwrap().push((events[0].seq, committed));
+        Ok(())
+    }
+}
+
+#[test]
+fn the_cursor_is_committed_after_every_request_or_every_n_with_commit_every() -> TestResult {
+    // Whatever the durability, a sink's cursor is committed before its next request
+    // goes out (a crash replays only the request in flight); with `commit_every(n)`,
+    // after every n requests of a backlog (a crash replays at most n), and once the
+    // sink has nothing more to send.
+    const N: u64 = 40;
+    for durability in [Durability::Normal, Durability::Full] {
+        for every in [1u64, 4] {
+            let (_dir, path) = temp_spool();
+            let (open_gate, gate) = crossbeam_channel::bounded(1);
+            let seen = std::sync::Arc::default();
+            let sink = Peeking {
+                path: path.clone(),
+                commit_every: every as usize,
+                gate: Some(gate),
+                seen: std::sync::Arc::clone(&seen),
+            };
+            let spool = Spool::builder(&path)
+                .durability(durability)
+                .sink(sink)
+                .open()?;
+            spool.append_batch((0..N).map(numbered).collect())?;
+            open_gate.send(())?;
+            wait_until(T, "every event delivered", || {
+                sink_metrics(&spool, "peeking").delivered == N
+            });
+            wait_until(T, "the cursor committed once the sink is idle", || {
+                committed_cursor(&path, "peeking") == N
+            });
+            let seen = seen.lock().unwrap().clone();
+            assert_eq!(seen.len() as u64, N, "{durability:?}, every {every}");
+            // Requests delivered but not yet committed when each one went out.
+            let uncommitted: Vec<u64> = seen.iter().map(|&(seq, at)| seq - 1 - at).collect();
+            assert!(
+                uncommitted.iter().all(|&u| u < every),
+                "{durability:?}, every {every}: {uncommitted:?}"
+            );
+            assert_eq!(
+                uncommitted.iter().max(),
+                Some(&(every - 1)),
+                "{durability:?}, every {every}: commits were not put off"
+            );
+            spool.close(Duration::from_secs(10))?;
+        }
+    }
     Ok(())
 }

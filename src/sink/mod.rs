@@ -56,6 +56,18 @@ pub trait Sink: Send {
         1
     }
 
+    /// After how many acknowledged requests the sink's cursor is committed. Defaults
+    /// to 1: committed before the next request goes out, so a crash replays only the
+    /// request in flight. With `n` > 1 a backlog is delivered with a commit every `n`
+    /// requests instead (each commit is a write to the spool file, tens of
+    /// microseconds: most of a request to a receiver on the same machine), and a crash
+    /// replays at most the last `n` requests. The cursor is committed at once when the
+    /// sink has nothing more to send, before it waits to retry, when events are
+    /// dead-lettered, and at close. 0 counts as 1.
+    fn commit_every(&self) -> usize {
+        1
+    }
+
     /// Retries after a retryable failure before the events are dead-lettered; `None`
     /// retries forever. Defaults to [`DEFAULT_MAX_RETRIES`].
     fn max_retries(&self) -> Option<u32> {

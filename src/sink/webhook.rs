@@ -69,6 +69,7 @@ pub struct WebhookSink {
     backoff: Backoff,
     content: Content,
     batch: usize,
+    commit_every: usize,
     cloudevents: bool,
     secret: Option<Result<SigningSecret, String>>,
     headers: Vec<(String, String)>,
@@ -87,6 +88,7 @@ impl fmt::Debug for WebhookSink {
             .field("backoff", &self.backoff)
             .field("content", &self.content)
             .field("batch", &self.batch)
+            .field("commit_every", &self.commit_every)
             .field("cloudevents", &self.cloudevents)
             .field("signed", &self.secret.is_some())
             .field("header_names", &header_names)
@@ -106,6 +108,7 @@ impl WebhookSink {
             backoff: DEFAULT_BACKOFF,
             content: Content::Full,
             batch: 1,
+            commit_every: 1,
             cloudevents: false,
             secret: None,
             headers: Vec::new(),
@@ -142,6 +145,24 @@ impl WebhookSink {
     /// Events per request; more than 1 posts a JSON array. Defaults to 1.
     pub fn batch(mut self, n: usize) -> Self {
         self.batch = n;
+        self
+    }
+
+    /// Commits the cursor after every `n` acknowledged requests instead of after each
+    /// one; a crash then replays at most the last `n` requests. See
+    /// [`Sink::commit_every`]. Defaults to 1.
+    ///
+    /// ```
+    /// use eventspool::WebhookSink;
+    ///
+    /// // A backlog goes out 100 events a request, committed every 8 requests: a crash
+    /// // sends at most 800 events again.
+    /// let sink = WebhookSink::new("bulk", "http://127.0.0.1:8080/hook")
+    ///     .batch(100)
+    ///     .commit_every(8);
+    /// ```
+    pub fn commit_every(mut self, n: usize) -> Self {
+        self.commit_every = n;
         self
     }
 
@@ -299,6 +320,10 @@ impl Sink for WebhookSink {
         self.batch
     }
 
+    fn commit_every(&self) -> usize {
+        self.commit_every
+    }
+
     fn max_retries(&self) -> Option<u32> {
         self.max_retries
     }
@@ -325,6 +350,9 @@ impl Sink for WebhookSink {
         }
         if self.batch == 0 {
             return Err(format!("sink {name}: batch must be at least 1"));
+        }
+        if self.commit_every == 0 {
+            return Err(format!("sink {name}: commit_every must be at least 1"));
         }
         if self.timeout.is_zero() {
             return Err(format!("sink {name}: timeout must be more than zero"));
