@@ -7,7 +7,9 @@
 //! them to a local receiver).
 //!
 //! The cursor is committed before the next batch is sent, so a crash replays at most
-//! the batch that was in flight. The worker commits it itself, on the writer's
+//! the batch that was in flight; with [`Sink::commit_every`] `n` > 1, after every `n`
+//! batches of a backlog (kept in [`Pending`] meanwhile) and whenever the worker has
+//! nothing more to send. The worker commits it itself, on the writer's
 //! connection ([`Db::ack`]; through the writer under `Durability::Full`, see
 //! [`acks_directly`]); the writer deletes what every consumer acknowledged when it is
 //! idle or commits new events.
@@ -178,7 +180,7 @@ pub struct SinkMetrics {
     /// Time the worker spent committing its progress, in µs: its cursor (on the
     /// writer's connection, waiting for it while the writer commits or deletes), dead
     /// letters (through the writer). The next request waits for it, so that a crash
-    /// replays at most the batch in flight.
+    /// replays at most the batch in flight (see [`Sink::commit_every`]).
     pub commit_us: u64,
     /// The last delivery error.
     pub last_error: Option<String>,

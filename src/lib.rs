@@ -65,7 +65,8 @@
 //! - `seq` is strictly increasing and never reused, across restarts and deletions.
 //! - One file, one owner: a second open fails with [`Error::Locked`].
 //! - Each sink gets events in `seq` order, at least once; a crash replays at most the
-//!   batch in flight. An event is deleted once every sink and consumer acknowledged it.
+//!   batch in flight (or, with [`WebhookSink::commit_every`]`(n)`, the last `n`). An
+//!   event is deleted once every sink and consumer acknowledged it.
 //! - Bad input gets an [`enum@Error`], never a panic, and never touches what is stored.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
