@@ -34,8 +34,9 @@ fn several_sinks_at_once_are_answered_without_waiting_for_each_other() -> TestRe
     for n in 0..500 {
         spool.emit(numbered(n))?;
     }
+    // The receiver counts an event before the sink has its answer: wait for both.
     wait_until(Duration::from_secs(120), "every sink delivered", || {
-        receiver.events() == 8 * 500
+        receiver.events() == 8 * 500 && spool.metrics().sinks.iter().all(|s| s.delivered == 500)
     });
     for sink in spool.metrics().sinks {
         assert_eq!(sink.delivered, 500, "{}", sink.name);
