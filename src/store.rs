@@ -947,6 +947,18 @@ fn glob_escape(prefix: &str) -> String {
     out
 }
 
+/// The id of an event stored without one: `"<spool id>-<seq>"`, built at every read.
+/// Sized once and without `format!`, which cost as much as decoding the rest of a row
+/// (1 150 of 4 700 instructions per 256-byte event, callgrind).
+fn default_id(spool_id: &str, seq: SeqNo) -> String {
+    use std::fmt::Write as _;
+    let mut id = String::with_capacity(spool_id.len() + 21);
+    id.push_str(spool_id);
+    id.push('-');
+    let _ = write!(id, "{seq}"); // writing to a String cannot fail
+    id
+}
+
 /// What can be shown of a damaged row: its bytes as text (lossily) in a JSON string.
 fn damaged(row: &rusqlite::Row<'_>, spool_id: &str, corrupt: &Corrupt) -> StoredEvent {
     let lossy = |i: usize| match row.get_ref(i) {
@@ -957,7 +969,7 @@ fn damaged(row: &rusqlite::Row<'_>, spool_id: &str, corrupt: &Corrupt) -> Stored
     };
     let data = serde_json::to_string(&lossy(6)).unwrap_or_else(|_| "null".into());
     StoredEvent {
-        id: format!("{spool_id}-{}", corrupt.seq),
+        id: default_id(spool_id, corrupt.seq),
         seq: corrupt.seq,
         event_type: lossy(2),
         source: None,
@@ -985,7 +997,7 @@ fn decode(row: &rusqlite::Row<'_>, spool_id: &str) -> rusqlite::Result<Decoded> 
         let data =
             RawValue::from_string(text(6)?).map_err(|e| format!("data is not valid JSON: {e}"))?;
         Ok(StoredEvent {
-            id: opt(1)?.unwrap_or_else(|| format!("{spool_id}-{seq}")),
+            id: opt(1)?.unwrap_or_else(|| default_id(spool_id, seq)),
             seq,
             event_type: text(2)?,
             source: opt(3)?,
