@@ -3,15 +3,16 @@
 //! random moments (or closed cleanly at others), while two real HTTP receivers on
 //! 127.0.0.1 randomly answer 200 / 500 / 429 with Retry-After / hang past the timeout /
 //! reset the connection. Every run's history is checked: no acknowledged event missing,
-//! per-sink order by seq, duplicates only from the batch in flight, no seq reused,
-//! consumer positions kept, counters balanced at clean closes.
+//! per-sink order by seq, duplicates only from the requests a crash may replay (the
+//! last one, or with `commit_every(n)` the last n), no seq reused, consumer positions
+//! kept, counters balanced at clean closes.
 //!
 //! `cargo test --test torture` runs it for 20 s; by hand:
 //! `cargo test --release --test torture -- --seconds 600 --seed 42`.
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -24,11 +25,14 @@ use common::{Rng, arg, clock_seed};
 use eventspool::{Backoff, Event, SeekPosition, Spool, WebhookSink};
 use serde_json::json;
 
-const SINKS: [(&str, usize); 2] = [("s1", 1), ("s2", 10)];
+/// Name, batch size and `commit_every` of each sink: a crash may replay that many of
+/// a sink's last acknowledged requests.
+const SINKS: [(&str, usize, usize); 2] = [("s1", 1, 4), ("s2", 10, 1)];
 
-fn sink(name: &str, batch: usize, url: &str, run: &str) -> WebhookSink {
+fn sink(name: &str, batch: usize, commit_every: usize, url: &str, run: &str) -> WebhookSink {
     WebhookSink::new(name, url)
         .batch(batch)
+        .commit_every(commit_every)
         .timeout(Duration::from_millis(200))
         .max_retries(None)
         .backoff(Backoff::exponential(
@@ -42,8 +46,8 @@ fn sink(name: &str, batch: usize, url: &str, run: &str) -> WebhookSink {
 
 fn child(path: &str, urls: &[String], run: &str, progress: &str, stop_file: &str) -> ExitCode {
     let mut builder = Spool::builder(path);
-    for ((name, batch), url) in SINKS.iter().zip(urls) {
-        builder = builder.sink(sink(name, *batch, url, run));
+    for ((name, batch, every), url) in SINKS.iter().zip(urls) {
+        builder = builder.sink(sink(name, *batch, *every, url, run));
     }
     let spool = builder.open().expect("child open");
     let log = Arc::new(Mutex::new(
@@ -196,9 +200,10 @@ impl History {
     }
 
     /// Checks one sink's requests: 2xx seqs in order within each run; across runs, a
-    /// seq seen before only if it was in the previous run's last 2xx request.
-    fn check_sink(&mut self, name: &str, requests: &[Request]) {
-        let mut last_ok_of_run: HashMap<String, Vec<u64>> = HashMap::new();
+    /// seq seen before only if it was in one of the previous run's last `commit_every`
+    /// 2xx requests (a request repeated as it is, a retry, counts once).
+    fn check_sink(&mut self, name: &str, commit_every: usize, requests: &[Request]) {
+        let mut last_ok_of_run: HashMap<String, VecDeque<Vec<u64>>> = HashMap::new();
         let mut seen: BTreeSet<u64> = BTreeSet::new();
         let mut prev_run: Option<String> = None;
         let mut prev_max = 0;
@@ -220,14 +225,16 @@ impl History {
                 // The same batch again is a retry whose 2xx response was lost (a timeout
                 // after the receiver answered): a duplicate, allowed. Anything else
                 // earlier is out of order.
-                let retry = last_ok_of_run.get(&run) == Some(&seqs);
+                let retry = last_ok_of_run.get(&run).and_then(|r| r.back()) == Some(&seqs);
                 if !retry && seqs.first().is_some_and(|&s| s <= prev_max) {
                     self.violation(format!("{name}: run {run} went back to seq {seqs:?}"));
                 }
             } else if let Some(prev) = &prev_run {
-                let in_flight = last_ok_of_run.get(prev).cloned().unwrap_or_default();
+                let in_flight = last_ok_of_run.get(prev);
                 for s in &seqs {
-                    if seen.contains(s) && !in_flight.contains(s) {
+                    if seen.contains(s)
+                        && !in_flight.is_some_and(|r| r.iter().flatten().any(|x| x == s))
+                    {
                         self.violation(format!(
                             "{name}: seq {s} resent after run {prev} though not in flight"
                         ));
@@ -237,7 +244,13 @@ impl History {
             prev_max = seqs.last().copied().unwrap_or(prev_max);
             prev_run = Some(run.clone());
             seen.extend(&seqs);
-            last_ok_of_run.insert(run, seqs);
+            let recent = last_ok_of_run.entry(run).or_default();
+            if recent.back() != Some(&seqs) {
+                recent.push_back(seqs);
+                if recent.len() > commit_every {
+                    recent.pop_front();
+                }
+            }
         }
     }
 }
@@ -321,8 +334,8 @@ fn main() -> ExitCode {
         r.set_script(|_| Reply::ok());
     }
     let mut builder = Spool::builder(&path);
-    for ((name, batch), url) in SINKS.iter().zip(&urls) {
-        builder = builder.sink(sink(name, *batch, url, "final"));
+    for ((name, batch, every), url) in SINKS.iter().zip(&urls) {
+        builder = builder.sink(sink(name, *batch, *every, url, "final"));
     }
     let spool = builder.open().unwrap();
     let last_seq = spool.last_seq().unwrap();
@@ -339,9 +352,9 @@ fn main() -> ExitCode {
 
     let mut delivered = 0u64;
     let mut duplicates = 0u64;
-    for ((name, _), receiver) in SINKS.iter().zip(&receivers) {
+    for ((name, _, every), receiver) in SINKS.iter().zip(&receivers) {
         let requests = receiver.requests();
-        history.check_sink(name, &requests);
+        history.check_sink(name, *every, &requests);
         let ok_seqs: Vec<u64> = requests
             .iter()
             .filter(|r| ok(r))
