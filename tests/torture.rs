@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -199,14 +199,17 @@ impl History {
         self.flushed.push((run.to_owned(), flushed));
     }
 
-    /// Checks one sink's requests: 2xx seqs in order within each run; across runs, a
-    /// seq seen before only if it was in one of the previous run's last `commit_every`
-    /// 2xx requests (a request repeated as it is, a retry, counts once).
+    /// Checks one sink's requests: 2xx seqs in order within each run; a seq seen before
+    /// only in a retry of the request before it (its 2xx response lost), or, in a later
+    /// run, if it was in one of the last `commit_every` different 2xx requests of the runs
+    /// before: those are what the cursor may not have recorded yet. (A run killed before
+    /// it committed leaves them for the next, so the window spans runs.)
     fn check_sink(&mut self, name: &str, commit_every: usize, requests: &[Request]) {
-        let mut last_ok_of_run: HashMap<String, VecDeque<Vec<u64>>> = HashMap::new();
+        let mut distinct: Vec<Vec<u64>> = Vec::new();
+        let mut known: HashSet<Vec<u64>> = HashSet::new();
+        let mut window: HashSet<u64> = HashSet::new();
         let mut seen: BTreeSet<u64> = BTreeSet::new();
-        let mut prev_run: Option<String> = None;
-        let mut prev_max = 0;
+        let mut prev: Option<(String, Vec<u64>)> = None;
         for r in requests.iter().filter(|r| ok(r)) {
             let run = r.header("x-run").unwrap_or("?").to_owned();
             let events = events_of(r);
@@ -221,36 +224,33 @@ impl History {
                     self.violation(format!("{name}: seq {seq} carried two different events"));
                 }
             }
-            if prev_run.as_deref() == Some(run.as_str()) {
-                // The same batch again is a retry whose 2xx response was lost (a timeout
-                // after the receiver answered): a duplicate, allowed. Anything else
-                // earlier is out of order.
-                let retry = last_ok_of_run.get(&run).and_then(|r| r.back()) == Some(&seqs);
-                if !retry && seqs.first().is_some_and(|&s| s <= prev_max) {
-                    self.violation(format!("{name}: run {run} went back to seq {seqs:?}"));
-                }
-            } else if let Some(prev) = &prev_run {
-                let in_flight = last_ok_of_run.get(prev);
-                for s in &seqs {
-                    if seen.contains(s)
-                        && !in_flight.is_some_and(|r| r.iter().flatten().any(|x| x == s))
-                    {
-                        self.violation(format!(
-                            "{name}: seq {s} resent after run {prev} though not in flight"
-                        ));
-                    }
+            let same_run = prev.as_ref().is_some_and(|(r, _)| *r == run);
+            let retry = same_run && prev.as_ref().is_some_and(|(_, p)| *p == seqs);
+            if !same_run {
+                let last = distinct.len().saturating_sub(commit_every);
+                window = distinct[last..].iter().flatten().copied().collect();
+            } else if !retry
+                && let (Some(first), Some((_, p))) = (seqs.first(), &prev)
+                && p.last().is_some_and(|last| first <= last)
+            {
+                self.violation(format!("{name}: run {run} went back to seq {seqs:?}"));
+            }
+            if !retry {
+                for s in seqs
+                    .iter()
+                    .filter(|s| seen.contains(s) && !window.contains(s))
+                {
+                    self.violation(format!(
+                        "{name}: seq {s} resent in run {run} though not in the last \
+                         {commit_every} requests before it"
+                    ));
                 }
             }
-            prev_max = seqs.last().copied().unwrap_or(prev_max);
-            prev_run = Some(run.clone());
             seen.extend(&seqs);
-            let recent = last_ok_of_run.entry(run).or_default();
-            if recent.back() != Some(&seqs) {
-                recent.push_back(seqs);
-                if recent.len() > commit_every {
-                    recent.pop_front();
-                }
+            if known.insert(seqs.clone()) {
+                distinct.push(seqs.clone());
             }
+            prev = Some((run, seqs));
         }
     }
 }
