@@ -351,7 +351,7 @@ fn main() -> ExitCode {
     spool.close(Duration::from_secs(10)).unwrap();
 
     let mut delivered = 0u64;
-    let mut duplicates = 0u64;
+    let mut duplicates = Vec::new();
     for ((name, _, every), receiver) in SINKS.iter().zip(&receivers) {
         let requests = receiver.requests();
         history.check_sink(name, *every, &requests);
@@ -362,7 +362,7 @@ fn main() -> ExitCode {
             .collect();
         let unique: BTreeSet<u64> = ok_seqs.iter().copied().collect();
         delivered += unique.len() as u64;
-        duplicates += ok_seqs.len() as u64 - unique.len() as u64;
+        duplicates.push(format!("{name} {}", ok_seqs.len() - unique.len()));
         let missing: Vec<u64> = (1..=last_seq)
             .filter(|s| !unique.contains(s))
             .take(10)
@@ -398,8 +398,9 @@ fn main() -> ExitCode {
     let violations = history.violations.len();
     println!(
         "torture: runs {runs}, kills {kills}, events committed {last_seq}, appends acknowledged {}, \
-         events delivered {delivered}, duplicates {duplicates}, violations {violations}",
-        history.acked_appends.len()
+         events delivered {delivered}, duplicates {}, violations {violations}",
+        history.acked_appends.len(),
+        duplicates.join(" / ")
     );
     println!("torture: {} passed, {violations} failed", runs);
     if violations == 0 {
