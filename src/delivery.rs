@@ -884,10 +884,10 @@ impl ReadLoop {
             // starts after it is set and comes back short has read the last event.
             let draining = self.draining.load(SeqCst);
             let started = Instant::now();
-            let read =
-                self.pool.get().map_err(Error::from).and_then(|conn| {
-                    store::read_after(&conn, &self.spool_id, self.after, self.limit)
-                });
+            let read = self
+                .pool
+                .get()
+                .and_then(|conn| store::read_after(&conn, &self.spool_id, self.after, self.limit));
             spent(&self.counters.read_ns, started);
             let chunk = match read {
                 Ok(chunk) => chunk,

@@ -77,8 +77,6 @@ pub enum Error {
     Commit(Arc<rusqlite::Error>),
     /// Any other SQLite error.
     Sqlite(rusqlite::Error),
-    /// The reader pool could not provide a connection.
-    Pool(r2d2::Error),
     /// A stored event cannot be decoded (its bytes were damaged). Sinks move it to their
     /// dead letters; a subscription reports it once and reads on.
     CorruptEvent {
@@ -185,7 +183,6 @@ impl fmt::Display for Error {
             }
             Error::Commit(e) => write!(f, "commit failed: {e}"),
             Error::Sqlite(e) => write!(f, "sqlite: {e}"),
-            Error::Pool(e) => write!(f, "reader pool: {e}"),
             Error::Consumer(msg) => f.write_str(msg),
             Error::CorruptEvent { seq, reason } => {
                 write!(f, "stored event {seq} is corrupt: {reason}")
@@ -204,7 +201,6 @@ impl std::error::Error for Error {
             Error::Corrupt { source, .. } => Some(&**source),
             Error::Commit(e) => Some(&**e),
             Error::Sqlite(e) => Some(e),
-            Error::Pool(e) => Some(e),
             Error::Io { source, .. } => Some(source),
             Error::Delivery { source, .. } => Some(&**source),
             _ => None,
@@ -215,11 +211,5 @@ impl std::error::Error for Error {
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
         Error::Sqlite(e)
-    }
-}
-
-impl From<r2d2::Error> for Error {
-    fn from(e: r2d2::Error) -> Self {
-        Error::Pool(e)
     }
 }

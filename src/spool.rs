@@ -374,7 +374,10 @@ impl Spool {
         store::make_parent(&path)?;
         let lock = store::lock(&path)?;
         let opened = store::open_writer(&config)?;
-        let pool = store::reader_pool(&path, config.reader_pool_size + sinks.len() as u32)?;
+        let pool = ReaderPool::new(
+            &path,
+            config.reader_pool_size.saturating_add(sinks.len() as u32),
+        )?;
         let (tx, rx) = bounded(config.channel_capacity);
         let (stop_tx, stop_rx) = bounded(0);
         let shared = Arc::new(Shared {
@@ -616,7 +619,7 @@ impl Spool {
     /// Number of events in the file.
     ///
     /// # Errors
-    /// [`Error::Pool`] / [`Error::Sqlite`] if the file cannot be read.
+    /// [`Error::Sqlite`] if the file cannot be read; [`Error::Timeout`] if every reader connection stayed busy for 30 s.
     pub fn len(&self) -> Result<u64> {
         let (first, last) = store::bounds(&*self.inner.pool.get()?)?;
         Ok(first.map_or(0, |f| last + 1 - f))

@@ -12,9 +12,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::config::DbConfig;
-use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, params};
+use rusqlite::{Connection, ErrorCode, Transaction, params};
 use serde_json::value::RawValue;
 
 use crate::config::SpoolConfig;
@@ -23,13 +21,17 @@ use crate::error::{Error, Result};
 use crate::event::{Event, EventQuery, SeqNo, StoredEvent};
 use crate::subscribe::{ConsumerInfo, SeekPosition};
 
+mod pool;
+
+pub(crate) use pool::ReaderPool;
+
 /// The newest schema this build writes and understands.
 pub(crate) const SCHEMA_VERSION: i64 = 1;
 /// `PRAGMA application_id` of a spool file: "EvSp".
 const APPLICATION_ID: i64 = 0x4576_5370;
 /// Largest WAL kept on disk after a checkpoint resets it.
 pub(crate) const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Tables are created with `IF NOT EXISTS` at every open, so additive tables need
 /// no migration step.
@@ -576,26 +578,6 @@ fn load_state(conn: &Connection) -> rusqlite::Result<StoreState> {
     })
 }
 
-/// The pool of read-only connections used by queries.
-pub(crate) type ReaderPool = r2d2::Pool<SqliteConnectionManager>;
-
-pub(crate) fn reader_pool(path: &Path, size: u32) -> Result<ReaderPool> {
-    let manager = SqliteConnectionManager::file(path)
-        .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .with_init(|c| {
-            c.busy_timeout(BUSY_TIMEOUT)?;
-            // Plans that do not depend on bound values: SQLite otherwise plans around
-            // the value bound to `LIMIT ?` and prepares the statement again at every
-            // read (reading 100 events at a time: 431 ns an event; 364 with this on).
-            c.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
-            Ok(())
-        });
-    Ok(r2d2::Pool::builder()
-        .max_size(size)
-        .min_idle(Some(1))
-        .build(manager)?)
-}
-
 // ---- writer side ------------------------------------------------------------------
 
 /// Inserts `events` with the seqs `first_seq..`.
@@ -1019,7 +1001,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = SpoolConfig::new(dir.path().join("spool.db"));
         let _writer = open_writer(&config).unwrap();
-        let pool = reader_pool(&config.path, 1).unwrap();
+        let pool = ReaderPool::new(&config.path, 1).unwrap();
         let conn = pool.get().unwrap();
         for (after, limit) in [(0, 100), (5, 100), (9, 1)] {
             read_after(&conn, "spool", after, limit).unwrap();

@@ -1,0 +1,141 @@
+//! The pool of read-only connections that queries, subscriptions and sink readers use.
+//!
+//! Written here rather than taken from r2d2: r2d2 opens connections on a scheduled
+//! thread pool of its own (three threads per pool, alive ~30 s after the pool is
+//! dropped), and a spool must leave no thread behind once closed. Here a connection is
+//! opened on the thread that needs it, and nothing runs in the background.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::{Error, Result};
+
+/// How long `get` waits for a connection when all of them are in use.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Read-only connections to one spool file, opened on demand up to a maximum and kept
+/// for reuse. Cheap to clone: all clones share the connections.
+#[derive(Clone)]
+pub(crate) struct ReaderPool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    max: usize,
+    state: Mutex<State>,
+    /// Signalled when a connection is given back (or an open failed).
+    returned: Condvar,
+}
+
+struct State {
+    idle: Vec<Connection>,
+    /// Connections in existence: idle, lent out, or being opened.
+    open: usize,
+}
+
+/// A connection lent by the pool; it goes back when dropped.
+pub(crate) struct Pooled<'a> {
+    conn: Option<Connection>,
+    pool: &'a Shared,
+}
+
+impl std::ops::Deref for Pooled<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("a lent connection until dropped")
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.lock().idle.push(conn);
+            self.pool.returned.notify_one();
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl ReaderPool {
+    /// A pool of at most `max` connections to `path`, with one opened now so that a
+    /// file that cannot be read fails here.
+    pub(crate) fn new(path: &Path, max: u32) -> Result<ReaderPool> {
+        let first = open(path)?;
+        Ok(ReaderPool {
+            shared: Arc::new(Shared {
+                path: path.to_owned(),
+                max: (max as usize).max(1),
+                state: Mutex::new(State {
+                    idle: vec![first],
+                    open: 1,
+                }),
+                returned: Condvar::new(),
+            }),
+        })
+    }
+
+    /// A connection: an idle one, else a new one while fewer than the maximum exist,
+    /// else the first one given back.
+    ///
+    /// # Errors
+    /// [`Error::Sqlite`] if a new connection cannot be opened; [`Error::Timeout`] when
+    /// none was given back within 30 s.
+    pub(crate) fn get(&self) -> Result<Pooled<'_>> {
+        let pool = &*self.shared;
+        let deadline = Instant::now() + WAIT;
+        let mut state = pool.lock();
+        loop {
+            if let Some(conn) = state.idle.pop() {
+                return Ok(Pooled {
+                    conn: Some(conn),
+                    pool,
+                });
+            }
+            if state.open < pool.max {
+                state.open += 1;
+                drop(state);
+                return match open(&pool.path) {
+                    Ok(conn) => Ok(Pooled {
+                        conn: Some(conn),
+                        pool,
+                    }),
+                    Err(e) => {
+                        pool.lock().open -= 1;
+                        pool.returned.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout);
+            }
+            state = pool
+                .returned
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// Opens a read-only connection with the readers' settings.
+fn open(path: &Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(super::BUSY_TIMEOUT)?;
+    // Plans that do not depend on bound values: SQLite otherwise plans around the value
+    // bound to `LIMIT ?` and prepares the statement again at every read.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    Ok(conn)
+}
