@@ -21,6 +21,11 @@ pub const DEFAULT_BATCH_SIZE: usize = 1024;
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::ZERO;
 /// Default for [`SpoolConfig::channel_capacity`]: 65 536 messages.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 65_536;
+/// Largest [`SpoolConfig::batch_size`]: 1 048 576 events per transaction.
+pub const MAX_BATCH_SIZE: usize = 1 << 20;
+/// Largest [`SpoolConfig::channel_capacity`]: 4 194 304 messages (the channel is
+/// allocated whole when the spool opens, ~0.6 GB at this size).
+pub const MAX_CHANNEL_CAPACITY: usize = 1 << 22;
 /// Default for [`SpoolConfig::reader_pool_size`]: 4 reader connections.
 pub const DEFAULT_READER_POOL_SIZE: u32 = 4;
 
@@ -289,7 +294,7 @@ impl SpoolConfig {
         }
     }
 
-    /// Checks every value; `open` calls it.
+    /// Checks every value, the webhooks' too (as `open` does); `open` calls it.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the first value out of range.
@@ -307,11 +312,13 @@ impl SpoolConfig {
         if self.max_event_bytes == 0 {
             return bad("max_event_bytes must be at least 1");
         }
-        if self.batch_size == 0 {
-            return bad("batch_size must be at least 1");
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            return bad(&format!("batch_size must be 1 to {MAX_BATCH_SIZE}"));
         }
-        if self.channel_capacity == 0 {
-            return bad("channel_capacity must be at least 1");
+        if !(1..=MAX_CHANNEL_CAPACITY).contains(&self.channel_capacity) {
+            return bad(&format!(
+                "channel_capacity must be 1 to {MAX_CHANNEL_CAPACITY}"
+            ));
         }
         if self.reader_pool_size == 0 {
             return bad("reader_pool_size must be at least 1");
@@ -319,7 +326,8 @@ impl SpoolConfig {
         if self.max_file_bytes.is_some_and(|b| b < 64 << 10) {
             return bad("max_file_bytes must be at least 64 KiB");
         }
-        Ok(())
+        let sinks: Vec<WebhookSink> = self.sinks.iter().map(WebhookConfig::to_sink).collect();
+        crate::sink::check_all(sinks.iter().map(|s| s as &dyn crate::Sink))
     }
 
     /// The largest event `emit` accepts: `max_event_bytes`, and never more than `max_bytes`.

@@ -27,7 +27,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, after, bounded, never, s
 
 use crate::config::Durability;
 use crate::error::{Error, Result};
-use crate::event::{SeqNo, StoredEvent, now_ms};
+use crate::event::{SeqNo, StoredEvent};
 use crate::sink::{Backoff, DeliveryError, Sink};
 use crate::spool::Shared;
 use crate::store::{self, Corrupt, Decoded, Op, ReaderPool, seq_of};
@@ -118,11 +118,7 @@ impl SinkCounters {
             filtered: r(&self.filtered),
             cursor: r(&self.cursor),
             lag: last_seq.saturating_sub(read_to),
-            oldest_undelivered_age_ms: if oldest == 0 {
-                0
-            } else {
-                (now_ms() - oldest).max(0) as u64
-            },
+            oldest_undelivered_age_ms: crate::time::age_ms(oldest),
             backoff_ms: r(&self.backoff_ms),
             read_us: r(&self.read_ns) / 1000,
             deliver_us: r(&self.deliver_ns) / 1000,
@@ -677,7 +673,7 @@ impl Worker {
                 Some(asked) => asked.min(self.backoff.max()),
                 None => self.jitter(self.backoff.ceiling(retries)),
             };
-            c.backoff_ms.store(wait.as_millis() as u64, Relaxed);
+            c.backoff_ms.store(crate::time::millis(wait), Relaxed);
             log::warn!(
                 "sink {}: delivery of seq {}.. failed (retry {retries} in {wait:?}): {error}",
                 self.name,

@@ -1,7 +1,6 @@
 //! Events as the caller builds them ([`Event`]) and as the spool returns them ([`StoredEvent`]).
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
@@ -141,7 +140,7 @@ impl Event {
             )));
         }
         if self.timestamp_ms.is_none() {
-            self.timestamp_ms = Some(now_ms());
+            self.timestamp_ms = Some(crate::time::now_ms());
         }
         Ok(size)
     }
@@ -213,13 +212,6 @@ impl StoredEvent {
         serde_json::from_str(self.data.get())
             .map_err(|e| Error::InvalidEvent(format!("data of event {}: {e}", self.seq)))
     }
-}
-
-/// Milliseconds since the Unix epoch, by the system clock.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Default for [`EventQuery::limit`]: 1000 events.

@@ -82,12 +82,13 @@ mod sink;
 mod spool;
 mod store;
 mod subscribe;
+mod time;
 mod writer;
 
 pub use config::{
     DEFAULT_BATCH_SIZE, DEFAULT_CHANNEL_CAPACITY, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENTS, DEFAULT_READER_POOL_SIZE, Durability, Overflow,
-    SpoolConfig, WebhookConfig,
+    DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENTS, DEFAULT_READER_POOL_SIZE, Durability,
+    MAX_BATCH_SIZE, MAX_CHANNEL_CAPACITY, Overflow, SpoolConfig, WebhookConfig,
 };
 pub use delivery::{DeadLetter, SinkMetrics};
 pub use error::{Error, Result};
@@ -95,7 +96,9 @@ pub use event::{DEFAULT_QUERY_LIMIT, Event, EventQuery, SeqNo, StoredEvent};
 pub use metrics::MetricsSnapshot;
 pub use sink::signing::{SigningSecret, verify};
 pub use sink::webhook::{Content, DEFAULT_WEBHOOK_TIMEOUT, WebhookSink, parse_retry_after};
-pub use sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, DeliveryError, Sink};
+pub use sink::{
+    Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, DeliveryError, MAX_SINK_BATCH, Sink,
+};
 pub use spool::{DEFAULT_CLOSE_TIMEOUT, Spool, SpoolBuilder};
 pub use subscribe::{ConsumerInfo, ConsumerMetrics, SeekPosition, Subscription};
 

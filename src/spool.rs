@@ -20,6 +20,7 @@ use crate::reply::{self, Gone, Reply};
 use crate::sink::Sink;
 use crate::store::{self, Op, ReaderPool, StartAt};
 use crate::subscribe::{ConsumerInfo, SeekPosition, SubParts, SubState, Subscription};
+use crate::time::deadline;
 use crate::writer::{self, Checkpointer, Msg, Writer};
 
 /// How long `Drop` waits for a spool that was not closed to commit what is queued.
@@ -174,7 +175,7 @@ impl SpoolBuilder {
     /// How long the writer may wait to fill a batch; durable waiters are never held
     /// back by it. Defaults to zero (commit as soon as the queue is drained).
     pub fn flush_interval(mut self, interval: Duration) -> Self {
-        self.config.flush_interval_ms = interval.as_millis() as u64;
+        self.config.flush_interval_ms = crate::time::millis(interval);
         self
     }
 
@@ -369,7 +370,7 @@ impl Spool {
             sinks,
         } = builder;
         config.validate()?;
-        check_sinks(&sinks)?;
+        crate::sink::check_all(sinks.iter().map(|s| &**s))?;
         let path = config.path.clone();
         store::make_parent(&path)?;
         let lock = store::lock(&path)?;
@@ -590,7 +591,7 @@ impl Spool {
     /// [`Error::Timeout`] if that takes longer than `timeout` (for example while the
     /// disk is full); [`Error::Closed`].
     pub fn flush(&self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline(timeout);
         let (reply, done) = reply::reply();
         match self.inner.tx.send_deadline(Msg::Flush(reply), deadline) {
             Ok(()) => {}
@@ -1052,12 +1053,12 @@ impl Inner {
     /// Closing, in order: refuse new events; commit everything in flight; give the
     /// sinks until the deadline to catch up, then stop them; stop the writer.
     fn close(&self, timeout: Duration) -> Result<()> {
+        let deadline = deadline(timeout);
         let mut lifecycle = self.lock_lifecycle();
         let Some(writer) = lifecycle.writer.take() else {
             return Ok(());
         };
         self.shared.closed.store(true, SeqCst);
-        let deadline = Instant::now() + timeout;
         let committed = request(&self.tx, Msg::Close, deadline).is_some();
 
         lifecycle.draining.store(true, SeqCst);
@@ -1119,24 +1120,6 @@ fn wait_finished(threads: &[JoinHandle<()>], deadline: Instant) -> bool {
         }
         thread::sleep(Duration::from_millis(1));
     }
-}
-
-/// Sink names must be unique and not empty, and each sink's own check must pass.
-fn check_sinks(sinks: &[Box<dyn Sink>]) -> Result<()> {
-    let mut names = std::collections::HashSet::new();
-    for sink in sinks {
-        let name = sink.name();
-        if name.is_empty() {
-            return Err(Error::InvalidConfig("sink name must not be empty".into()));
-        }
-        if !names.insert(name) {
-            return Err(Error::InvalidConfig(format!(
-                "two sinks are named {name:?}"
-            )));
-        }
-        sink.check().map_err(Error::InvalidConfig)?;
-    }
-    Ok(())
 }
 
 impl Drop for Inner {

@@ -18,12 +18,12 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::error::{Error, Result};
-use crate::event::{SeqNo, StoredEvent, now_ms};
+use crate::event::{SeqNo, StoredEvent};
 use crate::spool::Shared;
 use crate::store::{self, Decoded, Op, ReaderPool};
 use crate::writer::{self, Msg};
@@ -95,11 +95,7 @@ impl SubState {
             position: acked,
             read: self.read.load(Relaxed),
             lag: last_seq.saturating_sub(acked.max(first_seq.saturating_sub(1))),
-            oldest_unacked_age_ms: if since == 0 {
-                0
-            } else {
-                (now_ms() - since).max(0) as u64
-            },
+            oldest_unacked_age_ms: crate::time::age_ms(since),
         }
     }
 
@@ -258,7 +254,7 @@ impl Subscription {
     /// # Errors
     /// As [`try_next`](Subscription::try_next).
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<StoredEvent>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::time::deadline(timeout);
         loop {
             if let Some(event) = self.try_next()? {
                 return Ok(Some(event));

@@ -347,7 +347,7 @@ impl Writer {
             next_seq: state.last_seq + 1,
             first_seq: state.first_seq,
             stored_bytes: state.stored_bytes,
-            batch: Vec::with_capacity(config.batch_size),
+            batch: Vec::with_capacity(config.batch_size.min(4096)),
             appends: Vec::new(),
             flushes: Vec::new(),
             ops: Vec::new(),
@@ -476,7 +476,7 @@ impl Writer {
             }
         }
         if !self.flush_interval.is_zero() {
-            let deadline = Instant::now() + self.flush_interval;
+            let deadline = crate::time::deadline(self.flush_interval);
             while self.batch.len() < limit && self.no_waiters() {
                 match self.rx.recv_deadline(deadline) {
                     Ok(msg) => self.take(msg),

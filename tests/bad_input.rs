@@ -226,3 +226,45 @@ fn filtered_append_says_so() -> TestResult {
     assert_eq!(spool.metrics().filtered, 2);
     Ok(())
 }
+
+/// `SpoolConfig::validate` checks the webhooks too, as `open` does: an operator's
+/// config tool can reject a file before any spool opens.
+#[test]
+fn validate_checks_every_webhook_entry() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let hook = |extra: serde_json::Value| {
+        let mut entry = serde_json::json!({"name": "a", "url": "http://127.0.0.1:9/hook"});
+        entry
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        entry
+    };
+    let cases = [
+        ("timeout", vec![hook(serde_json::json!({"timeout_ms": 0}))]),
+        (
+            "URL",
+            vec![hook(serde_json::json!({"url": "ftp://example.test/x"}))],
+        ),
+        ("name", vec![hook(serde_json::json!({"name": ""}))]),
+        (
+            "two sinks",
+            vec![hook(serde_json::json!({})), hook(serde_json::json!({}))],
+        ),
+        ("batch", vec![hook(serde_json::json!({"batch": 0}))]),
+    ];
+    for (what, sinks) in cases {
+        let config: eventspool::SpoolConfig =
+            serde_json::from_value(serde_json::json!({"path": path, "sinks": sinks}))?;
+        match config.validate() {
+            Err(Error::InvalidConfig(msg)) => assert!(msg.contains(what), "{what}: {msg}"),
+            other => panic!("{what}: validate said {other:?}"),
+        }
+        assert!(matches!(
+            Spool::from_config(&config),
+            Err(Error::InvalidConfig(_))
+        ));
+    }
+    assert!(!path.exists(), "nothing was created");
+    Ok(())
+}

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::error::{Error, Result as SpoolResult};
 use crate::event::StoredEvent;
 
 pub(crate) mod signing;
@@ -15,6 +16,10 @@ pub const DEFAULT_BACKOFF: Backoff = Backoff {
     min: Duration::from_millis(100),
     max: Duration::from_secs(60),
 };
+/// Largest [`Sink::batch_size`] a spool accepts: 100 000 events per `deliver` call (a
+/// sink's worker holds up to two batches in memory).
+pub const MAX_SINK_BATCH: usize = 100_000;
+
 /// A destination the spool delivers stored events to, in `seq` order.
 ///
 /// `deliver` gets a batch of up to [`batch_size`](Sink::batch_size) events; returning
@@ -51,7 +56,8 @@ pub trait Sink: Send {
     /// A [`DeliveryError`] saying whether a retry may succeed.
     fn deliver(&mut self, events: &[StoredEvent]) -> Result<(), DeliveryError>;
 
-    /// The most events handed to one `deliver` call. Defaults to 1.
+    /// The most events handed to one `deliver` call, at most [`MAX_SINK_BATCH`].
+    /// Defaults to 1.
     fn batch_size(&self) -> usize {
         1
     }
@@ -96,6 +102,30 @@ pub trait Sink: Send {
     fn check(&self) -> Result<(), String> {
         Ok(())
     }
+}
+
+/// Checks the sinks of one spool: names unique and not empty, batch sizes within
+/// [`MAX_SINK_BATCH`], and each sink's own [`Sink::check`].
+pub(crate) fn check_all<'a>(sinks: impl IntoIterator<Item = &'a dyn Sink>) -> SpoolResult<()> {
+    let mut names = std::collections::HashSet::new();
+    for sink in sinks {
+        let name = sink.name();
+        if name.is_empty() {
+            return Err(Error::InvalidConfig("sink name must not be empty".into()));
+        }
+        if !names.insert(name) {
+            return Err(Error::InvalidConfig(format!(
+                "two sinks are named {name:?}"
+            )));
+        }
+        sink.check().map_err(Error::InvalidConfig)?;
+        if !(1..=MAX_SINK_BATCH).contains(&sink.batch_size()) {
+            return Err(Error::InvalidConfig(format!(
+                "sink {name}: batch_size must be 1 to {MAX_SINK_BATCH}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Exponential backoff with full jitter: before retry `n` (from 1) the worker waits a

@@ -11,7 +11,9 @@ use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::event::{StoredEvent, type_matches};
 use crate::sink::signing::SigningSecret;
-use crate::sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, DeliveryError, Sink};
+use crate::sink::{
+    Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, DeliveryError, MAX_SINK_BATCH, Sink,
+};
 
 /// Default for [`WebhookSink::timeout`]: 10 s for the whole request.
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -197,7 +199,7 @@ impl WebhookSink {
     }
 
     fn agent(&mut self) -> &ureq::Agent {
-        let timeout = self.timeout;
+        let timeout = crate::time::bounded(self.timeout);
         // ureq sets a socket's timeout again whenever it differs from the last one set:
         // with only the request's deadline that is before every write and read, as the
         // time left shrinks (3 system calls a request). Capped a little below it, each
@@ -348,8 +350,8 @@ impl Sink for WebhookSink {
                 self.url
             ));
         }
-        if self.batch == 0 {
-            return Err(format!("sink {name}: batch must be at least 1"));
+        if !(1..=MAX_SINK_BATCH).contains(&self.batch) {
+            return Err(format!("sink {name}: batch must be 1 to {MAX_SINK_BATCH}"));
         }
         if self.commit_every == 0 {
             return Err(format!("sink {name}: commit_every must be at least 1"));

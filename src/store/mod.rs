@@ -75,6 +75,17 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 ";
 
+/// A seq or byte count as SQLite's integer; past `i64::MAX` (which no stored value
+/// reaches) it saturates, so a bound from a caller never turns negative.
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A row count for `LIMIT ?`: SQLite reads a negative limit as none.
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// Where a newly registered consumer starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StartAt {
@@ -147,7 +158,7 @@ pub(crate) fn apply(
             tx.prepare_cached(
                 "INSERT OR IGNORE INTO consumers (name, kind, acked) VALUES (?1, ?2, ?3)",
             )?
-            .execute(params![consumer, kind, acked as i64])?;
+            .execute(params![consumer, kind, int(acked)])?;
             Ok(cursor(tx, consumer)?.unwrap_or(acked))
         }
         Op::Ack {
@@ -171,7 +182,7 @@ pub(crate) fn apply(
                 "INSERT INTO consumers (name, kind, acked) VALUES (?1, 'subscriber', ?2)
                  ON CONFLICT (name) DO UPDATE SET acked = excluded.acked",
             )?
-            .execute(params![consumer, seq as i64])?;
+            .execute(params![consumer, int(seq)])?;
             Ok(seq)
         }
         Op::Remove { consumer } => Ok(tx
@@ -186,9 +197,9 @@ pub(crate) fn apply(
             error,
             ack: acked,
         } => {
-            let now = crate::event::now_ms();
+            let now = crate::time::now_ms();
             for (i, &seq) in seqs.iter().enumerate() {
-                let args = params![sink, seq as i64, attempts, status, error, now];
+                let args = params![sink, int(seq), attempts, status, error, now];
                 let again = tx
                     .prepare_cached(
                         "UPDATE dead_letters SET attempts = attempts + ?3, last_status = ?4,
@@ -209,7 +220,7 @@ pub(crate) fn apply(
                         )?
                         .execute(params![
                             sink,
-                            seq as i64,
+                            int(seq),
                             attempts,
                             status,
                             error,
@@ -249,7 +260,7 @@ pub(crate) fn apply(
             let mut stmt =
                 tx.prepare_cached("DELETE FROM dead_letters WHERE sink = ?1 AND seq = ?2")?;
             for &seq in seqs {
-                stmt.execute(params![sink, seq as i64])?;
+                stmt.execute(params![sink, int(seq)])?;
             }
             Ok(seqs.len() as u64)
         }
@@ -263,7 +274,7 @@ pub(crate) fn consumers_behind(
     before: SeqNo,
 ) -> rusqlite::Result<Vec<(String, SeqNo)>> {
     let mut stmt = tx.prepare_cached("SELECT name, acked FROM consumers WHERE acked + 1 < ?1")?;
-    let rows = stmt.query_map([before as i64], |r| {
+    let rows = stmt.query_map([int(before)], |r| {
         Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
     })?;
     rows.collect()
@@ -543,11 +554,7 @@ fn configure(conn: &Connection, config: &SpoolConfig) -> rusqlite::Result<(Strin
     conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     if let Some(max) = config.max_file_bytes {
         let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
-        conn.pragma_update(
-            None,
-            "max_page_count",
-            (max / page_size as u64).max(1) as i64,
-        )?;
+        conn.pragma_update(None, "max_page_count", int((max / page_size as u64).max(1)))?;
     }
     let synchronous = match conn.pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0))? {
         0 => "off",
@@ -592,13 +599,13 @@ pub(crate) fn insert(
     )?;
     for (seq, event) in (first_seq..).zip(events) {
         stmt.execute(params![
-            seq as i64,
+            int(seq),
             event.id,
             event.event_type,
             event.source,
             event.subject,
             event.timestamp_ms.unwrap_or_default(),
-            event.size() as i64,
+            int(event.size()),
             event.data_json().unwrap_or("null"),
         ])?;
     }
@@ -608,7 +615,7 @@ pub(crate) fn insert(
 /// How many events have `seq < before`, and their bytes.
 pub(crate) fn bytes_before(tx: &Transaction<'_>, before: SeqNo) -> rusqlite::Result<(u64, u64)> {
     tx.prepare_cached("SELECT count(*), coalesce(sum(size), 0) FROM events WHERE seq < ?1")?
-        .query_row([before as i64], |r| {
+        .query_row([int(before)], |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
         })
 }
@@ -618,7 +625,7 @@ pub(crate) fn delete_before(tx: &Transaction<'_>, before: SeqNo) -> rusqlite::Re
     let (count, bytes) = bytes_before(tx, before)?;
     if count > 0 {
         tx.prepare_cached("DELETE FROM events WHERE seq < ?1")?
-            .execute([before as i64])?;
+            .execute([int(before)])?;
     }
     Ok((count, bytes))
 }
@@ -631,7 +638,7 @@ pub(crate) fn keep_from_for_bytes(
 ) -> rusqlite::Result<SeqNo> {
     let mut stmt =
         tx.prepare_cached("SELECT seq, size FROM events WHERE seq >= ?1 ORDER BY seq")?;
-    let mut rows = stmt.query([first_seq as i64])?;
+    let mut rows = stmt.query([int(first_seq)])?;
     let mut freed = 0u64;
     let mut keep_from = first_seq;
     while freed < excess {
@@ -650,14 +657,14 @@ pub(crate) fn save_state(
     stored_bytes: u64,
 ) -> rusqlite::Result<()> {
     tx.prepare_cached("UPDATE state SET last_seq = ?1, stored_bytes = ?2 WHERE one = 0")?
-        .execute([last_seq as i64, stored_bytes as i64])?;
+        .execute([int(last_seq), int(stored_bytes)])?;
     Ok(())
 }
 
 /// Moves a consumer's cursor forward (never back) to `seq`.
 pub(crate) fn ack(conn: &Connection, name: &str, seq: SeqNo) -> rusqlite::Result<()> {
     conn.prepare_cached("UPDATE consumers SET acked = max(acked, ?2) WHERE name = ?1")?
-        .execute(params![name, seq as i64])?;
+        .execute(params![name, int(seq)])?;
     Ok(())
 }
 
@@ -688,7 +695,6 @@ pub(crate) fn cursor(conn: &Connection, name: &str) -> rusqlite::Result<Option<S
 pub(crate) fn consumers(conn: &Connection) -> Result<Vec<ConsumerInfo>> {
     let (first, last) = bounds(conn)?;
     let first = first.unwrap_or(last + 1);
-    let now = crate::event::now_ms();
     let mut stmt = conn.prepare_cached(
         "SELECT name, kind, acked,
                 (SELECT ts FROM events WHERE seq > consumers.acked ORDER BY seq LIMIT 1)
@@ -702,7 +708,7 @@ pub(crate) fn consumers(conn: &Connection) -> Result<Vec<ConsumerInfo>> {
             kind: r.get(1)?,
             position,
             lag: last.saturating_sub(position.max(first - 1)),
-            oldest_unacked_age_ms: oldest.map_or(0, |ts| (now - ts).max(0) as u64),
+            oldest_unacked_age_ms: oldest.map_or(0, |ts| crate::time::age_ms(ts.max(1))),
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -772,10 +778,9 @@ pub(crate) fn read_after(
     limit: usize,
 ) -> Result<Vec<Decoded>> {
     let mut stmt = conn.prepare_cached(READ_AFTER)?;
-    let rows = stmt.query_map(
-        params![after as i64, limit.min(i64::MAX as usize) as i64],
-        |row| decode(row, spool_id),
-    )?;
+    let rows = stmt.query_map(params![int(after), count(limit)], |row| {
+        decode(row, spool_id)
+    })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
@@ -790,7 +795,7 @@ pub(crate) fn requeued(
         "SELECT seq, id, type, source, subject, ts, data FROM dead_letters
          WHERE sink = ?1 AND requeued = 1 ORDER BY seq LIMIT ?2",
     )?;
-    let rows = stmt.query_map(params![sink, limit as i64], |row| decode(row, spool_id))?;
+    let rows = stmt.query_map(params![sink, count(limit)], |row| decode(row, spool_id))?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
@@ -806,7 +811,7 @@ pub(crate) fn dead_letters(
                 failed_at, requeued
          FROM dead_letters WHERE sink = ?1 ORDER BY seq LIMIT ?2",
     )?;
-    let rows = stmt.query_map(params![sink, limit.min(i64::MAX as usize) as i64], |row| {
+    let rows = stmt.query_map(params![sink, count(limit)], |row| {
         Ok(DeadLetter {
             event: decode(row, spool_id)?.unwrap_or_else(|c| damaged(row, spool_id, &c)),
             attempts: row.get(7)?,
@@ -867,7 +872,7 @@ pub(crate) fn bounds(conn: &Connection) -> Result<(Option<SeqNo>, SeqNo)> {
 pub(crate) fn query(conn: &Connection, spool_id: &str, q: &EventQuery) -> Result<Vec<StoredEvent>> {
     let mut sql =
         String::from("SELECT seq, id, type, source, subject, ts, data FROM events WHERE seq > ?");
-    let mut args: Vec<rusqlite::types::Value> = vec![(q.after_seq.unwrap_or(0) as i64).into()];
+    let mut args: Vec<rusqlite::types::Value> = vec![int(q.after_seq.unwrap_or(0)).into()];
     if let Some(since) = q.since_ms {
         sql.push_str(" AND ts >= ?");
         args.push(since.into());
@@ -904,7 +909,7 @@ pub(crate) fn query(conn: &Connection, spool_id: &str, q: &EventQuery) -> Result
         args.push(source.clone().into());
     }
     sql.push_str(" ORDER BY seq LIMIT ?");
-    args.push((q.limit.min(i64::MAX as usize) as i64).into());
+    args.push(count(q.limit).into());
 
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(args), |row| {
