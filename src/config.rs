@@ -191,7 +191,7 @@ impl std::fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookConfig")
             .field("name", &self.name)
-            .field("url", &self.url)
+            .field("url", &crate::sink::webhook::shown_url(&self.url))
             .field("timeout_ms", &self.timeout_ms)
             .field("max_retries", &self.max_retries)
             .field("backoff_min_ms", &self.backoff_min_ms)

@@ -669,10 +669,8 @@ impl Worker {
             }
             retries += 1;
             c.retries.fetch_add(1, Relaxed);
-            let wait = match error.retry_after_hint() {
-                Some(asked) => asked.min(self.backoff.max()),
-                None => self.jitter(self.backoff.ceiling(retries)),
-            };
+            let drawn = self.jitter(self.backoff.ceiling(retries));
+            let wait = self.backoff.wait(drawn, error.retry_after_hint());
             c.backoff_ms.store(crate::time::millis(wait), Relaxed);
             log::warn!(
                 "sink {}: delivery of seq {}.. failed (retry {retries} in {wait:?}): {error}",

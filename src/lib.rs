@@ -99,7 +99,7 @@ pub use sink::webhook::{Content, DEFAULT_WEBHOOK_TIMEOUT, WebhookSink, parse_ret
 pub use sink::{
     Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, DeliveryError, MAX_SINK_BATCH, Sink,
 };
-pub use spool::{DEFAULT_CLOSE_TIMEOUT, Spool, SpoolBuilder};
+pub use spool::{CloseReport, DEFAULT_CLOSE_TIMEOUT, Spool, SpoolBuilder, Undelivered};
 pub use subscribe::{ConsumerInfo, ConsumerMetrics, SeekPosition, Subscription};
 
 #[cfg(test)]

@@ -23,7 +23,9 @@ use crate::subscribe::{ConsumerInfo, SeekPosition, SubParts, SubState, Subscript
 use crate::time::deadline;
 use crate::writer::{self, Checkpointer, Msg, Writer};
 
-/// How long `Drop` waits for a spool that was not closed to commit what is queued.
+/// How long `Drop` waits for a spool that was not closed: to commit what is queued and
+/// for the sinks to deliver it (see [`Spool::close`]). A sink that cannot deliver holds
+/// the dropping thread this long: call `close` with a timeout of your choice instead.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Filter = Arc<dyn Fn(&Event) -> bool + Send + Sync>;
@@ -299,6 +301,38 @@ struct Lifecycle {
     stop_workers: Option<Sender<()>>,
     /// Set to tell the sink workers to stop once caught up.
     draining: Arc<AtomicBool>,
+    /// What the first `close` reported, for the later ones.
+    report: CloseReport,
+}
+
+/// What a successful [`Spool::close`] left for the next start: the sinks that had not
+/// caught up by its deadline. Their events stay in the file and go out after the next
+/// open with those sinks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CloseReport {
+    /// One entry per sink with events after its cursor, in the order the sinks were
+    /// added.
+    pub undelivered: Vec<Undelivered>,
+}
+
+impl CloseReport {
+    /// True when every sink had delivered everything committed.
+    pub fn is_complete(&self) -> bool {
+        self.undelivered.is_empty()
+    }
+}
+
+/// A sink that had not caught up when the spool closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Undelivered {
+    /// The sink's name.
+    pub sink: String,
+    /// Stored events after its cursor (those it skips by type included).
+    pub events: u64,
+    /// The last delivery error, if there was one.
+    pub last_error: Option<String>,
 }
 
 /// How long a timed-out `close` waits for the writer to give up before leaving it to
@@ -435,6 +469,7 @@ impl Spool {
                     workers: Vec::new(),
                     stop_workers: Some(stop_workers),
                     draining: control.draining.clone(),
+                    report: CloseReport::default(),
                 }),
             }),
         };
@@ -605,15 +640,26 @@ impl Spool {
         }
     }
 
-    /// Commits everything emitted so far, stops the threads and releases the file.
-    /// Idempotent: later calls return `Ok(())`; `emit`/`append` then fail with
-    /// [`Error::Closed`]. Queries keep working on a closed spool.
+    /// Commits everything emitted so far, lets the sinks deliver, stops the threads and
+    /// releases the file. Returns what the sinks left undelivered (kept in the file for
+    /// the next start; also logged as a warning).
+    ///
+    /// It waits, all within `timeout`: for the writer to commit what is queued, then
+    /// for every sink to deliver everything committed. A sink whose receiver is down or
+    /// failing keeps `close` waiting until the timeout (then it is stopped, within
+    /// 200 ms more), so `close` with a sink that cannot deliver takes the whole
+    /// timeout; a short timeout closes sooner and leaves more for the next start.
+    /// `Drop` does the same with [`DEFAULT_CLOSE_TIMEOUT`].
+    ///
+    /// Idempotent: later calls return the first call's report; `emit`/`append` then
+    /// fail with [`Error::Closed`]. Queries keep working on a closed spool. Once it
+    /// returns, no thread of the spool is left.
     ///
     /// # Errors
     /// [`Error::Timeout`] if not everything was committed in time: the rest is
     /// abandoned and counted in `abandoned`. [`Error::FileGone`] if the file was deleted
     /// or replaced while open (what it held was saved, as that error says).
-    pub fn close(&self, timeout: Duration) -> Result<()> {
+    pub fn close(&self, timeout: Duration) -> Result<CloseReport> {
         self.inner.close(timeout)
     }
 
@@ -1052,11 +1098,11 @@ impl Inner {
 
     /// Closing, in order: refuse new events; commit everything in flight; give the
     /// sinks until the deadline to catch up, then stop them; stop the writer.
-    fn close(&self, timeout: Duration) -> Result<()> {
+    fn close(&self, timeout: Duration) -> Result<CloseReport> {
         let deadline = deadline(timeout);
         let mut lifecycle = self.lock_lifecycle();
         let Some(writer) = lifecycle.writer.take() else {
-            return Ok(());
+            return Ok(lifecycle.report.clone());
         };
         self.shared.closed.store(true, SeqCst);
         let committed = request(&self.tx, Msg::Close, deadline).is_some();
@@ -1094,11 +1140,39 @@ impl Inner {
         if writer.is_finished() && writer.join().is_err() {
             log::error!("eventspool writer thread panicked");
         }
-        if committed {
-            stopped.unwrap_or(Ok(()))
-        } else {
-            Err(Error::Timeout)
+        if !committed {
+            return Err(Error::Timeout);
         }
+        stopped.unwrap_or(Ok(()))?;
+        lifecycle.report = self.undelivered();
+        Ok(lifecycle.report.clone())
+    }
+
+    /// The sinks with events after their cursor, logged as a warning.
+    fn undelivered(&self) -> CloseReport {
+        let c = &self.shared.counters;
+        let (first, last) = (c.first_seq(), c.last_seq.load(SeqCst));
+        let undelivered: Vec<Undelivered> = (self.shared.sinks.iter())
+            .map(|s| s.snapshot(first, last))
+            .filter(|m| m.lag > 0)
+            .map(|m| Undelivered {
+                sink: m.name,
+                events: m.lag,
+                last_error: m.last_error,
+            })
+            .collect();
+        for u in &undelivered {
+            log::warn!(
+                "spool {} closed before sink {} caught up: {} events kept for the next start{}",
+                self.path.display(),
+                u.sink,
+                u.events,
+                u.last_error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(" (last error: {e})"))
+            );
+        }
+        CloseReport { undelivered }
     }
 }
 

@@ -6,71 +6,10 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::http::{Reply, Request, Server};
+use common::delivery::*;
+use common::http::{Reply, Server};
 use common::*;
 use eventspool::{Backoff, Content, Durability, Error, Event, Spool, WebhookSink, verify};
-
-/// Generous: a deadline only matters when something is wrong, and CI machines are busy.
-const T: Duration = Duration::from_secs(120);
-
-/// Short backoff so retries happen within a test.
-fn quick(name: &str, server: &Server) -> WebhookSink {
-    quick_at(name, server.url())
-}
-
-fn quick_at(name: &str, url: String) -> WebhookSink {
-    WebhookSink::new(name, url)
-        .backoff(Backoff::exponential(
-            Duration::from_millis(5),
-            Duration::from_millis(100),
-        ))
-        .timeout(Duration::from_secs(5))
-}
-
-/// The seqs a request carried (an object, or an array for batches).
-fn seqs_of(request: &Request) -> Vec<u64> {
-    match request.json() {
-        serde_json::Value::Array(items) => {
-            items.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
-        }
-        event => vec![event["seq"].as_u64().unwrap()],
-    }
-}
-
-/// Every seq acknowledged with a 2xx, in the order the receiver got them.
-fn delivered(server: &Server) -> Vec<u64> {
-    acknowledged(&server.requests())
-}
-
-fn acknowledged(requests: &[Request]) -> Vec<u64> {
-    requests
-        .iter()
-        .filter(|r| matches!(r.reply, Reply::Status(200..=299, _)))
-        .flat_map(seqs_of)
-        .collect()
-}
-
-/// Waits for `n` acknowledged events, reading only the requests that are new at each
-/// look (10 000 requests read whole every 200 µs starved the spool under test).
-fn wait_delivered(server: &Server, n: usize) -> Vec<u64> {
-    let (mut seen, mut got) = (0, Vec::new());
-    wait_until(T, &format!("{n} events delivered"), || {
-        let new = server.requests_after(seen);
-        seen += new.len();
-        got.extend(acknowledged(&new));
-        got.len() >= n
-    });
-    got
-}
-
-fn sink_metrics(spool: &Spool, name: &str) -> eventspool::SinkMetrics {
-    spool
-        .metrics()
-        .sinks
-        .into_iter()
-        .find(|s| s.name == name)
-        .expect("sink")
-}
 
 #[test]
 fn three_sinks_get_everything_in_order_and_a_down_one_delays_no_other() -> TestResult {

@@ -162,6 +162,13 @@ impl Backoff {
         Ok(())
     }
 
+    /// The wait before a retry: what the backoff `drawn`, lengthened (never shortened:
+    /// `Retry-After: 0` or a date in the past would make a hot loop) to what the
+    /// receiver `asked`, at most [`max`](Backoff::max).
+    pub(crate) fn wait(&self, drawn: Duration, asked: Option<Duration>) -> Duration {
+        asked.map_or(drawn, |asked| asked.max(drawn)).min(self.max)
+    }
+
     /// The ceiling before retry `retry` (1-based).
     pub(crate) fn ceiling(&self, retry: u32) -> Duration {
         let factor = 1u32

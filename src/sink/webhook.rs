@@ -66,6 +66,8 @@ pub enum Content {
 pub struct WebhookSink {
     name: String,
     url: String,
+    /// The URL as the library writes it anywhere (see [`shown_url`]).
+    shown: String,
     timeout: Duration,
     max_retries: Option<u32>,
     backoff: Backoff,
@@ -84,7 +86,7 @@ impl fmt::Debug for WebhookSink {
         let header_names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
         f.debug_struct("WebhookSink")
             .field("name", &self.name)
-            .field("url", &self.url)
+            .field("url", &self.shown)
             .field("timeout", &self.timeout)
             .field("max_retries", &self.max_retries)
             .field("backoff", &self.backoff)
@@ -102,9 +104,11 @@ impl fmt::Debug for WebhookSink {
 impl WebhookSink {
     /// A webhook named `name` (the key of its cursor) posting to `url`.
     pub fn new(name: impl Into<String>, url: impl Into<String>) -> Self {
+        let url = url.into();
         WebhookSink {
             name: name.into(),
-            url: url.into(),
+            shown: shown_url(&url),
+            url,
             timeout: DEFAULT_WEBHOOK_TIMEOUT,
             max_retries: DEFAULT_MAX_RETRIES,
             backoff: DEFAULT_BACKOFF,
@@ -260,6 +264,41 @@ impl Resolver for InlineResolver {
     }
 }
 
+/// What the library writes of a URL: scheme, host and port. The path and query of a
+/// webhook URL often carry its token (Slack, Discord and Teams put it in the path).
+pub(crate) fn shown_url(url: &str) -> String {
+    let Ok(uri) = url.parse::<Uri>() else {
+        return "<invalid URL>".into();
+    };
+    let scheme = uri.scheme_str().unwrap_or("?");
+    match (uri.host(), uri.port_u16()) {
+        (Some(host), Some(port)) => format!("{scheme}://{host}:{port}"),
+        (Some(host), None) => format!("{scheme}://{host}"),
+        (None, _) => format!("{scheme}://"),
+    }
+}
+
+impl WebhookSink {
+    /// A request that got no response, as a retryable error that names the URL as
+    /// [`shown_url`] does (ureq's message may hold the whole URL).
+    fn failed(&self, error: &ureq::Error, https: bool) -> DeliveryError {
+        let message = error.to_string().replace(&self.url, &self.shown);
+        // rustls reads a plain-HTTP answer to its hello as the connection ending.
+        let plain = https
+            && match error {
+                ureq::Error::Io(e) => e.kind() == std::io::ErrorKind::UnexpectedEof,
+                ureq::Error::Rustls(_) => true,
+                _ => false,
+            };
+        let hint = if plain {
+            " (the TLS handshake failed: is the server speaking plain HTTP? use an http:// URL)"
+        } else {
+            ""
+        };
+        DeliveryError::retryable(format!("POST {}: {message}{hint}", self.shown))
+    }
+}
+
 fn encode<T: Serialize>(items: &[T], array: bool) -> Vec<u8> {
     // Serializing plain structs of strings, numbers and raw JSON cannot fail.
     if array {
@@ -287,6 +326,7 @@ impl Sink for WebhookSink {
         };
         let seq_range = format!("{}-{}", first.seq, last.seq);
         let url = self.url.clone();
+        let https = url.starts_with("https:");
         let mut request = self
             .agent()
             .post(&url)
@@ -302,7 +342,7 @@ impl Sink for WebhookSink {
         }
         let mut response = request
             .send(&body[..])
-            .map_err(|e| DeliveryError::retryable(format!("POST {url}: {e}")))?;
+            .map_err(|e| self.failed(&e, https))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -315,7 +355,7 @@ impl Sink for WebhookSink {
             .with_config()
             .limit(MAX_RESPONSE_BYTES)
             .read_to_vec();
-        classify(status, retry_after, &url)
+        classify(status, retry_after, &self.shown)
     }
 
     fn batch_size(&self) -> usize {
@@ -343,11 +383,11 @@ impl Sink for WebhookSink {
         let uri: ureq::http::Uri = self
             .url
             .parse()
-            .map_err(|e| format!("sink {name}: invalid URL {:?}: {e}", self.url))?;
+            .map_err(|e| format!("sink {name}: invalid URL: {e}"))?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(format!(
-                "sink {name}: URL must be http:// or https:// with a host: {:?}",
-                self.url
+                "sink {name}: URL must be http:// or https:// with a host, not {}",
+                self.shown
             ));
         }
         if !(1..=MAX_SINK_BATCH).contains(&self.batch) {
@@ -393,7 +433,7 @@ fn classify(status: u16, retry_after: Option<Duration>, url: &str) -> Result<(),
 }
 
 /// Parses `Retry-After`: delta-seconds, or an HTTP date (IMF-fixdate) relative to `now`.
-/// A date in the past means no wait.
+/// A date in the past means no wait of its own (the backoff's still applies).
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
@@ -587,6 +627,16 @@ mod tests {
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_ms(784_111_777_123), "1994-11-06T08:49:37.123Z");
         assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn retry_after_lengthens_the_backoff_never_shortens_it() {
+        let b = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1));
+        let ms = Duration::from_millis;
+        assert_eq!(b.wait(ms(70), None), ms(70));
+        assert_eq!(b.wait(ms(70), Some(Duration::ZERO)), ms(70));
+        assert_eq!(b.wait(ms(70), Some(ms(500))), ms(500));
+        assert_eq!(b.wait(ms(70), Some(Duration::MAX)), ms(1000));
     }
 
     #[test]
