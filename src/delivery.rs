@@ -540,7 +540,10 @@ impl Worker {
     /// Takes back from `evicted_unsent` events the caps evicted while this worker had
     /// them in hand: it counts them itself (delivered, dead-lettered or filtered).
     fn counted_twice(&self, evicted: u64) {
-        self.counters.evicted_unsent.fetch_sub(evicted, Relaxed);
+        // Only this worker moves its cursor, so `evicted` was counted there; saturating
+        // all the same: a counter must never wrap.
+        let _ = (self.counters.evicted_unsent)
+            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(evicted)));
     }
 
     fn advance(&mut self, seq: SeqNo) {

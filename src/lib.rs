@@ -100,7 +100,7 @@ pub use sink::{
     Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, DeliveryError, MAX_SINK_BATCH, Sink,
 };
 pub use spool::{CloseReport, DEFAULT_CLOSE_TIMEOUT, Spool, SpoolBuilder, Undelivered};
-pub use subscribe::{ConsumerInfo, ConsumerMetrics, SeekPosition, Subscription};
+pub use subscribe::{ConsumerInfo, ConsumerKind, ConsumerMetrics, SeekPosition, Subscription};
 
 #[cfg(test)]
 mod tests {

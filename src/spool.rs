@@ -19,7 +19,9 @@ use crate::metrics::{Counters, MetricsSnapshot};
 use crate::reply::{self, Gone, Reply};
 use crate::sink::Sink;
 use crate::store::{self, Op, ReaderPool, StartAt};
-use crate::subscribe::{ConsumerInfo, SeekPosition, SubParts, SubState, Subscription};
+use crate::subscribe::{
+    ConsumerInfo, ConsumerKind, Reservation, SeekPosition, SubParts, SubState, Subscription,
+};
 use crate::time::deadline;
 use crate::writer::{self, Checkpointer, Msg, Writer};
 
@@ -72,6 +74,11 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .push(tx);
         rx
+    }
+
+    /// Whether `name` is one of this spool's sinks.
+    pub(crate) fn is_sink(&self, name: &str) -> bool {
+        self.sinks.iter().any(|s| s.name == name)
     }
 
     /// Counts events the caps evicted before `consumer` had them.
@@ -478,7 +485,7 @@ impl Spool {
             let name = sink.name().to_owned();
             let cursor = spool.inner.call(Op::Register {
                 consumer: name.clone(),
-                kind: "sink",
+                kind: ConsumerKind::Sink,
                 start: StartAt::Next,
             })?;
             let parts = WorkerParts {
@@ -497,6 +504,7 @@ impl Spool {
                 .map_err(|e| Error::io("cannot spawn a sink thread", e))?;
             spool.inner.lock_lifecycle().workers.push(handle);
         }
+        spool.warn_of_retired_sinks();
         Ok(spool)
     }
 
@@ -731,10 +739,12 @@ impl Spool {
     /// [`Error::Delivery`] at the first failure, with the count delivered before it
     /// (the failed batch stays for the next call); [`Error::Closed`]; read errors.
     pub fn drain_to<S: Sink + ?Sized>(&self, sink: &mut S) -> Result<usize> {
+        crate::sink::check_one(sink)?;
         let name = sink.name().to_owned();
+        self.check_consumer(&name)?;
         let mut cursor = self.inner.call(Op::Register {
             consumer: name.clone(),
-            kind: "drain",
+            kind: ConsumerKind::Drain,
             start: StartAt::Oldest,
         })?;
         let batch = sink.batch_size().max(1);
@@ -759,9 +769,13 @@ impl Spool {
                 cursor = corrupt.seq;
                 continue;
             }
-            let events: Vec<StoredEvent> = rows.into_iter().take(good).flatten().collect();
-            let last = events[events.len() - 1].seq;
-            if let Err(e) = sink.deliver(&events) {
+            let last = store::seq_of(&rows[good - 1]);
+            let events: Vec<StoredEvent> = (rows.into_iter().take(good).flatten())
+                .filter(|e| sink.accepts(&e.event_type))
+                .collect();
+            if !events.is_empty()
+                && let Err(e) = sink.deliver(&events)
+            {
                 return Err(Error::Delivery {
                     delivered,
                     source: Box::new(e),
@@ -874,17 +888,16 @@ impl Spool {
     /// subscription, or `After(n)` is past the last event; [`Error::Closed`].
     pub fn subscribe(&self, name: &str, position: SeekPosition) -> Result<Subscription> {
         self.check_consumer(name)?;
+        self.check_seek(name, position)?;
         let inner = &*self.inner;
-        let mut cursor = inner.call(Op::Register {
+        // Held from the checks to the commit: nothing else may use the name meanwhile.
+        let reserved = Reservation::take(&inner.shared, name)?;
+        let cursor = inner.call(Op::Seek {
             consumer: name.to_owned(),
-            kind: "subscriber",
-            start: StartAt::Oldest,
+            to: position,
         })?;
-        if position != SeekPosition::LastAcknowledged {
-            cursor = self.seek(name, position)?;
-        }
-        Subscription::new(
-            name.to_owned(),
+        Ok(Subscription::new(
+            reserved,
             cursor,
             SubParts {
                 tx: inner.tx.clone(),
@@ -892,7 +905,7 @@ impl Spool {
                 spool_id: inner.spool_id.clone(),
                 shared: inner.shared.clone(),
             },
-        )
+        ))
     }
 
     /// Moves the consumer `name` to `position` (see [`SeekPosition`]; it may move back
@@ -922,14 +935,7 @@ impl Spool {
     /// [`Error::Closed`].
     pub fn seek(&self, name: &str, position: SeekPosition) -> Result<SeqNo> {
         self.check_consumer(name)?;
-        if let SeekPosition::After(n) = position {
-            let last = self.last_seq()?;
-            if n > last {
-                return Err(Error::Consumer(format!(
-                    "consumer {name}: cannot seek after seq {n}, the last is {last}"
-                )));
-            }
-        }
+        self.check_seek(name, position)?;
         self.inner.call(Op::Seek {
             consumer: name.to_owned(),
             to: position,
@@ -944,6 +950,7 @@ impl Spool {
     /// after what its open subscription has read (without one: after the last event);
     /// [`Error::Closed`]; [`Error::Commit`].
     pub fn ack(&self, name: &str, seq: SeqNo) -> Result<()> {
+        self.check_name(name)?;
         let state = self.subscription_state(name);
         match &state {
             Some(state) => state.check_ack(name, seq)?,
@@ -977,7 +984,36 @@ impl Spool {
     /// # Errors
     /// As [`len`](Spool::len).
     pub fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
-        store::consumers(&*self.inner.pool.get()?)
+        let mut consumers = store::consumers(&*self.inner.pool.get()?)?;
+        for c in &mut consumers {
+            if c.kind == ConsumerKind::Sink && !self.inner.shared.is_sink(&c.name) {
+                c.kind = ConsumerKind::RetiredSink;
+            }
+        }
+        Ok(consumers)
+    }
+
+    /// Logs a warning naming each retired sink (see [`ConsumerKind::RetiredSink`])
+    /// that holds events back.
+    fn warn_of_retired_sinks(&self) {
+        let consumers = match self.consumers() {
+            Ok(consumers) => consumers,
+            Err(e) => {
+                return log::warn!("cannot list the consumers to look for retired sinks: {e}");
+            }
+        };
+        for c in consumers {
+            if c.kind == ConsumerKind::RetiredSink && c.lag > 0 {
+                log::warn!(
+                    "spool {}: sink {} is no longer configured but holds back the deletion of \
+                     {} events; add it again, or remove_consumer({:?}) if it is gone for good",
+                    self.inner.path.display(),
+                    c.name,
+                    c.lag,
+                    c.name
+                );
+            }
+        }
     }
 
     /// Unregisters the consumer `name`, releasing the events it held back. Returns
@@ -1001,22 +1037,40 @@ impl Spool {
             .cloned()
     }
 
-    /// A consumer name that `seek`/`subscribe`/`remove_consumer` may use: not empty,
-    /// not a sink, no open subscription.
+    /// A consumer name that `seek`/`subscribe`/`remove_consumer`/`drain_to` may use:
+    /// see [`check_name`](Spool::check_name), and no open subscription.
     fn check_consumer(&self, name: &str) -> Result<()> {
+        self.check_name(name)?;
+        if self.subscription_state(name).is_some() {
+            return Err(crate::subscribe::already_open(name));
+        }
+        Ok(())
+    }
+
+    /// A name the consumer APIs may use at all: not empty, not a sink of this spool
+    /// (one namespace: only a sink's deliveries move its cursor).
+    fn check_name(&self, name: &str) -> Result<()> {
         if name.is_empty() {
             return Err(Error::Consumer("consumer name must not be empty".into()));
         }
-        if self.subscription_state(name).is_some() {
+        if self.inner.shared.is_sink(name) {
             return Err(Error::Consumer(format!(
-                "consumer {name} already has an open subscription"
+                "{name} is a sink of this spool: only its deliveries move its cursor"
             )));
         }
-        let kind = store::consumer_kind(&*self.inner.pool.get()?, name)?;
-        if kind.as_deref() == Some("sink") {
-            return Err(Error::Consumer(format!(
-                "{name} is a sink, not a subscriber"
-            )));
+        Ok(())
+    }
+
+    /// Refuses `After(n)` past the last event (the last seq only grows, so a position
+    /// checked here is still valid when the writer applies it).
+    fn check_seek(&self, name: &str, position: SeekPosition) -> Result<()> {
+        if let SeekPosition::After(n) = position {
+            let last = self.last_seq()?;
+            if n > last {
+                return Err(Error::Consumer(format!(
+                    "consumer {name}: cannot seek after seq {n}, the last is {last}"
+                )));
+            }
         }
         Ok(())
     }

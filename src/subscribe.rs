@@ -45,14 +45,62 @@ pub enum SeekPosition {
     After(SeqNo),
 }
 
+/// What a registered consumer is. Sinks and consumers share one namespace: a name
+/// that is a sink of the spool cannot be used through the consumer APIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConsumerKind {
+    /// A sink the spool was opened with: only its deliveries move its cursor.
+    Sink,
+    /// A sink recorded in the file that this spool was not opened with. It holds back
+    /// the deletion of what it has not had until it is added again, or removed with
+    /// [`Spool::remove_consumer`](crate::Spool::remove_consumer).
+    RetiredSink,
+    /// A consumer group, read with [`Subscription`]s and moved with `seek` / `ack`.
+    Subscriber,
+    /// A sink replayed by [`Spool::drain_to`](crate::Spool::drain_to).
+    Drain,
+}
+
+impl ConsumerKind {
+    /// How the kind is written in the file (a retired sink is a sink there).
+    pub(crate) fn stored(self) -> &'static str {
+        match self {
+            ConsumerKind::Sink | ConsumerKind::RetiredSink => "sink",
+            ConsumerKind::Subscriber => "subscriber",
+            ConsumerKind::Drain => "drain",
+        }
+    }
+
+    /// The kind written as `stored`; anything unknown reads as a subscriber.
+    pub(crate) fn from_stored(stored: &str) -> ConsumerKind {
+        match stored {
+            "sink" => ConsumerKind::Sink,
+            "drain" => ConsumerKind::Drain,
+            _ => ConsumerKind::Subscriber,
+        }
+    }
+}
+
+impl std::fmt::Display for ConsumerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConsumerKind::Sink => "sink",
+            ConsumerKind::RetiredSink => "retired sink",
+            ConsumerKind::Subscriber => "subscriber",
+            ConsumerKind::Drain => "drain",
+        })
+    }
+}
+
 /// What `Spool::consumers` reports of one consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ConsumerInfo {
     /// The consumer's name.
     pub name: String,
-    /// `"subscriber"`, `"sink"` or `"drain"`.
-    pub kind: String,
+    /// What it is.
+    pub kind: ConsumerKind,
     /// The last `seq` it acknowledged.
     pub position: SeqNo,
     /// Stored events after its position.
@@ -174,35 +222,74 @@ pub(crate) struct SubParts {
     pub(crate) shared: Arc<Shared>,
 }
 
-impl Subscription {
-    /// Opens a subscription for `name` at `position` (its cursor after any seek).
-    pub(crate) fn new(name: String, position: SeqNo, parts: SubParts) -> Result<Self> {
+/// A consumer name taken for a subscription while it opens, so that no other
+/// subscription, seek or removal can use it meanwhile; given back when dropped unless
+/// the subscription opened.
+pub(crate) struct Reservation {
+    shared: Arc<Shared>,
+    name: String,
+    state: Option<Arc<SubState>>,
+}
+
+impl Reservation {
+    /// Takes `name`.
+    ///
+    /// # Errors
+    /// [`Error::Consumer`] if it has an open subscription.
+    pub(crate) fn take(shared: &Arc<Shared>, name: &str) -> Result<Reservation> {
+        let mut active = shared
+            .subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if active.contains_key(name) {
+            return Err(already_open(name));
+        }
         let state = Arc::new(SubState::default());
-        state.read.store(position, SeqCst);
-        state.acked.store(position, SeqCst);
-        {
-            let mut active = parts
-                .shared
+        active.insert(name.to_owned(), state.clone());
+        Ok(Reservation {
+            shared: shared.clone(),
+            name: name.to_owned(),
+            state: Some(state),
+        })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.state.is_some() {
+            self.shared
                 .subscriptions
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if active.contains_key(&name) {
-                return Err(Error::Consumer(format!(
-                    "consumer {name} already has an open subscription"
-                )));
-            }
-            active.insert(name.clone(), state.clone());
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&self.name);
         }
-        Ok(Subscription {
+    }
+}
+
+/// The error for a second subscription, or a seek or removal, of a name in use.
+pub(crate) fn already_open(name: &str) -> Error {
+    Error::Consumer(format!("consumer {name} already has an open subscription"))
+}
+
+impl Subscription {
+    /// Opens the subscription `reserved` at `position` (its cursor after any seek).
+    pub(crate) fn new(mut reserved: Reservation, position: SeqNo, parts: SubParts) -> Self {
+        let state = reserved
+            .state
+            .take()
+            .expect("a reservation holds its state");
+        state.read.store(position, SeqCst);
+        state.acked.store(position, SeqCst);
+        Subscription {
             doorbell: parts.shared.doorbell(),
-            name,
+            name: std::mem::take(&mut reserved.name),
             state,
             buffer: VecDeque::new(),
             tx: parts.tx,
             pool: parts.pool,
             spool_id: parts.spool_id,
             shared: parts.shared,
-        })
+        }
     }
 
     /// The consumer's name.

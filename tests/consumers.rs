@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use eventspool::{Error, SeekPosition, Spool, Subscription};
+use eventspool::{ConsumerKind, Error, SeekPosition, Spool, Subscription};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -336,5 +336,135 @@ fn the_position_survives_kill_9() -> TestResult {
         [position + 1],
         "resumes right after the position"
     );
+    Ok(())
+}
+
+/// A sink that takes everything, named as the test needs.
+struct Named(&'static str);
+
+impl eventspool::Sink for Named {
+    fn name(&self) -> &str {
+        self.0
+    }
+    fn deliver(&mut self, _: &[eventspool::StoredEvent]) -> Result<(), eventspool::DeliveryError> {
+        Ok(())
+    }
+}
+
+/// One namespace: a name that is a sink of this spool cannot be subscribed, sought,
+/// acknowledged, drained or removed through the consumer APIs, whatever kind the file
+/// had recorded for it before; its events wait for it.
+#[test]
+fn a_sinks_cursor_cannot_be_moved_through_the_consumer_apis() -> TestResult {
+    use common::delivery::wait_delivered;
+    use common::http::Server;
+    let (_dir, path) = temp_spool();
+    // Run 1: "billing" is a consumer group, at the latest event.
+    let spool = spool_with(&path, 3)?;
+    spool.seek("billing", SeekPosition::Latest)?;
+    spool.close(T)?;
+    drop(spool);
+
+    // Run 2: "billing" is a sink whose receiver is down.
+    let mut server = Server::start();
+    server.down();
+    let url = server.url();
+    let sink = || common::delivery::quick_at("billing", url.clone()).max_retries(None);
+    let spool = Spool::builder(&path).sink(sink()).open()?;
+    spool.append_batch((3..53).map(numbered).collect())?;
+    let refused = |what: &str, result: Result<(), Error>| match result {
+        Err(Error::Consumer(msg)) => assert!(msg.contains("billing"), "{what}: {msg}"),
+        other => panic!("{what} on a sink's name: {other:?}"),
+    };
+    refused(
+        "subscribe",
+        spool
+            .subscribe("billing", SeekPosition::LastAcknowledged)
+            .map(drop),
+    );
+    refused(
+        "seek",
+        spool.seek("billing", SeekPosition::Latest).map(drop),
+    );
+    refused("ack", spool.ack("billing", 53));
+    refused(
+        "remove_consumer",
+        spool.remove_consumer("billing").map(drop),
+    );
+    refused("drain_to", spool.drain_to(&mut Named("billing")).map(drop));
+    let kinds: Vec<_> = spool
+        .consumers()?
+        .into_iter()
+        .map(|c| (c.name, c.kind))
+        .collect();
+    assert_eq!(kinds, [("billing".to_owned(), ConsumerKind::Sink)]);
+    let _ = spool.close(Duration::from_millis(100));
+    drop(spool);
+
+    // Run 3: the receiver is back and gets all 50.
+    server.up();
+    let spool = Spool::builder(&path).sink(sink()).open()?;
+    assert_eq!(wait_delivered(&server, 50), (4..=53).collect::<Vec<_>>());
+    wait_until(T, "the deliveries are counted", || {
+        spool.metrics().sinks[0].delivered == 50
+    });
+    let m = spool.metrics().sinks.remove(0);
+    assert_eq!(m.evicted_unsent, 0, "{m:?}");
+    Ok(())
+}
+
+/// A sink dropped from the configuration is listed as retired, named in a warning at
+/// open while it holds events back, and can be sought or removed.
+#[test]
+fn a_retired_sink_can_be_removed_and_releases_its_events() -> TestResult {
+    capture_logs();
+    let (_dir, path) = temp_spool();
+    let mut server = common::http::Server::start();
+    server.down();
+    let spool = Spool::builder(&path)
+        .sink(common::delivery::quick("old-hook", &server).max_retries(None))
+        .open()?;
+    spool.append_batch((0..10).map(numbered).collect())?;
+    let _ = spool.close(Duration::from_millis(100));
+    drop(spool);
+
+    let spool = Spool::open(&path)?;
+    assert!(
+        logged("old-hook").iter().any(|l| l.contains("10")),
+        "open names the retired sink and what it holds back: {:?}",
+        logged("old-hook")
+    );
+    let kinds: Vec<_> = spool.consumers()?.into_iter().map(|c| c.kind).collect();
+    assert_eq!(kinds, [ConsumerKind::RetiredSink]);
+    let mut live = spool.subscribe("live", SeekPosition::Beginning)?;
+    let seqs = read_n(&mut live, 10);
+    live.ack(seqs[9])?;
+    assert_eq!(spool.len()?, 10, "the retired sink still holds them");
+    assert_eq!(spool.seek("old-hook", SeekPosition::After(5))?, 5);
+    assert!(spool.remove_consumer("old-hook")?);
+    wait_until(T, "what only the retired sink held is deleted", || {
+        spool.len().unwrap() == 0
+    });
+    Ok(())
+}
+
+/// A subscribe that fails leaves nothing registered.
+#[test]
+fn a_failed_subscribe_registers_nothing() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let spool = spool_with(&path, 10)?;
+    assert!(matches!(
+        spool.subscribe("typo", SeekPosition::After(1000)),
+        Err(Error::Consumer(_))
+    ));
+    assert!(matches!(
+        spool.subscribe("", SeekPosition::Beginning),
+        Err(Error::Consumer(_))
+    ));
+    assert!(matches!(
+        spool.seek("typo", SeekPosition::After(u64::MAX)),
+        Err(Error::Consumer(_))
+    ));
+    assert_eq!(spool.consumers()?, []);
     Ok(())
 }

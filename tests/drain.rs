@@ -162,3 +162,45 @@ fn caps_still_evict_what_a_lagging_consumer_has_not_read() -> TestResult {
     assert_eq!(lagging.seen, [0, 15, 16, 17, 18, 19]);
     Ok(())
 }
+
+/// `drain_to` applies the sink's own type filter and configuration check, as a sink
+/// added to the builder does: a webhook that takes only `audit.*` never posts the rest,
+/// and one with a bad URL is refused before anything is read.
+#[test]
+fn drain_applies_the_sinks_filter_and_check() -> TestResult {
+    use common::http::Server;
+    use eventspool::{Event, WebhookSink};
+    let (_dir, path) = temp_spool();
+    let spool = Spool::open(&path)?;
+    for t in ["audit.login", "debug.noise", "audit.logout", "debug.noise"] {
+        spool.append(Event::new(t, 1))?;
+    }
+    let server = Server::start();
+    let mut hook = WebhookSink::new("audit-replay", server.url()).event_types(["audit.*"]);
+    assert_eq!(spool.drain_to(&mut hook)?, 2);
+    let types: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| r.json()["type"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(types, ["audit.login", "audit.logout"]);
+    assert_eq!(
+        spool.drain_to(&mut hook)?,
+        0,
+        "the cursor moved past the rest"
+    );
+    let audit = spool.consumers()?;
+    assert_eq!(audit[0].position, 4);
+
+    let mut bad = WebhookSink::new("bad-url", "ftp://example.test/hook");
+    match spool.drain_to(&mut bad) {
+        Err(Error::InvalidConfig(msg)) => assert!(msg.contains("bad-url"), "{msg}"),
+        other => panic!("a sink with a bad URL drained: {other:?}"),
+    }
+    assert_eq!(
+        spool.consumers()?.len(),
+        1,
+        "the refused sink was not registered"
+    );
+    Ok(())
+}

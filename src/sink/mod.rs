@@ -104,26 +104,33 @@ pub trait Sink: Send {
     }
 }
 
-/// Checks the sinks of one spool: names unique and not empty, batch sizes within
-/// [`MAX_SINK_BATCH`], and each sink's own [`Sink::check`].
+/// Checks the sinks of one spool: names unique, and each one as [`check_one`] does.
 pub(crate) fn check_all<'a>(sinks: impl IntoIterator<Item = &'a dyn Sink>) -> SpoolResult<()> {
     let mut names = std::collections::HashSet::new();
     for sink in sinks {
-        let name = sink.name();
-        if name.is_empty() {
-            return Err(Error::InvalidConfig("sink name must not be empty".into()));
-        }
-        if !names.insert(name) {
+        check_one(sink)?;
+        if !names.insert(sink.name()) {
             return Err(Error::InvalidConfig(format!(
-                "two sinks are named {name:?}"
+                "two sinks are named {:?}",
+                sink.name()
             )));
         }
-        sink.check().map_err(Error::InvalidConfig)?;
-        if !(1..=MAX_SINK_BATCH).contains(&sink.batch_size()) {
-            return Err(Error::InvalidConfig(format!(
-                "sink {name}: batch_size must be 1 to {MAX_SINK_BATCH}"
-            )));
-        }
+    }
+    Ok(())
+}
+
+/// Checks one sink: a name, a batch size within [`MAX_SINK_BATCH`], and its own
+/// [`Sink::check`].
+pub(crate) fn check_one<S: Sink + ?Sized>(sink: &S) -> SpoolResult<()> {
+    let name = sink.name();
+    if name.is_empty() {
+        return Err(Error::InvalidConfig("sink name must not be empty".into()));
+    }
+    sink.check().map_err(Error::InvalidConfig)?;
+    if !(1..=MAX_SINK_BATCH).contains(&sink.batch_size()) {
+        return Err(Error::InvalidConfig(format!(
+            "sink {name}: batch_size must be 1 to {MAX_SINK_BATCH}"
+        )));
     }
     Ok(())
 }

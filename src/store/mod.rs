@@ -19,7 +19,7 @@ use crate::config::SpoolConfig;
 use crate::delivery::DeadLetter;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventQuery, SeqNo, StoredEvent};
-use crate::subscribe::{ConsumerInfo, SeekPosition};
+use crate::subscribe::{ConsumerInfo, ConsumerKind, SeekPosition};
 
 mod pool;
 
@@ -98,10 +98,11 @@ pub(crate) enum StartAt {
 /// A change to consumers or dead letters, applied by the writer in its transaction.
 #[derive(Debug)]
 pub(crate) enum Op {
-    /// Registers a consumer if it is new; yields its cursor.
+    /// Registers a consumer if it is new, else makes it of `kind` (keeping its cursor);
+    /// yields its cursor.
     Register {
         consumer: String,
-        kind: &'static str,
+        kind: ConsumerKind,
         start: StartAt,
     },
     /// Moves a cursor forward (never back). `from` is set by a sink's worker: the first
@@ -127,9 +128,10 @@ pub(crate) enum Op {
         error: String,
         ack: Option<(SeqNo, SeqNo)>,
     },
-    /// Sets a consumer's position (registering it as a subscriber if new); yields it.
+    /// Sets a consumer's position, registering it as a subscriber if new (at the oldest
+    /// stored event for `LastAcknowledged`), in one step; yields the position.
     Seek { consumer: String, to: SeekPosition },
-    /// Unregisters a consumer (never a sink); yields 1 if it existed.
+    /// Unregisters a consumer; yields 1 if it existed. (The spool refuses its sinks.)
     Remove { consumer: String },
     /// Marks a sink's dead letters for redelivery; yields how many.
     Requeue { sink: String },
@@ -156,9 +158,10 @@ pub(crate) fn apply(
                 StartAt::Next => last_seq,
             };
             tx.prepare_cached(
-                "INSERT OR IGNORE INTO consumers (name, kind, acked) VALUES (?1, ?2, ?3)",
+                "INSERT INTO consumers (name, kind, acked) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET kind = excluded.kind",
             )?
-            .execute(params![consumer, kind, int(acked)])?;
+            .execute(params![consumer, kind.stored(), int(acked)])?;
             Ok(cursor(tx, consumer)?.unwrap_or(acked))
         }
         Op::Ack {
@@ -175,7 +178,13 @@ pub(crate) fn apply(
                 SeekPosition::Latest => last_seq,
                 SeekPosition::After(n) => *n,
                 SeekPosition::LastAcknowledged => {
-                    return Ok(cursor(tx, consumer)?.unwrap_or(first_seq.saturating_sub(1)));
+                    let oldest = first_seq.saturating_sub(1);
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO consumers (name, kind, acked)
+                         VALUES (?1, 'subscriber', ?2)",
+                    )?
+                    .execute(params![consumer, int(oldest)])?;
+                    return Ok(cursor(tx, consumer)?.unwrap_or(oldest));
                 }
             };
             tx.prepare_cached(
@@ -186,7 +195,7 @@ pub(crate) fn apply(
             Ok(seq)
         }
         Op::Remove { consumer } => Ok(tx
-            .prepare_cached("DELETE FROM consumers WHERE name = ?1 AND kind != 'sink'")?
+            .prepare_cached("DELETE FROM consumers WHERE name = ?1")?
             .execute([consumer])? as u64),
         Op::DeadLetter {
             sink,
@@ -705,22 +714,13 @@ pub(crate) fn consumers(conn: &Connection) -> Result<Vec<ConsumerInfo>> {
         let oldest: Option<i64> = r.get(3)?;
         Ok(ConsumerInfo {
             name: r.get(0)?,
-            kind: r.get(1)?,
+            kind: ConsumerKind::from_stored(&r.get::<_, String>(1)?),
             position,
             lag: last.saturating_sub(position.max(first - 1)),
             oldest_unacked_age_ms: oldest.map_or(0, |ts| crate::time::age_ms(ts.max(1))),
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-}
-
-/// A consumer's kind, if it is registered.
-pub(crate) fn consumer_kind(conn: &Connection, name: &str) -> Result<Option<String>> {
-    use rusqlite::OptionalExtension;
-    Ok(conn
-        .prepare_cached("SELECT kind FROM consumers WHERE name = ?1")?
-        .query_row([name], |r| r.get(0))
-        .optional()?)
 }
 
 /// A stored row that cannot be decoded into an event (its bytes were damaged).
