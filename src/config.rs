@@ -92,6 +92,11 @@ pub struct SpoolConfig {
     /// overhead); the oldest are evicted (and counted) beyond it.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
+    /// Most bytes of dead letters kept, across sinks (counted as `max_bytes` counts);
+    /// the oldest are evicted (and counted in `dead_letters_evicted`) beyond it, or
+    /// beyond `max_events` of them. `None` (the default) is `max_bytes`.
+    #[serde(default)]
+    pub max_dead_letter_bytes: Option<u64>,
     /// Largest single event accepted, in the same bytes as `max_bytes`.
     #[serde(default = "default_max_event_bytes")]
     pub max_event_bytes: u64,
@@ -282,6 +287,7 @@ impl SpoolConfig {
             max_events: DEFAULT_MAX_EVENTS,
             max_bytes: DEFAULT_MAX_BYTES,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            max_dead_letter_bytes: None,
             max_file_bytes: None,
             batch_size: DEFAULT_BATCH_SIZE,
             flush_interval_ms: DEFAULT_FLUSH_INTERVAL.as_millis() as u64,
@@ -309,6 +315,9 @@ impl SpoolConfig {
         if self.max_bytes == 0 {
             return bad("max_bytes must be at least 1");
         }
+        if self.max_dead_letter_bytes == Some(0) {
+            return bad("max_dead_letter_bytes must be at least 1");
+        }
         if self.max_event_bytes == 0 {
             return bad("max_event_bytes must be at least 1");
         }
@@ -328,6 +337,11 @@ impl SpoolConfig {
         }
         let sinks: Vec<WebhookSink> = self.sinks.iter().map(WebhookConfig::to_sink).collect();
         crate::sink::check_all(sinks.iter().map(|s| s as &dyn crate::Sink))
+    }
+
+    /// The cap on dead letters' bytes: `max_dead_letter_bytes`, else `max_bytes`.
+    pub(crate) fn dead_letter_limit(&self) -> u64 {
+        self.max_dead_letter_bytes.unwrap_or(self.max_bytes)
     }
 
     /// The largest event `emit` accepts: `max_event_bytes`, and never more than `max_bytes`.

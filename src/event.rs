@@ -145,12 +145,15 @@ impl Event {
         Ok(size)
     }
 
-    /// The bytes this event counts for against `max_bytes`: data, type, id, subject, source.
+    /// The bytes this event counts for against `max_bytes` (see [`size_of`]).
     pub(crate) fn size(&self) -> u64 {
-        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-        let data = self.data_json().map_or(0, str::len);
-        (data + self.event_type.len() + opt(&self.id) + opt(&self.subject) + opt(&self.source))
-            as u64
+        let data = self.data_json().unwrap_or_default();
+        let optional = [
+            self.id.as_deref(),
+            self.subject.as_deref(),
+            self.source.as_deref(),
+        ];
+        size_of(data, &self.event_type, optional)
     }
 }
 
@@ -212,6 +215,23 @@ impl StoredEvent {
         serde_json::from_str(self.data.get())
             .map_err(|e| Error::InvalidEvent(format!("data of event {}: {e}", self.seq)))
     }
+
+    /// The bytes the event counts for against the caps, as when it was stored (with
+    /// the id it is delivered with).
+    pub(crate) fn size(&self) -> u64 {
+        let optional = [
+            Some(&*self.id),
+            self.subject.as_deref(),
+            self.source.as_deref(),
+        ];
+        size_of(self.data.get(), &self.event_type, optional)
+    }
+}
+
+/// The bytes an event counts for against the caps: data, type, id, subject, source.
+fn size_of(data: &str, event_type: &str, optional: [Option<&str>; 3]) -> u64 {
+    let optional: usize = optional.iter().map(|s| s.map_or(0, str::len)).sum();
+    (data.len() + event_type.len() + optional) as u64
 }
 
 /// Default for [`EventQuery::limit`]: 1000 events.

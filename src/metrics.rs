@@ -37,6 +37,9 @@ pub(crate) struct Counters {
     pub(crate) stored_events: AtomicU64,
     pub(crate) stored_bytes: AtomicU64,
     pub(crate) last_seq: AtomicU64,
+    pub(crate) dead_letters: AtomicU64,
+    pub(crate) dead_letter_bytes: AtomicU64,
+    pub(crate) dead_letters_evicted: AtomicU64,
 }
 
 impl Counters {
@@ -72,6 +75,9 @@ impl Counters {
             stored_events: r(&self.stored_events),
             stored_bytes: r(&self.stored_bytes),
             last_seq: r(&self.last_seq),
+            dead_letters: r(&self.dead_letters),
+            dead_letter_bytes: r(&self.dead_letter_bytes),
+            dead_letters_evicted: r(&self.dead_letters_evicted),
             channel_depth: channel_depth as u64,
             batches,
             mean_batch_size: if batches == 0 {
@@ -118,6 +124,12 @@ pub struct MetricsSnapshot {
     pub stored_bytes: u64,
     /// Highest `seq` assigned.
     pub last_seq: u64,
+    /// Dead letters kept, across sinks.
+    pub dead_letters: u64,
+    /// Bytes of the dead letters kept (as counted for `max_dead_letter_bytes`).
+    pub dead_letter_bytes: u64,
+    /// Dead letters evicted by their caps since the spool opened (oldest first).
+    pub dead_letters_evicted: u64,
     /// Messages waiting in the channel to the writer.
     pub channel_depth: u64,
     /// Transactions committed with events.
@@ -165,6 +177,11 @@ impl MetricsSnapshot {
             ),
             ("evicted_total", "Events evicted by the caps.", self.evicted),
             ("commit_errors_total", "Failed commits.", self.commit_errors),
+            (
+                "dead_letters_evicted_total",
+                "Dead letters evicted by their caps.",
+                self.dead_letters_evicted,
+            ),
             ("batches_total", "Committed batches.", self.batches),
         ];
         for (name, help, value) in counters {
@@ -190,6 +207,16 @@ impl MetricsSnapshot {
                 "last_seq",
                 "Highest sequence number assigned.",
                 self.last_seq as f64,
+            ),
+            (
+                "dead_letters",
+                "Dead letters kept.",
+                self.dead_letters as f64,
+            ),
+            (
+                "dead_letter_bytes",
+                "Bytes of the dead letters kept.",
+                self.dead_letter_bytes as f64,
             ),
             (
                 "channel_depth",

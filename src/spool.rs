@@ -155,6 +155,14 @@ impl SpoolBuilder {
         self
     }
 
+    /// Most bytes of dead letters kept, across sinks; the oldest are evicted beyond it
+    /// (or beyond `max_events` of them), counted in `dead_letters_evicted`. Defaults to
+    /// `max_bytes`.
+    pub fn max_dead_letter_bytes(mut self, n: u64) -> Self {
+        self.config.max_dead_letter_bytes = Some(n);
+        self
+    }
+
     /// Largest event accepted. Defaults to 1 MiB.
     pub fn max_event_bytes(mut self, n: u64) -> Self {
         self.config.max_event_bytes = n;
@@ -841,6 +849,42 @@ impl Spool {
         Ok(n)
     }
 
+    /// Deletes all of `sink`'s dead letters; returns how many. (They are also kept
+    /// within a cap of their own: see [`SpoolBuilder::max_dead_letter_bytes`].)
+    ///
+    /// # Errors
+    /// [`Error::Closed`]; [`Error::Commit`].
+    pub fn purge_dead_letters(&self, sink: &str) -> Result<u64> {
+        self.inner.call(Op::Purge {
+            sink: sink.to_owned(),
+            failed_before: None,
+        })
+    }
+
+    /// Deletes `sink`'s dead letters that failed `age` ago or earlier; returns how many.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use eventspool::Spool;
+    ///
+    /// let dir = tempfile::tempdir().expect("temp dir");
+    /// let spool = Spool::open(dir.path().join("events.db"))?;
+    /// // Those older than a week go; the rest stay to be looked at or requeued.
+    /// let purged = spool.purge_dead_letters_older_than("audit", Duration::from_secs(7 * 86_400))?;
+    /// assert_eq!(purged, 0);
+    /// # Ok::<(), eventspool::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`purge_dead_letters`](Spool::purge_dead_letters).
+    pub fn purge_dead_letters_older_than(&self, sink: &str, age: Duration) -> Result<u64> {
+        let age = i64::try_from(crate::time::millis(age)).unwrap_or(i64::MAX);
+        self.inner.call(Op::Purge {
+            sink: sink.to_owned(),
+            failed_before: Some(crate::time::now_ms().saturating_sub(age)),
+        })
+    }
+
     /// A copy of the counters, with one entry per sink and per open subscription.
     ///
     /// ```
@@ -1174,6 +1218,8 @@ impl Inner {
             }
         }
 
+        // Readers first: the writer's connection, closing last, removes the WAL.
+        self.pool.close_idle();
         let stopped = if committed {
             request(
                 &self.tx,

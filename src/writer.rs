@@ -26,7 +26,7 @@ use crate::event::{Event, SeqNo};
 use crate::metrics::Counters;
 use crate::reply::{Reply, Wakeups, reply};
 use crate::spool::Shared;
-use crate::store::{self, Op, StoreState};
+use crate::store::{self, DeadLetterBook, Op, StoreState};
 
 /// What callers send to the writer, in one ordered channel.
 pub(crate) enum Msg {
@@ -283,6 +283,7 @@ pub(crate) struct Writer {
     next_seq: SeqNo,
     first_seq: SeqNo,
     stored_bytes: u64,
+    dead: DeadLetterBook,
     batch: Vec<Event>,
     appends: Vec<Waiter>,
     flushes: Vec<Reply<()>>,
@@ -320,6 +321,8 @@ impl Writer {
         c.stored_events
             .store(state.last_seq + 1 - state.first_seq, Relaxed);
         c.stored_bytes.store(state.stored_bytes, Relaxed);
+        c.dead_letters.store(state.dead_letters, Relaxed);
+        c.dead_letter_bytes.store(state.dead_letter_bytes, Relaxed);
         Writer {
             lock,
             checkpointer,
@@ -347,6 +350,13 @@ impl Writer {
             next_seq: state.last_seq + 1,
             first_seq: state.first_seq,
             stored_bytes: state.stored_bytes,
+            dead: DeadLetterBook {
+                count: state.dead_letters,
+                bytes: state.dead_letter_bytes,
+                evicted: 0,
+                max_count: config.max_events,
+                max_bytes: config.dead_letter_limit(),
+            },
             batch: Vec::with_capacity(config.batch_size.min(4096)),
             appends: Vec::new(),
             flushes: Vec::new(),
@@ -392,8 +402,12 @@ impl Writer {
                     // Consumers' own acknowledgements may have made more deletable.
                     self.gc_pending = true;
                     self.collect();
-                    if let Some(conn) = &self.db.lock().conn {
-                        let _ = store::checkpoint(conn);
+                    // Everything into the database file and the WAL emptied: the file
+                    // stands alone once the connections close (see `Spool::close`).
+                    if let Some(conn) = &self.db.lock().conn
+                        && let Err(e) = self.checkpointer.truncate(conn, WAL_WAIT)
+                    {
+                        log::warn!("cannot empty the WAL at close: {e}");
                     }
                 }
                 reply.send(gone.map_or(Ok(()), |rescued| {
@@ -569,6 +583,7 @@ impl Writer {
             unsent: Vec::new(),
             collectable: false,
             collect_due: false,
+            dead: self.dead,
         };
         let caps = (self.max_events, self.max_bytes);
         match commit_batch(
@@ -667,6 +682,11 @@ impl Writer {
             .store(self.next_seq - self.first_seq, Relaxed);
         c.stored_bytes.store(self.stored_bytes, Relaxed);
         c.evicted.fetch_add(kept.evicted, Relaxed);
+        c.dead_letters_evicted
+            .fetch_add(kept.dead.evicted - self.dead.evicted, Relaxed);
+        self.dead = kept.dead;
+        c.dead_letters.store(self.dead.count, Relaxed);
+        c.dead_letter_bytes.store(self.dead.bytes, Relaxed);
         for (consumer, unsent) in &kept.unsent {
             self.shared.evicted_unsent(consumer, *unsent);
         }
@@ -830,6 +850,8 @@ impl Drop for Writer {
 struct Kept {
     first_seq: SeqNo,
     stored_bytes: u64,
+    /// The dead letters after the transaction's operations.
+    dead: DeadLetterBook,
     /// Events evicted by the caps (not those every consumer had acknowledged).
     evicted: u64,
     /// What each operation yielded, in order.
@@ -860,8 +882,13 @@ fn commit_batch(
     let end = first + batch.len() as u64; // one past the last seq
     let stored_first = kept.first_seq;
     for (op, _) in ops {
-        kept.results
-            .push(store::apply(&tx, op, kept.first_seq, end - 1)?);
+        kept.results.push(store::apply(
+            &tx,
+            op,
+            kept.first_seq,
+            end - 1,
+            &mut kept.dead,
+        )?);
     }
     if let Some(acked) = store::min_acked(&tx)? {
         let consumed_to = (acked + 1).min(end);

@@ -187,7 +187,7 @@ fn a_newer_schema_is_refused() -> TestResult {
             e,
             Error::NewerSchema {
                 found: 99,
-                supported: 1,
+                supported: 2,
                 ..
             }
         )

@@ -2,6 +2,12 @@
 //! subscribe-read / eviction by cap / close-and-reopen run against the real spool and
 //! a simple in-memory model; every observable must agree after each step.
 //!
+//! A sink named `s` that refuses every event for good runs beside the two consumers:
+//! each step waits until it has caught up, so its dead letters are exact too (kept
+//! within their cap of `MAX_EVENTS`, the oldest evicted first), and steps that use its
+//! name through the consumer APIs must be refused without changing anything. Timeouts
+//! are taken at their extremes (`Duration::MAX` and zero).
+//!
 //! Observables that acknowledged-but-not-yet-deleted events would make timing-dependent
 //! (the writer deletes those lazily) are compared through what a consumer can see:
 //! the events after the lowest consumer position, which are exact.
@@ -12,12 +18,25 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use eventspool::{EventQuery, SeekPosition, Spool};
+use eventspool::{DeliveryError, Error, EventQuery, SeekPosition, Sink, Spool, StoredEvent};
 use proptest::prelude::*;
 
 const MAX_EVENTS: u64 = 12;
 const CONSUMERS: [&str; 2] = ["a", "b"];
+/// The sink: it dead-letters every event.
+const SINK: &str = "s";
 const T: Duration = Duration::from_secs(10);
+
+struct Refuses;
+
+impl Sink for Refuses {
+    fn name(&self) -> &str {
+        SINK
+    }
+    fn deliver(&mut self, _: &[StoredEvent]) -> Result<(), DeliveryError> {
+        Err(DeliveryError::permanent("refused"))
+    }
+}
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -30,6 +49,8 @@ enum Step {
     /// Consumer seeks after `last_seq - back` (never below the lowest position).
     SeekBack(usize, u8),
     SeekLatest(usize),
+    /// A consumer API used with the sink's name (which API: 0..5).
+    UseSinkName(u8),
     Reopen,
 }
 
@@ -41,6 +62,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0usize..2, 1u8..4).prop_map(|(c, n)| Step::Read(c, n)),
         1 => (0usize..2, 0u8..6).prop_map(|(c, b)| Step::SeekBack(c, b)),
         1 => (0usize..2).prop_map(Step::SeekLatest),
+        1 => (0u8..5).prop_map(Step::UseSinkName),
         1 => Just(Step::Reopen),
     ]
 }
@@ -54,6 +76,9 @@ struct Model {
     positions: [u64; 2],
     evicted: u64,
     next_number: u64,
+    /// Every seq the sink gave up on, in order (the dead letters are its last
+    /// `MAX_EVENTS`).
+    dead: Vec<u64>,
 }
 
 impl Model {
@@ -66,6 +91,7 @@ impl Model {
         for _ in 0..k {
             self.last_seq += 1;
             self.events.insert(self.last_seq, self.next_number);
+            self.dead.push(self.last_seq);
             self.next_number += 1;
         }
         self.collect();
@@ -81,6 +107,10 @@ impl Model {
         self.events.retain(|&seq, _| seq > min);
     }
 
+    fn dead_letters(&self) -> &[u64] {
+        &self.dead[self.dead.len().saturating_sub(MAX_EVENTS as usize)..]
+    }
+
     fn after(&self, seq: u64) -> Vec<(u64, u64)> {
         self.events
             .range(seq + 1..)
@@ -92,6 +122,7 @@ impl Model {
 fn open(path: &std::path::Path) -> Spool {
     let spool = Spool::builder(path)
         .max_events(MAX_EVENTS)
+        .sink(Refuses)
         .open()
         .expect("open");
     for name in CONSUMERS {
@@ -119,7 +150,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     spool.emit(numbered(model.next_number)).unwrap();
                     model.commit(1);
                 }
-                spool.flush(T).unwrap();
+                spool.flush(Duration::MAX).unwrap();
             }
             Step::Append(k) => {
                 let first = model.next_number;
@@ -142,7 +173,8 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let expected = model.after(model.positions[c]);
                 let mut got = Vec::new();
                 while got.len() < usize::from(n) {
-                    match sub.try_next().unwrap() {
+                    // Nothing more is coming: a zero wait is a look.
+                    match sub.next_timeout(Duration::ZERO).unwrap() {
                         Some(e) => got.push((e.seq, number_of(&e))),
                         None => break,
                     }
@@ -180,17 +212,41 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 read[c] = model.last_seq;
                 model.collect();
             }
+            Step::UseSinkName(api) => {
+                let refused = match api {
+                    0 => spool.subscribe(SINK, SeekPosition::Beginning).map(drop),
+                    1 => spool.seek(SINK, SeekPosition::Beginning).map(drop),
+                    2 => spool.ack(SINK, model.last_seq),
+                    3 => spool.remove_consumer(SINK).map(drop),
+                    _ => spool.drain_to(&mut Refuses).map(drop),
+                };
+                prop_assert!(
+                    matches!(refused, Err(Error::Consumer(_))),
+                    "api {} on the sink's name: {:?}",
+                    api,
+                    refused
+                );
+            }
             Step::Reopen => {
                 evicted_before += spool.metrics().evicted;
                 committed_before += spool.metrics().committed;
-                spool.close(T).unwrap();
+                spool.close(Duration::MAX).unwrap();
                 drop(spool);
                 spool = open(&path);
                 read = model.positions;
             }
         }
+        // The sink has caught up: every event committed is dead-lettered.
+        wait_until(T, "the sink caught up", || {
+            spool.metrics().sinks[0].cursor == model.last_seq
+        });
         // Every observable agrees with the model after every step.
         prop_assert_eq!(spool.last_seq().unwrap(), model.last_seq);
+        let dead: Vec<u64> = (spool.dead_letters(SINK, usize::MAX).unwrap().iter())
+            .map(|d| d.event.seq)
+            .collect();
+        prop_assert_eq!(&dead[..], model.dead_letters());
+        prop_assert_eq!(spool.metrics().dead_letters, dead.len() as u64);
         let visible: Vec<(u64, u64)> = spool
             .query(
                 &EventQuery::new()
@@ -208,7 +264,10 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
             .iter()
             .map(|c| c.position)
             .collect();
-        prop_assert_eq!(positions, model.positions.to_vec());
+        // By name: a, b, then the sink, caught up.
+        let mut want = model.positions.to_vec();
+        want.push(model.last_seq);
+        prop_assert_eq!(positions, want);
         // Acknowledged events are deleted lazily, so the file may hold more than the
         // model's events, but always one contiguous range ending at the last seq,
         // within the cap.

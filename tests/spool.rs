@@ -695,3 +695,34 @@ fn a_reader_holding_an_old_snapshot_does_not_stall_every_commit() -> TestResult 
     reader.execute_batch("COMMIT")?;
     Ok(())
 }
+
+/// After a clean close the database file stands alone: no `-wal`, no `-shm` (backups
+/// that copy the file, and moving it, depend on it), while the closed handle still
+/// answers queries.
+#[test]
+fn a_clean_close_leaves_the_file_standing_alone() -> TestResult {
+    let (dir, path) = temp_spool();
+    let spool = Spool::open(&path)?;
+    for n in 0..100 {
+        spool.append(numbered(n))?;
+    }
+    let mut sub = spool.subscribe("reader", eventspool::SeekPosition::Beginning)?;
+    sub.try_next()?;
+    drop(sub);
+    spool.close(T)?;
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    assert_eq!(names, ["events.db", "events.db.lock"]);
+    assert_eq!(spool.len()?, 100, "a closed spool still answers queries");
+    drop(spool);
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(&path, &copy)?;
+    assert_eq!(
+        Spool::open(&copy)?.len()?,
+        100,
+        "a copy of the file alone is whole"
+    );
+    Ok(())
+}

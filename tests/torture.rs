@@ -5,7 +5,10 @@
 //! reset the connection. Every run's history is checked: no acknowledged event missing,
 //! per-sink order by seq, duplicates only from the requests a crash may replay (the
 //! last one, or with `commit_every(n)` the last n), no seq reused, consumer positions
-//! kept, counters balanced at clean closes.
+//! kept, counters balanced at clean closes. A third sink's receiver refuses every
+//! fourth event for good (400): those are dead-lettered under a small cap of their own,
+//! and after every run the file's dead letters are checked to be within it and to
+//! agree with the totals the file keeps.
 //!
 //! `cargo test --test torture` runs it for 20 s; by hand:
 //! `cargo test --release --test torture -- --seconds 600 --seed 42`.
@@ -28,6 +31,10 @@ use serde_json::json;
 /// Name, batch size and `commit_every` of each sink: a crash may replay that many of
 /// a sink's last acknowledged requests.
 const SINKS: [(&str, usize, usize); 2] = [("s1", 1, 4), ("s2", 10, 1)];
+/// The sink whose receiver refuses every fourth event for good.
+const DEAD_SINK: &str = "s3";
+/// The cap on dead letters' bytes (about 150 events' worth).
+const DEAD_CAP: u64 = 16 << 10;
 
 fn sink(name: &str, batch: usize, commit_every: usize, url: &str, run: &str) -> WebhookSink {
     WebhookSink::new(name, url)
@@ -45,10 +52,11 @@ fn sink(name: &str, batch: usize, commit_every: usize, url: &str, run: &str) -> 
 // ---- the child ---------------------------------------------------------------------
 
 fn child(path: &str, urls: &[String], run: &str, progress: &str, stop_file: &str) -> ExitCode {
-    let mut builder = Spool::builder(path);
+    let mut builder = Spool::builder(path).max_dead_letter_bytes(DEAD_CAP);
     for ((name, batch, every), url) in SINKS.iter().zip(urls) {
         builder = builder.sink(sink(name, *batch, *every, url, run));
     }
+    builder = builder.sink(sink(DEAD_SINK, 1, 1, &urls[2], run));
     let spool = builder.open().expect("child open");
     let log = Arc::new(Mutex::new(
         std::fs::OpenOptions::new()
@@ -141,6 +149,44 @@ fn flaky_receiver(seed: u64) -> Server {
         85..90 => Reply::Hang,
         _ => Reply::Reset,
     })
+}
+
+/// A receiver that refuses every fourth event for good (400), and takes the rest.
+fn refusing_receiver() -> Server {
+    Server::with_script(|r| match events_of(r)[0].0 % 4 {
+        0 => Reply::status(400),
+        _ => Reply::ok(),
+    })
+}
+
+/// The dead letters in the file are within their cap and agree with the totals the
+/// file keeps of them; returns how many there are.
+fn check_dead_letters(path: &Path, history: &mut History, run: &str) -> u64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let (count, bytes): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*), coalesce(sum(size), 0) FROM dead_letters",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let kept: (i64, i64) = conn
+        .query_row("SELECT dead_count, dead_bytes FROM state", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    if bytes as u64 > DEAD_CAP {
+        history.violation(format!(
+            "{run}: dead letters hold {bytes} bytes, over {DEAD_CAP}"
+        ));
+    }
+    if kept != (count, bytes) {
+        history.violation(format!(
+            "{run}: the file counts {kept:?} dead letters, holds {:?}",
+            (count, bytes)
+        ));
+    }
+    count as u64
 }
 
 /// What one request carried: `(seq, data)` per event.
@@ -258,7 +304,7 @@ impl History {
 fn main() -> ExitCode {
     if let Ok(role) = std::env::var("EVENTSPOOL_TORTURE_CHILD") {
         let v: Vec<String> = role.split('\n').map(str::to_owned).collect();
-        return child(&v[0], &v[1..3], &v[3], &v[4], &v[5]);
+        return child(&v[0], &v[1..4], &v[4], &v[5], &v[6]);
     }
     let seconds: u64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(20);
     let seed: u64 = arg("--seed")
@@ -271,7 +317,9 @@ fn main() -> ExitCode {
     let receivers: Vec<Server> = (0..SINKS.len())
         .map(|i| flaky_receiver(seed + i as u64))
         .collect();
-    let urls: Vec<String> = receivers.iter().map(Server::url).collect();
+    let refusing = refusing_receiver();
+    let mut urls: Vec<String> = receivers.iter().map(Server::url).collect();
+    urls.push(refusing.url());
     let mut history = History {
         violations: Vec::new(),
         data_of: HashMap::new(),
@@ -290,6 +338,7 @@ fn main() -> ExitCode {
             path.display().to_string(),
             urls[0].clone(),
             urls[1].clone(),
+            urls[2].clone(),
             run.clone(),
             progress.display().to_string(),
             stop_file.display().to_string(),
@@ -312,6 +361,7 @@ fn main() -> ExitCode {
             kills += 1;
         }
         history.read_progress(&run, &progress);
+        check_dead_letters(&path, &mut history, &run);
         // After every run: the consumer's position survived.
         let spool = Spool::open(&path).unwrap();
         let position = spool
@@ -337,6 +387,9 @@ fn main() -> ExitCode {
     for ((name, batch, every), url) in SINKS.iter().zip(&urls) {
         builder = builder.sink(sink(name, *batch, *every, url, "final"));
     }
+    builder = builder
+        .max_dead_letter_bytes(DEAD_CAP)
+        .sink(sink(DEAD_SINK, 1, 1, &urls[2], "final"));
     let spool = builder.open().unwrap();
     let last_seq = spool.last_seq().unwrap();
     // Generous: the backlog after a long run drains at a few thousand events a second.
@@ -349,6 +402,25 @@ fn main() -> ExitCode {
         std::thread::sleep(Duration::from_millis(10));
     }
     spool.close(Duration::from_secs(10)).unwrap();
+    let dead_kept = check_dead_letters(&path, &mut history, "final");
+
+    // The refusing sink: 2xx requests in order, and every committed event reached it.
+    let requests = refusing.requests();
+    history.check_sink(DEAD_SINK, 1, &requests);
+    let reached: BTreeSet<u64> = requests
+        .iter()
+        .flat_map(|r| events_of(r).into_iter().map(|(s, _)| s))
+        .collect();
+    let missing: Vec<u64> = (1..=last_seq)
+        .filter(|s| !reached.contains(s))
+        .take(10)
+        .collect();
+    if !missing.is_empty() {
+        history.violation(format!(
+            "{DEAD_SINK}: committed events never sent: {missing:?}"
+        ));
+    }
+    let refused = reached.iter().filter(|s| *s % 4 == 0).count();
 
     let mut delivered = 0u64;
     let mut duplicates = Vec::new();
@@ -398,7 +470,8 @@ fn main() -> ExitCode {
     let violations = history.violations.len();
     println!(
         "torture: runs {runs}, kills {kills}, events committed {last_seq}, appends acknowledged {}, \
-         events delivered {delivered}, duplicates {}, violations {violations}",
+         events delivered {delivered}, duplicates {}, refused {refused} (dead letters kept \
+         {dead_kept}, within {DEAD_CAP} bytes), violations {violations}",
         history.acked_appends.len(),
         duplicates.join(" / ")
     );

@@ -12,7 +12,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, Transaction, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
 use serde_json::value::RawValue;
 
 use crate::config::SpoolConfig;
@@ -26,7 +26,8 @@ mod pool;
 pub(crate) use pool::ReaderPool;
 
 /// The newest schema this build writes and understands.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+/// 2 added the dead letters' sizes and totals (for their cap).
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 /// `PRAGMA application_id` of a spool file: "EvSp".
 const APPLICATION_ID: i64 = 0x4576_5370;
 /// Largest WAL kept on disk after a checkpoint resets it.
@@ -50,7 +51,9 @@ CREATE TABLE IF NOT EXISTS state (
     one          INTEGER PRIMARY KEY CHECK (one = 0),
     spool_id     TEXT NOT NULL,
     last_seq     INTEGER NOT NULL,
-    stored_bytes INTEGER NOT NULL
+    stored_bytes INTEGER NOT NULL,
+    dead_count   INTEGER NOT NULL DEFAULT 0,
+    dead_bytes   INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS consumers (
     name  TEXT PRIMARY KEY,
@@ -71,8 +74,22 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     last_error  TEXT NOT NULL,
     failed_at   INTEGER NOT NULL,
     requeued    INTEGER NOT NULL DEFAULT 0,
+    size        INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (sink, seq)
 );
+";
+
+/// From schema 1: the dead letters' sizes (what their events count for against the
+/// caps, as `Event::size` counts it) and their totals.
+const MIGRATE_FROM_1: &str = "
+ALTER TABLE dead_letters ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+UPDATE dead_letters SET size = octet_length(data) + octet_length(type)
+    + coalesce(octet_length(id), 0) + coalesce(octet_length(subject), 0)
+    + coalesce(octet_length(source), 0);
+ALTER TABLE state ADD COLUMN dead_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE state ADD COLUMN dead_bytes INTEGER NOT NULL DEFAULT 0;
+UPDATE state SET dead_count = (SELECT count(*) FROM dead_letters),
+                 dead_bytes = (SELECT coalesce(sum(size), 0) FROM dead_letters);
 ";
 
 /// A seq or byte count as SQLite's integer; past `i64::MAX` (which no stored value
@@ -137,15 +154,71 @@ pub(crate) enum Op {
     Requeue { sink: String },
     /// Removes redelivered dead letters.
     Redelivered { sink: String, seqs: Vec<SeqNo> },
+    /// Removes a sink's dead letters that failed at or before `failed_before` (ms since
+    /// the epoch; all of them when `None`); yields how many.
+    Purge {
+        sink: String,
+        failed_before: Option<i64>,
+    },
+}
+
+/// The dead letters kept, across sinks, and their caps. The writer owns it; a
+/// transaction changes a copy that replaces it once committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeadLetterBook {
+    pub(crate) count: u64,
+    pub(crate) bytes: u64,
+    /// Dead letters the caps evicted (since open).
+    pub(crate) evicted: u64,
+    pub(crate) max_count: u64,
+    pub(crate) max_bytes: u64,
+}
+
+impl DeadLetterBook {
+    /// Counts `size` bytes more (or fewer: `added` false).
+    fn count(&mut self, size: u64, added: bool) {
+        if added {
+            self.count += 1;
+            self.bytes += size;
+        } else {
+            self.count = self.count.saturating_sub(1);
+            self.bytes = self.bytes.saturating_sub(size);
+        }
+    }
+
+    /// Evicts the oldest dead letters (in the order they were written) until the rest
+    /// is within the caps, and saves the totals.
+    fn enforce(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
+        if self.count > self.max_count || self.bytes > self.max_bytes {
+            let mut oldest =
+                tx.prepare_cached("SELECT rowid, size FROM dead_letters ORDER BY rowid")?;
+            let mut rows = oldest.query([])?;
+            let mut last = None;
+            while self.count > self.max_count || self.bytes > self.max_bytes {
+                let Some(row) = rows.next()? else { break };
+                last = Some(row.get::<_, i64>(0)?);
+                self.count(row.get::<_, i64>(1)? as u64, false);
+                self.evicted += 1;
+            }
+            if let Some(last) = last {
+                tx.prepare_cached("DELETE FROM dead_letters WHERE rowid <= ?1")?
+                    .execute([last])?;
+            }
+        }
+        tx.prepare_cached("UPDATE state SET dead_count = ?1, dead_bytes = ?2 WHERE one = 0")?
+            .execute([int(self.count), int(self.bytes)])?;
+        Ok(())
+    }
 }
 
 /// Applies `op`; `first_seq..=last_seq` is what is stored after this transaction's
-/// inserts.
+/// inserts; `dead` is kept up to date with the dead letters.
 pub(crate) fn apply(
     tx: &Transaction<'_>,
     op: &Op,
     first_seq: SeqNo,
     last_seq: SeqNo,
+    dead: &mut DeadLetterBook,
 ) -> rusqlite::Result<u64> {
     match op {
         Op::Register {
@@ -219,13 +292,13 @@ pub(crate) fn apply(
                 if again > 0 {
                     continue;
                 }
-                match held.get(i) {
+                let size = match held.get(i) {
                     // From the worker's copy: the caps may have evicted the row meanwhile.
-                    Some(e) => tx
-                        .prepare_cached(
+                    Some(e) => {
+                        tx.prepare_cached(
                             "INSERT INTO dead_letters (sink, seq, id, type, source, subject, ts,
-                                 data, attempts, last_status, last_error, failed_at)
-                             VALUES (?1, ?2, ?7, ?8, ?9, ?10, ?11, ?12, ?3, ?4, ?5, ?6)",
+                                 data, attempts, last_status, last_error, failed_at, size)
+                             VALUES (?1, ?2, ?7, ?8, ?9, ?10, ?11, ?12, ?3, ?4, ?5, ?6, ?13)",
                         )?
                         .execute(params![
                             sink,
@@ -239,19 +312,29 @@ pub(crate) fn apply(
                             e.source,
                             e.subject,
                             e.timestamp_ms,
-                            e.data.get()
-                        ])?,
+                            e.data.get(),
+                            int(e.size())
+                        ])?;
+                        Some(e.size())
+                    }
                     // A row that cannot be decoded: copied as it is stored.
                     None => tx
                         .prepare_cached(
                             "INSERT INTO dead_letters (sink, seq, id, type, source, subject, ts,
-                                 data, attempts, last_status, last_error, failed_at)
-                             SELECT ?1, seq, id, type, source, subject, ts, data, ?3, ?4, ?5, ?6
-                             FROM events WHERE seq = ?2",
+                                 data, attempts, last_status, last_error, failed_at, size)
+                             SELECT ?1, seq, id, type, source, subject, ts, data, ?3, ?4, ?5, ?6,
+                                 size
+                             FROM events WHERE seq = ?2 RETURNING size",
                         )?
-                        .execute(args)?,
+                        .query_row(args, |r| r.get::<_, i64>(0))
+                        .optional()?
+                        .map(|size| size as u64),
                 };
+                if let Some(size) = size {
+                    dead.count(size, true);
+                }
             }
+            dead.enforce(tx)?;
             match acked {
                 Some((from, to)) => {
                     ack(tx, sink, *to)?;
@@ -266,12 +349,37 @@ pub(crate) fn apply(
             )?
             .execute([sink])? as u64),
         Op::Redelivered { sink, seqs } => {
-            let mut stmt =
-                tx.prepare_cached("DELETE FROM dead_letters WHERE sink = ?1 AND seq = ?2")?;
+            let mut stmt = tx.prepare_cached(
+                "DELETE FROM dead_letters WHERE sink = ?1 AND seq = ?2 RETURNING size",
+            )?;
             for &seq in seqs {
-                stmt.execute(params![sink, int(seq)])?;
+                // Gone already when the caps evicted it meanwhile.
+                let size = stmt.query_row(params![sink, int(seq)], |r| r.get::<_, i64>(0));
+                if let Some(size) = size.optional()? {
+                    dead.count(size as u64, false);
+                }
             }
+            drop(stmt);
+            dead.enforce(tx)?;
             Ok(seqs.len() as u64)
+        }
+        Op::Purge {
+            sink,
+            failed_before,
+        } => {
+            let before = failed_before.unwrap_or(i64::MAX);
+            let (count, bytes): (i64, i64) = tx
+                .prepare_cached(
+                    "SELECT count(*), coalesce(sum(size), 0) FROM dead_letters
+                     WHERE sink = ?1 AND failed_at <= ?2",
+                )?
+                .query_row(params![sink, before], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            tx.prepare_cached("DELETE FROM dead_letters WHERE sink = ?1 AND failed_at <= ?2")?
+                .execute(params![sink, before])?;
+            dead.count = dead.count.saturating_sub(count as u64);
+            dead.bytes = dead.bytes.saturating_sub(bytes as u64);
+            dead.enforce(tx)?;
+            Ok(count as u64)
         }
     }
 }
@@ -298,6 +406,8 @@ pub(crate) struct StoreState {
     /// Lowest stored `seq`, or `last_seq + 1` when nothing is stored.
     pub(crate) first_seq: SeqNo,
     pub(crate) stored_bytes: u64,
+    pub(crate) dead_letters: u64,
+    pub(crate) dead_letter_bytes: u64,
 }
 
 /// The writer's connection, with what is in force on it.
@@ -534,8 +644,10 @@ pub(crate) fn open_writer(config: &SpoolConfig) -> Result<Opened> {
                  max(last_seq, (SELECT coalesce(max(seq), 0) FROM events)) + {seqs};"
         )
     });
+    let migrate = if version == 1 { MIGRATE_FROM_1 } else { "" };
     conn.execute_batch(&format!(
         "BEGIN IMMEDIATE;
+         {migrate}
          {SCHEMA}
          INSERT OR IGNORE INTO state (one, spool_id, last_seq, stored_bytes)
              VALUES (0, lower(hex(randomblob(8))), 0, 0);
@@ -576,11 +688,13 @@ fn configure(conn: &Connection, config: &SpoolConfig) -> rusqlite::Result<(Strin
 }
 
 fn load_state(conn: &Connection) -> rusqlite::Result<StoreState> {
-    let (spool_id, last_seq, stored_bytes): (String, i64, i64) = conn.query_row(
-        "SELECT spool_id, last_seq, stored_bytes FROM state WHERE one = 0",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
+    let (spool_id, last_seq, stored_bytes, dead_count, dead_bytes): (String, i64, i64, i64, i64) =
+        conn.query_row(
+            "SELECT spool_id, last_seq, stored_bytes, dead_count, dead_bytes
+             FROM state WHERE one = 0",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?;
     let (first, max): (Option<i64>, Option<i64>) =
         conn.query_row("SELECT min(seq), max(seq) FROM events", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -591,6 +705,8 @@ fn load_state(conn: &Connection) -> rusqlite::Result<StoreState> {
         last_seq,
         first_seq: first.map_or(last_seq + 1, |f| f as u64),
         stored_bytes: stored_bytes as u64,
+        dead_letters: dead_count as u64,
+        dead_letter_bytes: dead_bytes as u64,
     })
 }
 

@@ -129,6 +129,17 @@ impl ReaderPool {
     }
 }
 
+impl ReaderPool {
+    /// Closes the idle connections (a lent one goes back to the pool as usual). Called
+    /// by `close` before the writer's connection closes, so that the writer's is the
+    /// last and SQLite removes the WAL and its index: the file stands alone.
+    pub(crate) fn close_idle(&self) {
+        let idle = std::mem::take(&mut self.shared.lock().idle);
+        self.shared.lock().open -= idle.len();
+        drop(idle);
+    }
+}
+
 /// Opens a read-only connection with the readers' settings.
 fn open(path: &Path) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
