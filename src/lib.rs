@@ -18,7 +18,8 @@
 //!                             delete what all consumers      backoff, dead letters
 //!                             acknowledged
 //!
-//!  readers (r2d2 pool): len, last_seq, query, subscriptions, dead letters
+//!  readers (a pool of read-only connections, opened on the caller's thread): len,
+//!    last_seq, query, subscriptions, dead letters
 //!  checkpoint thread: copies the WAL into the database beside the writer
 //! ```
 //!
