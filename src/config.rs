@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::sink::webhook::{Content, DEFAULT_WEBHOOK_TIMEOUT, WebhookSink};
+use crate::sink::payload::Content;
+use crate::sink::webhook::{DEFAULT_WEBHOOK_TIMEOUT, WebhookSink};
 use crate::sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES};
 
 /// Default for [`SpoolConfig::max_events`]: unbounded (only `max_bytes` applies).
@@ -336,7 +337,7 @@ impl SpoolConfig {
             return bad("max_file_bytes must be at least 64 KiB");
         }
         let sinks: Vec<WebhookSink> = self.sinks.iter().map(WebhookConfig::to_sink).collect();
-        crate::sink::check_all(sinks.iter().map(|s| s as &dyn crate::Sink))
+        crate::sink::check_all(sinks.iter().map(|s| s as &dyn crate::sink::Sink))
     }
 
     /// The cap on dead letters' bytes: `max_dead_letter_bytes`, else `max_bytes`.

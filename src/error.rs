@@ -1,8 +1,10 @@
-//! The one error type of the crate.
+//! The crate's errors: [`enum@Error`] for everything a call can fail with, and
+//! [`DeliveryError`], what a [`Sink`](crate::Sink) answers a failed delivery with.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::event::Event;
 
@@ -11,8 +13,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in `eventspool`.
 ///
-/// Messages are lower-case and name the thing at fault. Errors that refuse an
-/// event hand it back: see [`Error::into_event`].
+/// Every message has one shape: what went wrong, in lower case, then a colon and the
+/// details naming the thing at fault (`spool closed: …`, `consumer billing: …`). Errors
+/// that refuse an event hand it back: see [`Error::into_event`]. Errors from the
+/// storage engine are wrapped in [`StorageError`], whose [`source`] is the engine's.
+///
+/// [`source`]: std::error::Error::source
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -29,7 +35,10 @@ pub enum Error {
     /// The spool is closed (or closing): nothing more is accepted.
     Closed,
     /// A blocking call did not finish before its deadline.
-    Timeout,
+    Timeout {
+        /// How long it waited.
+        waited: Duration,
+    },
     /// Another `Spool` (in this process or another) owns the file.
     Locked(PathBuf),
     /// The file exists but is not an eventspool file. It was not modified.
@@ -65,18 +74,18 @@ pub enum Error {
     /// (A power loss under `Durability::Normal`, which does not sync every commit, can
     /// leave the same picture; `Durability::Full` cannot.)
     WalLost(PathBuf),
-    /// SQLite reports the file as corrupt or not a database.
+    /// The storage engine reports the file as corrupt or not a database.
     Corrupt {
         /// The spool file.
         path: PathBuf,
-        /// What SQLite said.
-        source: Box<rusqlite::Error>,
+        /// What the engine said.
+        source: StorageError,
     },
     /// A commit failed (full disk, I/O error, ...). The events of `append` callers
     /// were not stored; emitted events are kept and retried by the writer.
-    Commit(Arc<rusqlite::Error>),
-    /// Any other SQLite error.
-    Sqlite(rusqlite::Error),
+    Commit(StorageError),
+    /// Any other error of the storage engine (reading the file, for one).
+    Storage(StorageError),
     /// A stored event cannot be decoded (its bytes were damaged). Sinks move it to their
     /// dead letters; a subscription reports it once and reads on.
     CorruptEvent {
@@ -86,14 +95,15 @@ pub enum Error {
         reason: String,
     },
     /// A consumer was misused: a second subscription for one name, an ack backwards or
-    /// ahead of what was read, a seek past the last event, removing a sink.
+    /// ahead of what was read, a seek past the last event, a sink's name used through
+    /// the consumer APIs. The message names the consumer first: `billing: …`.
     Consumer(String),
     /// A sink refused a delivery; `delivered` events went through before it.
     Delivery {
         /// Events delivered (and acknowledged) before the failure.
         delivered: usize,
         /// The sink's error.
-        source: Box<crate::sink::DeliveryError>,
+        source: Box<DeliveryError>,
     },
     /// A file-system operation failed.
     Io {
@@ -115,12 +125,15 @@ impl Error {
 
     /// True when the error comes from a full disk (or the `max_file_bytes` ceiling).
     pub fn is_disk_full(&self) -> bool {
-        let code = match self {
-            Error::Commit(e) => e.sqlite_error_code(),
-            Error::Sqlite(e) => e.sqlite_error_code(),
-            _ => None,
-        };
-        code == Some(rusqlite::ErrorCode::DiskFull)
+        match self {
+            Error::Commit(e) | Error::Storage(e) => e.is_disk_full(),
+            _ => false,
+        }
+    }
+
+    /// A storage error (see [`Error::Storage`]).
+    pub(crate) fn storage(e: rusqlite::Error) -> Self {
+        Error::Storage(StorageError::new(e))
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
@@ -136,29 +149,31 @@ impl fmt::Display for Error {
         match self {
             Error::InvalidEvent(msg) => write!(f, "invalid event: {msg}"),
             Error::InvalidConfig(msg) => write!(f, "invalid configuration: {msg}"),
-            Error::Full(_) => f.write_str("spool channel is full: event refused"),
-            Error::Filtered => f.write_str("event dropped by the spool's filter"),
-            Error::Closed => f.write_str("spool is closed"),
-            Error::Timeout => f.write_str("timed out"),
+            Error::Full(_) => f.write_str("spool full: its channel is full, the event is refused"),
+            Error::Filtered => f.write_str("event filtered: the spool's filter dropped it"),
+            Error::Closed => f.write_str("spool closed: nothing more is accepted"),
+            Error::Timeout { waited } => write!(f, "timed out: gave up after {waited:?}"),
             Error::Locked(p) => write!(
                 f,
-                "spool file is locked by another process or handle: {}",
+                "spool locked: another process or handle owns {}",
                 p.display()
             ),
-            Error::NotASpool(p) => write!(f, "file is not an eventspool file: {}", p.display()),
+            Error::NotASpool(p) => {
+                write!(f, "not a spool: {} is not an eventspool file", p.display())
+            }
             Error::NewerSchema {
                 path,
                 found,
                 supported,
             } => write!(
                 f,
-                "spool file {} has schema version {found}, newer than the supported {supported}",
+                "newer schema: spool file {} has schema version {found}, newer than the supported {supported}",
                 path.display()
             ),
             Error::FileGone { path, rescued } => {
                 write!(
                     f,
-                    "spool file {} was deleted or replaced while open; nothing more is written to it",
+                    "spool file gone: {} was deleted or replaced while open; nothing more is written to it",
                     path.display()
                 )?;
                 match rescued {
@@ -166,31 +181,30 @@ impl fmt::Display for Error {
                     None => f.write_str("; saving what it held failed (see the log)"),
                 }
             }
-            Error::WalLost(path) => {
-                let beside = |suffix| crate::store::beside(path, suffix);
-                write!(
-                    f,
-                    "spool file {} lost commits: its write-ahead log {} is missing or cut short \
-                     after a crash; the file was not modified; open it with accept_lost_wal to go \
-                     on with what it still holds (deleting {} opens it too, but may reuse seqs)",
-                    path.display(),
-                    beside("-wal").display(),
-                    beside("-shm").display()
-                )
-            }
+            Error::WalLost(path) => write!(
+                f,
+                "write-ahead log lost: spool file {path} lost commits: its write-ahead log \
+                 {path}-wal is missing or cut short after a crash; the file was not modified; \
+                 open it with accept_lost_wal to go on with what it still holds (deleting \
+                 {path}-shm opens it too, but may reuse seqs)",
+                path = path.display()
+            ),
             Error::Corrupt { path, source } => {
-                write!(f, "spool file is corrupt: {}: {source}", path.display())
+                write!(f, "corrupt spool file: {}: {source}", path.display())
             }
             Error::Commit(e) => write!(f, "commit failed: {e}"),
-            Error::Sqlite(e) => write!(f, "sqlite: {e}"),
-            Error::Consumer(msg) => f.write_str(msg),
+            Error::Storage(e) => write!(f, "storage: {e}"),
+            Error::Consumer(msg) => write!(f, "consumer {msg}"),
             Error::CorruptEvent { seq, reason } => {
-                write!(f, "stored event {seq} is corrupt: {reason}")
+                write!(
+                    f,
+                    "corrupt event: stored event {seq} cannot be read: {reason}"
+                )
             }
             Error::Delivery { delivered, source } => {
-                write!(f, "delivery failed after {delivered} events: {source}")
+                write!(f, "delivery failed: after {delivered} events: {source}")
             }
-            Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::Io { context, source } => write!(f, "io: {context}: {source}"),
         }
     }
 }
@@ -198,9 +212,8 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Corrupt { source, .. } => Some(&**source),
-            Error::Commit(e) => Some(&**e),
-            Error::Sqlite(e) => Some(e),
+            Error::Corrupt { source, .. } => Some(source),
+            Error::Commit(e) | Error::Storage(e) => Some(e),
             Error::Io { source, .. } => Some(source),
             Error::Delivery { source, .. } => Some(&**source),
             _ => None,
@@ -208,8 +221,148 @@ impl std::error::Error for Error {
     }
 }
 
-impl From<rusqlite::Error> for Error {
-    fn from(e: rusqlite::Error) -> Self {
-        Error::Sqlite(e)
+/// Why a delivery failed, and whether trying again may help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeliveryError {
+    /// A later attempt may succeed (connection error, timeout, 408, 429, 5xx).
+    Retryable {
+        /// What went wrong.
+        message: String,
+        /// The receiver asked to wait this long (`Retry-After`).
+        retry_after: Option<Duration>,
+        /// The HTTP status, if there was a response.
+        status: Option<u16>,
+    },
+    /// Trying again will not help (other 4xx, redirects): the events go to dead letters.
+    Permanent {
+        /// What went wrong.
+        message: String,
+        /// The HTTP status, if there was a response.
+        status: Option<u16>,
+    },
+}
+
+impl DeliveryError {
+    /// A failure worth retrying.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        DeliveryError::Retryable {
+            message: message.into(),
+            retry_after: None,
+            status: None,
+        }
+    }
+
+    /// A failure worth retrying after `wait`, as the receiver asked.
+    pub fn retry_after(message: impl Into<String>, wait: Duration) -> Self {
+        DeliveryError::Retryable {
+            message: message.into(),
+            retry_after: Some(wait),
+            status: None,
+        }
+    }
+
+    /// A failure no retry can fix.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        DeliveryError::Permanent {
+            message: message.into(),
+            status: None,
+        }
+    }
+
+    /// The same error, recording the HTTP status that caused it.
+    pub fn with_status(mut self, code: u16) -> Self {
+        match &mut self {
+            DeliveryError::Retryable { status, .. } | DeliveryError::Permanent { status, .. } => {
+                *status = Some(code)
+            }
+        }
+        self
+    }
+
+    /// The HTTP status that caused the error, if any.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            DeliveryError::Retryable { status, .. } | DeliveryError::Permanent { status, .. } => {
+                *status
+            }
+        }
+    }
+
+    /// The wait the receiver asked for, if any.
+    pub fn retry_after_hint(&self) -> Option<Duration> {
+        match self {
+            DeliveryError::Retryable { retry_after, .. } => *retry_after,
+            DeliveryError::Permanent { .. } => None,
+        }
+    }
+
+    /// True for [`DeliveryError::Retryable`].
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DeliveryError::Retryable { .. })
+    }
+}
+
+impl fmt::Display for DeliveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeliveryError::Retryable {
+                message,
+                retry_after: Some(wait),
+                ..
+            } => write!(f, "{message} (retry after {wait:?})"),
+            DeliveryError::Retryable { message, .. } => f.write_str(message),
+            DeliveryError::Permanent { message, .. } => write!(f, "{message} (permanent)"),
+        }
+    }
+}
+
+impl std::error::Error for DeliveryError {}
+
+/// An error of the storage engine (SQLite), kept opaque so that upgrading the engine
+/// is not a change to this crate's API. Its [`source`](std::error::Error::source) is
+/// the engine's own error; cheap to clone.
+#[derive(Clone)]
+pub struct StorageError(Arc<rusqlite::Error>);
+
+impl StorageError {
+    pub(crate) fn new(e: rusqlite::Error) -> Self {
+        StorageError(Arc::new(e))
+    }
+
+    /// True when the disk (or the `max_file_bytes` ceiling) is full.
+    pub fn is_disk_full(&self) -> bool {
+        self.0.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+    }
+}
+
+impl fmt::Debug for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// Maps the storage engine's results to [`enum@Error`] inside the crate (no public
+/// `From`: the engine's types stay out of the API).
+pub(crate) trait Storage<T> {
+    /// The result, its error as [`Error::Storage`].
+    fn storage(self) -> Result<T>;
+}
+
+impl<T> Storage<T> for std::result::Result<T, rusqlite::Error> {
+    fn storage(self) -> Result<T> {
+        self.map_err(Error::storage)
     }
 }

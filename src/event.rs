@@ -228,6 +228,12 @@ impl StoredEvent {
     }
 }
 
+/// How many stored events are after `position`, when `first..=last` is stored (the
+/// first is `last + 1` when none is): a consumer's lag.
+pub(crate) fn lag(position: SeqNo, first: SeqNo, last: SeqNo) -> u64 {
+    last.saturating_sub(position.max(first.saturating_sub(1)))
+}
+
 /// The bytes an event counts for against the caps: data, type, id, subject, source.
 fn size_of(data: &str, event_type: &str, optional: [Option<&str>; 3]) -> u64 {
     let optional: usize = optional.iter().map(|s| s.map_or(0, str::len)).sum();

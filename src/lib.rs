@@ -79,6 +79,7 @@ mod error;
 mod event;
 mod metrics;
 mod reply;
+mod shared;
 mod sink;
 mod spool;
 mod store;
@@ -91,17 +92,17 @@ pub use config::{
     DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENTS, DEFAULT_READER_POOL_SIZE, Durability,
     MAX_BATCH_SIZE, MAX_CHANNEL_CAPACITY, Overflow, SpoolConfig, WebhookConfig,
 };
-pub use delivery::{DeadLetter, SinkMetrics};
-pub use error::{Error, Result};
+pub use error::{DeliveryError, Error, Result, StorageError};
 pub use event::{DEFAULT_QUERY_LIMIT, Event, EventQuery, SeqNo, StoredEvent};
-pub use metrics::MetricsSnapshot;
+pub use metrics::{ConsumerMetrics, MetricsSnapshot, SinkMetrics};
+pub use sink::http_date::parse_retry_after;
+pub use sink::payload::Content;
 pub use sink::signing::{SigningSecret, verify};
-pub use sink::webhook::{Content, DEFAULT_WEBHOOK_TIMEOUT, WebhookSink, parse_retry_after};
-pub use sink::{
-    Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, DeliveryError, MAX_SINK_BATCH, Sink,
-};
+pub use sink::webhook::{DEFAULT_WEBHOOK_TIMEOUT, WebhookSink};
+pub use sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, MAX_SINK_BATCH, Sink};
 pub use spool::{CloseReport, DEFAULT_CLOSE_TIMEOUT, Spool, SpoolBuilder, Undelivered};
-pub use subscribe::{ConsumerInfo, ConsumerKind, ConsumerMetrics, SeekPosition, Subscription};
+pub use store::{ConsumerInfo, ConsumerKind, DeadLetter, SeekPosition};
+pub use subscribe::Subscription;
 
 #[cfg(test)]
 mod tests {

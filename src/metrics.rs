@@ -1,10 +1,12 @@
 //! Counters kept in atomics, and [`MetricsSnapshot`], a plain copy of them.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::PoisonError;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use crate::delivery::SinkMetrics;
-use crate::subscribe::ConsumerMetrics;
+use crate::event::{SeqNo, lag};
 
 /// Keeps a hot counter on its own cache line so producers and the writer do not
 /// contend on the same line.
@@ -387,4 +389,133 @@ fn metric(out: &mut String, name: &str, help: &str, kind: &str, value: f64) {
     let _ = writeln!(out, "# HELP eventspool_{name} {help}");
     let _ = writeln!(out, "# TYPE eventspool_{name} {kind}");
     let _ = writeln!(out, "eventspool_{name} {value}");
+}
+
+/// A sink's live counters.
+#[derive(Debug, Default)]
+pub(crate) struct SinkCounters {
+    pub(crate) name: String,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) attempts: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) failures_retryable: AtomicU64,
+    pub(crate) failures_permanent: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) evicted_unsent: AtomicU64,
+    pub(crate) filtered: AtomicU64,
+    pub(crate) cursor: AtomicU64,
+    pub(crate) backoff_ms: AtomicU64,
+    /// Timestamp of the oldest event being delivered; 0 when caught up.
+    pub(crate) oldest_pending_ms: AtomicI64,
+    /// Where the time goes, in ns: reading the file (mostly on the reader thread), in
+    /// `deliver`, waiting for its progress to commit.
+    pub(crate) read_ns: AtomicU64,
+    pub(crate) deliver_ns: AtomicU64,
+    pub(crate) commit_ns: AtomicU64,
+    pub(crate) last_error: Mutex<Option<String>>,
+}
+
+impl SinkCounters {
+    pub(crate) fn new(name: &str) -> Self {
+        SinkCounters {
+            name: name.to_owned(),
+            ..SinkCounters::default()
+        }
+    }
+
+    /// A snapshot; `first_seq..=last_seq` is what the file holds.
+    pub(crate) fn snapshot(&self, first_seq: SeqNo, last_seq: SeqNo) -> SinkMetrics {
+        let r = |c: &AtomicU64| c.load(Relaxed);
+        let oldest = self.oldest_pending_ms.load(Relaxed);
+        SinkMetrics {
+            name: self.name.clone(),
+            delivered: r(&self.delivered),
+            attempts: r(&self.attempts),
+            retries: r(&self.retries),
+            failures_retryable: r(&self.failures_retryable),
+            failures_permanent: r(&self.failures_permanent),
+            dead_lettered: r(&self.dead_lettered),
+            evicted_unsent: r(&self.evicted_unsent),
+            filtered: r(&self.filtered),
+            cursor: r(&self.cursor),
+            lag: lag(r(&self.cursor), first_seq, last_seq),
+            oldest_undelivered_age_ms: crate::time::age_ms(oldest),
+            backoff_ms: r(&self.backoff_ms),
+            read_us: r(&self.read_ns) / 1000,
+            deliver_us: r(&self.deliver_ns) / 1000,
+            commit_us: r(&self.commit_ns) / 1000,
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+}
+
+/// One sink's counters at one moment.
+///
+/// They balance: every event committed after the sink was registered is `delivered`,
+/// `dead_lettered`, `evicted_unsent`, `filtered`, or still in `lag`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SinkMetrics {
+    /// The sink's name.
+    pub name: String,
+    /// Events acknowledged by the sink.
+    pub delivered: u64,
+    /// `deliver` calls.
+    pub attempts: u64,
+    /// Attempts that repeated a failed one.
+    pub retries: u64,
+    /// Failures that were retried (or would have been).
+    pub failures_retryable: u64,
+    /// Failures no retry could fix.
+    pub failures_permanent: u64,
+    /// Events moved to the dead letters.
+    pub dead_lettered: u64,
+    /// Events evicted by the caps before the sink had them. One evicted while its
+    /// batch was in flight counts as what became of that batch (delivered,
+    /// dead-lettered or filtered), not here.
+    pub evicted_unsent: u64,
+    /// Events skipped because the sink does not accept their type.
+    pub filtered: u64,
+    /// The last seq the sink acknowledged (or skipped).
+    pub cursor: SeqNo,
+    /// Stored events the sink has not had yet.
+    pub lag: u64,
+    /// Age of the oldest event being delivered, in ms (0 when caught up).
+    pub oldest_undelivered_age_ms: u64,
+    /// The wait before the next retry, in ms (0 when not backing off).
+    pub backoff_ms: u64,
+    /// Time spent reading events from the file, in µs: by the sink's reader thread,
+    /// beside the requests in flight (requeued dead letters by the worker).
+    pub read_us: u64,
+    /// Time spent in the sink's `deliver` (for a webhook: encoding the body and the
+    /// HTTP exchange), in µs.
+    pub deliver_us: u64,
+    /// Time the worker spent committing its progress, in µs: its cursor (on the
+    /// writer's connection, waiting for it while the writer commits or deletes), dead
+    /// letters (through the writer). The next request waits for it, so that a crash
+    /// replays at most the batch in flight (see [`Sink::commit_every`](crate::Sink::commit_every)).
+    pub commit_us: u64,
+    /// The last delivery error.
+    pub last_error: Option<String>,
+}
+
+/// An active subscription's counters, in [`MetricsSnapshot`](crate::MetricsSnapshot).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerMetrics {
+    /// The consumer's name.
+    pub name: String,
+    /// The last `seq` it acknowledged.
+    pub position: SeqNo,
+    /// The last `seq` it has read.
+    pub read: SeqNo,
+    /// Stored events after its position.
+    pub lag: u64,
+    /// Age of the oldest event read and not acknowledged since the last ack that
+    /// covered everything read, in ms (0 when everything read is acknowledged).
+    pub oldest_unacked_age_ms: u64,
 }

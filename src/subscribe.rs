@@ -16,7 +16,6 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -24,152 +23,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::error::{Error, Result};
 use crate::event::{SeqNo, StoredEvent};
-use crate::spool::Shared;
+use crate::shared::{Shared, SubState};
 use crate::store::{self, Decoded, Op, ReaderPool};
 use crate::writer::{self, Msg};
 
 /// Most events a subscription reads ahead in one query.
 const READ_AHEAD: usize = 512;
-
-/// Where a consumer reads from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SeekPosition {
-    /// The oldest stored event.
-    Beginning,
-    /// The event after the consumer's last acknowledgement (for a new consumer:
-    /// `Beginning`).
-    LastAcknowledged,
-    /// Only events committed after the call.
-    Latest,
-    /// The events with `seq` greater than this.
-    After(SeqNo),
-}
-
-/// What a registered consumer is. Sinks and consumers share one namespace: a name
-/// that is a sink of the spool cannot be used through the consumer APIs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ConsumerKind {
-    /// A sink the spool was opened with: only its deliveries move its cursor.
-    Sink,
-    /// A sink recorded in the file that this spool was not opened with. It holds back
-    /// the deletion of what it has not had until it is added again, or removed with
-    /// [`Spool::remove_consumer`](crate::Spool::remove_consumer).
-    RetiredSink,
-    /// A consumer group, read with [`Subscription`]s and moved with `seek` / `ack`.
-    Subscriber,
-    /// A sink replayed by [`Spool::drain_to`](crate::Spool::drain_to).
-    Drain,
-}
-
-impl ConsumerKind {
-    /// How the kind is written in the file (a retired sink is a sink there).
-    pub(crate) fn stored(self) -> &'static str {
-        match self {
-            ConsumerKind::Sink | ConsumerKind::RetiredSink => "sink",
-            ConsumerKind::Subscriber => "subscriber",
-            ConsumerKind::Drain => "drain",
-        }
-    }
-
-    /// The kind written as `stored`; anything unknown reads as a subscriber.
-    pub(crate) fn from_stored(stored: &str) -> ConsumerKind {
-        match stored {
-            "sink" => ConsumerKind::Sink,
-            "drain" => ConsumerKind::Drain,
-            _ => ConsumerKind::Subscriber,
-        }
-    }
-}
-
-impl std::fmt::Display for ConsumerKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ConsumerKind::Sink => "sink",
-            ConsumerKind::RetiredSink => "retired sink",
-            ConsumerKind::Subscriber => "subscriber",
-            ConsumerKind::Drain => "drain",
-        })
-    }
-}
-
-/// What `Spool::consumers` reports of one consumer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ConsumerInfo {
-    /// The consumer's name.
-    pub name: String,
-    /// What it is.
-    pub kind: ConsumerKind,
-    /// The last `seq` it acknowledged.
-    pub position: SeqNo,
-    /// Stored events after its position.
-    pub lag: u64,
-    /// Age of the oldest stored event it has not acknowledged, in ms (0 if none).
-    pub oldest_unacked_age_ms: u64,
-}
-
-/// An active subscription's counters, in [`MetricsSnapshot`](crate::MetricsSnapshot).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ConsumerMetrics {
-    /// The consumer's name.
-    pub name: String,
-    /// The last `seq` it acknowledged.
-    pub position: SeqNo,
-    /// The last `seq` it has read.
-    pub read: SeqNo,
-    /// Stored events after its position.
-    pub lag: u64,
-    /// Age of the oldest event read and not acknowledged since the last ack that
-    /// covered everything read, in ms (0 when everything read is acknowledged).
-    pub oldest_unacked_age_ms: u64,
-}
-
-/// What an active subscription shares with the spool.
-#[derive(Debug, Default)]
-pub(crate) struct SubState {
-    read: AtomicU64,
-    acked: AtomicU64,
-    unacked_since_ms: AtomicI64,
-}
-
-impl SubState {
-    pub(crate) fn metrics(&self, name: &str, first_seq: SeqNo, last_seq: SeqNo) -> ConsumerMetrics {
-        let acked = self.acked.load(Relaxed);
-        let since = self.unacked_since_ms.load(Relaxed);
-        ConsumerMetrics {
-            name: name.to_owned(),
-            position: acked,
-            read: self.read.load(Relaxed),
-            lag: last_seq.saturating_sub(acked.max(first_seq.saturating_sub(1))),
-            oldest_unacked_age_ms: crate::time::age_ms(since),
-        }
-    }
-
-    /// Checks that an ack of `seq` moves forward and stays within what was read.
-    pub(crate) fn check_ack(&self, name: &str, seq: SeqNo) -> Result<()> {
-        let (acked, read) = (self.acked.load(SeqCst), self.read.load(SeqCst));
-        if seq < acked {
-            return Err(Error::Consumer(format!(
-                "consumer {name}: ack of seq {seq} goes back before its position {acked}"
-            )));
-        }
-        if seq > read {
-            return Err(Error::Consumer(format!(
-                "consumer {name}: ack of seq {seq} is ahead of what it has read ({read})"
-            )));
-        }
-        Ok(())
-    }
-
-    pub(crate) fn acked(&self, seq: SeqNo) {
-        self.acked.fetch_max(seq, SeqCst);
-        if seq >= self.read.load(SeqCst) {
-            self.unacked_since_ms.store(0, Relaxed);
-        }
-    }
-}
 
 /// A blocking reader of the spool for one consumer: it first replays stored events
 /// after the consumer's position, then waits for new ones (woken by every commit).
@@ -268,7 +127,7 @@ impl Drop for Reservation {
 
 /// The error for a second subscription, or a seek or removal, of a name in use.
 pub(crate) fn already_open(name: &str) -> Error {
-    Error::Consumer(format!("consumer {name} already has an open subscription"))
+    Error::Consumer(format!("{name}: already has an open subscription"))
 }
 
 impl Subscription {
@@ -313,8 +172,9 @@ impl Subscription {
         }
         if self.buffer.is_empty() {
             let after = self.state.read.load(SeqCst);
-            let conn = self.pool.get()?;
-            self.buffer = store::read_after(&conn, &self.spool_id, after, READ_AHEAD)?.into();
+            let spool_id = &self.spool_id;
+            let rows = (self.pool).read(|c| store::read_after(c, spool_id, after, READ_AHEAD))?;
+            self.buffer = rows.into();
         }
         let event = match self.buffer.pop_front() {
             None => return Ok(None),

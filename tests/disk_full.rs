@@ -70,7 +70,7 @@ fn file_ceiling_reports_full_keeps_everything_and_goes_on_with_room() -> TestRes
     });
     assert!(matches!(
         spool.flush(Duration::from_millis(50)),
-        Err(Error::Timeout)
+        Err(Error::Timeout { .. })
     ));
     assert_numbers(&spool, stored);
     let m = spool.metrics();
@@ -79,7 +79,7 @@ fn file_ceiling_reports_full_keeps_everything_and_goes_on_with_room() -> TestRes
     // The spool cannot make room by itself: closing gives up the kept event, counted.
     assert!(matches!(
         spool.close(Duration::from_millis(100)),
-        Err(Error::Timeout)
+        Err(Error::Timeout { .. })
     ));
     wait_until(T, "the kept event is counted as abandoned", || {
         spool.metrics().abandoned == 1

@@ -554,7 +554,7 @@ fn close_times_out_and_counts_what_it_abandons() -> TestResult {
     }
     let started = std::time::Instant::now();
     let err = spool.close(Duration::from_millis(100)).unwrap_err();
-    assert!(matches!(err, Error::Timeout), "{err}");
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "close is bounded"

@@ -1,11 +1,12 @@
 //! Destinations for stored events: the [`Sink`] trait and its errors.
 
-use std::fmt;
 use std::time::Duration;
 
-use crate::error::{Error, Result as SpoolResult};
+use crate::error::{DeliveryError, Error, Result as SpoolResult};
 use crate::event::StoredEvent;
 
+pub(crate) mod http_date;
+pub(crate) mod payload;
 pub(crate) mod signing;
 pub(crate) mod webhook;
 
@@ -184,101 +185,3 @@ impl Backoff {
         self.min.saturating_mul(factor).min(self.max)
     }
 }
-
-/// Why a delivery failed, and whether trying again may help.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DeliveryError {
-    /// A later attempt may succeed (connection error, timeout, 408, 429, 5xx).
-    Retryable {
-        /// What went wrong.
-        message: String,
-        /// The receiver asked to wait this long (`Retry-After`).
-        retry_after: Option<Duration>,
-        /// The HTTP status, if there was a response.
-        status: Option<u16>,
-    },
-    /// Trying again will not help (other 4xx, redirects): the events go to dead letters.
-    Permanent {
-        /// What went wrong.
-        message: String,
-        /// The HTTP status, if there was a response.
-        status: Option<u16>,
-    },
-}
-
-impl DeliveryError {
-    /// A failure worth retrying.
-    pub fn retryable(message: impl Into<String>) -> Self {
-        DeliveryError::Retryable {
-            message: message.into(),
-            retry_after: None,
-            status: None,
-        }
-    }
-
-    /// A failure worth retrying after `wait`, as the receiver asked.
-    pub fn retry_after(message: impl Into<String>, wait: Duration) -> Self {
-        DeliveryError::Retryable {
-            message: message.into(),
-            retry_after: Some(wait),
-            status: None,
-        }
-    }
-
-    /// A failure no retry can fix.
-    pub fn permanent(message: impl Into<String>) -> Self {
-        DeliveryError::Permanent {
-            message: message.into(),
-            status: None,
-        }
-    }
-
-    /// The same error, recording the HTTP status that caused it.
-    pub fn with_status(mut self, code: u16) -> Self {
-        match &mut self {
-            DeliveryError::Retryable { status, .. } | DeliveryError::Permanent { status, .. } => {
-                *status = Some(code)
-            }
-        }
-        self
-    }
-
-    /// The HTTP status that caused the error, if any.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            DeliveryError::Retryable { status, .. } | DeliveryError::Permanent { status, .. } => {
-                *status
-            }
-        }
-    }
-
-    /// The wait the receiver asked for, if any.
-    pub fn retry_after_hint(&self) -> Option<Duration> {
-        match self {
-            DeliveryError::Retryable { retry_after, .. } => *retry_after,
-            DeliveryError::Permanent { .. } => None,
-        }
-    }
-
-    /// True for [`DeliveryError::Retryable`].
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, DeliveryError::Retryable { .. })
-    }
-}
-
-impl fmt::Display for DeliveryError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DeliveryError::Retryable {
-                message,
-                retry_after: Some(wait),
-                ..
-            } => write!(f, "{message} (retry after {wait:?})"),
-            DeliveryError::Retryable { message, .. } => f.write_str(message),
-            DeliveryError::Permanent { message, .. } => write!(f, "{message} (permanent)"),
-        }
-    }
-}
-
-impl std::error::Error for DeliveryError {}

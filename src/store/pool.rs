@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Storage};
 
 /// How long `get` waits for a connection when all of them are in use.
 const WAIT: Duration = Duration::from_secs(30);
@@ -88,7 +88,7 @@ impl ReaderPool {
     /// else the first one given back.
     ///
     /// # Errors
-    /// [`Error::Sqlite`] if a new connection cannot be opened; [`Error::Timeout`] when
+    /// [`Error::Storage`] if a new connection cannot be opened; [`Error::Timeout`] when
     /// none was given back within 30 s.
     pub(crate) fn get(&self) -> Result<Pooled<'_>> {
         let pool = &*self.shared;
@@ -118,7 +118,7 @@ impl ReaderPool {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::Timeout);
+                return Err(Error::Timeout { waited: WAIT });
             }
             state = pool
                 .returned
@@ -140,13 +140,28 @@ impl ReaderPool {
     }
 }
 
+impl ReaderPool {
+    /// Runs `read` on a lent connection.
+    ///
+    /// # Errors
+    /// As [`get`](ReaderPool::get), and [`Error::Storage`] for what `read` fails with.
+    pub(crate) fn read<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let conn = self.get()?;
+        read(&conn).storage()
+    }
+}
+
 /// Opens a read-only connection with the readers' settings.
 fn open(path: &Path) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(super::BUSY_TIMEOUT)?;
+    let conn = Connection::open_with_flags(path, flags).storage()?;
+    conn.busy_timeout(super::BUSY_TIMEOUT).storage()?;
     // Plans that do not depend on bound values: SQLite otherwise plans around the value
     // bound to `LIMIT ?` and prepares the statement again at every read.
-    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .storage()?;
     Ok(conn)
 }

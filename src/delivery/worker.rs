@@ -1,201 +1,31 @@
-//! One worker thread per sink: deliver what its reader thread read after the cursor,
-//! and on success move the cursor; on failure back off and retry; when retries run
-//! out, or on a permanent failure, dead-letter the batch and move on.
-//!
-//! The reader reads ahead on a thread of its own, so reading the next events overlaps
-//! the request in flight (reading 100 events back costs about half as much as posting
-//! them to a local receiver).
-//!
-//! The cursor is committed before the next batch is sent, so a crash replays at most
-//! the batch that was in flight; with [`Sink::commit_every`] `n` > 1, after every `n`
-//! batches of a backlog (kept in [`Pending`] meanwhile) and whenever the worker has
-//! nothing more to send. The worker commits it itself, on the writer's
-//! connection ([`Db::ack`]; through the writer under `Durability::Full`, see
-//! [`acks_directly`]); the writer deletes what every consumer acknowledged when it is
-//! idle or commits new events.
+//! A sink's worker thread: takes batches from what its reader read, delivers them, and
+//! records the outcome: the cursor moves on success; on failure it backs off and
+//! retries; when retries run out, or on a permanent failure, the batch is dead-lettered.
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, after, bounded, never, select};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, select};
 
-use crate::config::Durability;
-use crate::error::{Error, Result};
+use crate::error::{DeliveryError, Error, Result};
 use crate::event::{SeqNo, StoredEvent};
-use crate::sink::{Backoff, DeliveryError, Sink};
-use crate::spool::Shared;
+use crate::metrics::SinkCounters;
+use crate::shared::Shared;
+use crate::sink::{Backoff, Sink};
 use crate::store::{self, Corrupt, Decoded, Op, ReaderPool, seq_of};
 use crate::writer::{self, COLLECT_AT, Db, Msg};
 
-/// The most events a reader reads per query (a batch's worth when batches are
-/// larger); it holds one such read ready for the worker, beside what the worker holds.
-/// Small, so a read ends within the request it overlaps: on 2 vCPUs, draining in
-/// batches of 100, reads of 512 on the reader thread slowed the requests beside them as
-/// much as they saved (317k-343k events/s; the same reads on the worker's thread:
-/// 315k-334k), reads of 100 did not (439k-482k).
-const READ_AHEAD: usize = 100;
-/// The most rows a sink's reader reads per query.
-fn read_limit(batch_size: usize) -> usize {
-    READ_AHEAD.max(batch_size)
-}
-
-/// Batches of delivered events waiting for the reader to free them, at most.
-const GIVEN_BACK: usize = 4;
-/// The wait before a worker tries again after it could not read the spool or record
-/// its progress.
-const PROGRESS_RETRY: Duration = Duration::from_secs(1);
-
-/// An event a sink gave up on, with why.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct DeadLetter {
-    /// The event as it was stored.
-    pub event: StoredEvent,
-    /// Delivery attempts made.
-    pub attempts: u32,
-    /// The last HTTP status, if there was a response.
-    pub last_status: Option<u16>,
-    /// The last error.
-    pub last_error: String,
-    /// When the sink gave up, in ms since the epoch.
-    pub failed_at_ms: i64,
-    /// Marked for redelivery by `requeue_dead_letters`, not yet delivered.
-    pub requeued: bool,
-}
-
-/// A sink's live counters.
-#[derive(Debug, Default)]
-pub(crate) struct SinkCounters {
-    pub(crate) name: String,
-    delivered: AtomicU64,
-    attempts: AtomicU64,
-    retries: AtomicU64,
-    failures_retryable: AtomicU64,
-    failures_permanent: AtomicU64,
-    dead_lettered: AtomicU64,
-    pub(crate) evicted_unsent: AtomicU64,
-    filtered: AtomicU64,
-    cursor: AtomicU64,
-    backoff_ms: AtomicU64,
-    /// Timestamp of the oldest event being delivered; 0 when caught up.
-    oldest_pending_ms: AtomicI64,
-    /// Where the time goes, in ns: reading the file (mostly on the reader thread), in
-    /// `deliver`, waiting for its progress to commit.
-    read_ns: AtomicU64,
-    deliver_ns: AtomicU64,
-    commit_ns: AtomicU64,
-    last_error: Mutex<Option<String>>,
-}
-
-impl SinkCounters {
-    pub(crate) fn new(name: &str) -> Self {
-        SinkCounters {
-            name: name.to_owned(),
-            ..SinkCounters::default()
-        }
-    }
-
-    /// A snapshot; `first_seq..=last_seq` is what the file holds.
-    pub(crate) fn snapshot(&self, first_seq: SeqNo, last_seq: SeqNo) -> SinkMetrics {
-        let r = |c: &AtomicU64| c.load(Relaxed);
-        let read_to = r(&self.cursor).max(first_seq.saturating_sub(1));
-        let oldest = self.oldest_pending_ms.load(Relaxed);
-        SinkMetrics {
-            name: self.name.clone(),
-            delivered: r(&self.delivered),
-            attempts: r(&self.attempts),
-            retries: r(&self.retries),
-            failures_retryable: r(&self.failures_retryable),
-            failures_permanent: r(&self.failures_permanent),
-            dead_lettered: r(&self.dead_lettered),
-            evicted_unsent: r(&self.evicted_unsent),
-            filtered: r(&self.filtered),
-            cursor: r(&self.cursor),
-            lag: last_seq.saturating_sub(read_to),
-            oldest_undelivered_age_ms: crate::time::age_ms(oldest),
-            backoff_ms: r(&self.backoff_ms),
-            read_us: r(&self.read_ns) / 1000,
-            deliver_us: r(&self.deliver_ns) / 1000,
-            commit_us: r(&self.commit_ns) / 1000,
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-        }
-    }
-}
-
-/// One sink's counters at one moment.
-///
-/// They balance: every event committed after the sink was registered is `delivered`,
-/// `dead_lettered`, `evicted_unsent`, `filtered`, or still in `lag`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SinkMetrics {
-    /// The sink's name.
-    pub name: String,
-    /// Events acknowledged by the sink.
-    pub delivered: u64,
-    /// `deliver` calls.
-    pub attempts: u64,
-    /// Attempts that repeated a failed one.
-    pub retries: u64,
-    /// Failures that were retried (or would have been).
-    pub failures_retryable: u64,
-    /// Failures no retry could fix.
-    pub failures_permanent: u64,
-    /// Events moved to the dead letters.
-    pub dead_lettered: u64,
-    /// Events evicted by the caps before the sink had them. One evicted while its
-    /// batch was in flight counts as what became of that batch (delivered,
-    /// dead-lettered or filtered), not here.
-    pub evicted_unsent: u64,
-    /// Events skipped because the sink does not accept their type.
-    pub filtered: u64,
-    /// The last seq the sink acknowledged (or skipped).
-    pub cursor: SeqNo,
-    /// Stored events the sink has not had yet.
-    pub lag: u64,
-    /// Age of the oldest event being delivered, in ms (0 when caught up).
-    pub oldest_undelivered_age_ms: u64,
-    /// The wait before the next retry, in ms (0 when not backing off).
-    pub backoff_ms: u64,
-    /// Time spent reading events from the file, in µs: by the sink's reader thread,
-    /// beside the requests in flight (requeued dead letters by the worker).
-    pub read_us: u64,
-    /// Time spent in the sink's `deliver` (for a webhook: encoding the body and the
-    /// HTTP exchange), in µs.
-    pub deliver_us: u64,
-    /// Time the worker spent committing its progress, in µs: its cursor (on the
-    /// writer's connection, waiting for it while the writer commits or deletes), dead
-    /// letters (through the writer). The next request waits for it, so that a crash
-    /// replays at most the batch in flight (see [`Sink::commit_every`]).
-    pub commit_us: u64,
-    /// The last delivery error.
-    pub last_error: Option<String>,
-}
-
-/// What the worker shares with `close`.
-#[derive(Debug, Clone)]
-pub(crate) struct Control {
-    /// Disconnected when the workers must stop at once.
-    pub(crate) stop: Receiver<()>,
-    /// Set by `close`: exit once caught up.
-    pub(crate) draining: Arc<AtomicBool>,
-}
+use super::reader::{ReadLoop, Reader, read_limit};
+use super::{Control, PROGRESS_RETRY, WorkerParts, caught, spent};
 
 /// Events acknowledged by the sink whose cursor commit is put off: `from..=to`, whole
 /// (a gap the caps made between two reads is committed apart: the acknowledgement
 /// counts what the caps evicted of its range), over `requests` requests.
 #[derive(Debug, Clone, Copy)]
-struct Pending {
+pub(super) struct Pending {
     from: SeqNo,
     to: SeqNo,
     requests: usize,
@@ -203,7 +33,7 @@ struct Pending {
 
 /// The events of one delivery: from the stream after the cursor (`ack_to` is the last
 /// seq read, filtered ones included), or requeued dead letters (`ack_to` is `None`).
-struct Batch {
+pub(super) struct Batch {
     events: Vec<StoredEvent>,
     ack_to: Option<SeqNo>,
     /// The first seq the batch covers (filtered events included).
@@ -243,32 +73,6 @@ pub(crate) struct Worker {
     max_retries: Option<u32>,
     backoff: Backoff,
     rng: u64,
-}
-
-/// Whether sink workers commit their cursor themselves ([`Db::ack`]) rather than
-/// through the writer: under [`Durability::Normal`] yes, sparing two thread wake-ups
-/// per request. Under [`Durability::Full`] every commit waits for an `fsync`, and an
-/// acknowledgement that joins the writer's next transaction shares its `fsync`, where
-/// one of its own would take the connection from the writer for as long. Measured on
-/// 2 vCPUs, a sink (one event per request) beside `append` callers, 5 s, 2 alternated
-/// runs: under `Full` with 1 caller, through the writer 2.4k-2.8k appends/s and
-/// 1.5k-1.6k deliveries/s, directly 2.0k-2.3k and 1.0k; with 8 callers 17.4k and
-/// 1.5k-1.6k, directly 14.2k-14.6k and 0.9k-1.2k. Under `Normal`, with 8 callers:
-/// through the writer 51k-78k and 4.8k, directly 56k-82k and 5.5k-6.5k.
-pub(crate) fn acks_directly(durability: Durability) -> bool {
-    durability == Durability::Normal
-}
-
-/// Everything a worker needs from the spool.
-pub(crate) struct WorkerParts {
-    pub(crate) tx: Sender<Msg>,
-    pub(crate) db: Arc<Db>,
-    /// See [`acks_directly`].
-    pub(crate) acks_directly: bool,
-    pub(crate) pool: ReaderPool,
-    pub(crate) spool_id: String,
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) control: Control,
 }
 
 impl Worker {
@@ -334,7 +138,7 @@ impl Worker {
         }
     }
 
-    fn work(&mut self) {
+    pub(super) fn work(&mut self) {
         loop {
             if self.stopped() {
                 return;
@@ -382,12 +186,12 @@ impl Worker {
         }
     }
 
-    fn stopped(&self) -> bool {
+    pub(super) fn stopped(&self) -> bool {
         self.control.stop.try_recv() == Err(TryRecvError::Disconnected)
     }
 
     /// Waits `wait` unless told to stop; returns true when told to stop.
-    fn pause(&self, wait: Duration) -> bool {
+    pub(super) fn pause(&self, wait: Duration) -> bool {
         select! {
             recv(self.control.stop) -> _ => true,
             default(wait) => false,
@@ -395,7 +199,7 @@ impl Worker {
     }
 
     /// The next batch to deliver, from what is in hand; `None` when there is none.
-    fn next_batch(&mut self) -> Result<Option<Batch>> {
+    pub(super) fn next_batch(&mut self) -> Result<Option<Batch>> {
         if let Some(batch) = self.again.take() {
             return Ok(Some(batch));
         }
@@ -403,8 +207,8 @@ impl Worker {
         while generation != self.requeues_seen {
             let started = Instant::now();
             let requeued = {
-                let conn = self.pool.get()?;
-                store::requeued(&conn, &self.spool_id, &self.name, self.batch_size)?
+                (self.pool)
+                    .read(|c| store::requeued(c, &self.spool_id, &self.name, self.batch_size))?
             };
             spent(&self.counters.read_ns, started);
             if requeued.is_empty() {
@@ -492,7 +296,7 @@ impl Worker {
     /// it is reading more (its last chunk was full) it is waited for, so a backlog goes
     /// out in whole batches; once it had read all there was, a batch goes out with what
     /// there is.
-    fn top_up(&mut self) {
+    pub(super) fn top_up(&mut self) {
         while self.ahead.len() < self.batch_size && !self.reader_ended {
             let rows = if self.caught_up {
                 match self.reader.rows.try_recv() {
@@ -511,7 +315,7 @@ impl Worker {
     }
 
     /// Takes a chunk from the reader (`None` when it has ended).
-    fn received(&mut self, rows: Option<Vec<Decoded>>) {
+    pub(super) fn received(&mut self, rows: Option<Vec<Decoded>>) {
         match rows {
             Some(rows) => {
                 self.caught_up = rows.len() < read_limit(self.batch_size);
@@ -522,7 +326,7 @@ impl Worker {
     }
 
     /// Dead-letters a row that cannot be decoded, so it does not block the sink.
-    fn quarantine(&mut self, corrupt: &Corrupt) -> Result<()> {
+    pub(super) fn quarantine(&mut self, corrupt: &Corrupt) -> Result<()> {
         log::error!(
             "sink {}: quarantining seq {}: {}",
             self.name,
@@ -539,27 +343,27 @@ impl Worker {
 
     /// Takes back from `evicted_unsent` events the caps evicted while this worker had
     /// them in hand: it counts them itself (delivered, dead-lettered or filtered).
-    fn counted_twice(&self, evicted: u64) {
+    pub(super) fn counted_twice(&self, evicted: u64) {
         // Only this worker moves its cursor, so `evicted` was counted there; saturating
         // all the same: a counter must never wrap.
         let _ = (self.counters.evicted_unsent)
             .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(evicted)));
     }
 
-    fn advance(&mut self, seq: SeqNo) {
+    pub(super) fn advance(&mut self, seq: SeqNo) {
         self.cursor = seq;
         self.counters.cursor.store(seq, Relaxed);
     }
 
     /// Sends `op` to the writer, after committing what is pending (an op that moves
     /// the cursor must come after it).
-    fn commit(&mut self, op: Op) -> Result<u64> {
+    pub(super) fn commit(&mut self, op: Op) -> Result<u64> {
         self.flush()?;
         self.send(op)
     }
 
     /// Sends `op` to the writer and waits until it is committed.
-    fn send(&self, op: Op) -> Result<u64> {
+    pub(super) fn send(&self, op: Op) -> Result<u64> {
         let started = Instant::now();
         let committed = writer::call(&self.tx, op, 0);
         spent(&self.counters.commit_ns, started);
@@ -568,7 +372,7 @@ impl Worker {
 
     /// Records that the sink acknowledged `from..=to` (the events after the cursor),
     /// committing it with what is pending once [`Sink::commit_every`] requests are.
-    fn acknowledge(&mut self, from: SeqNo, to: SeqNo) -> Result<()> {
+    pub(super) fn acknowledge(&mut self, from: SeqNo, to: SeqNo) -> Result<()> {
         match &mut self.pending {
             Some(p) if from <= p.to + 1 => {
                 p.to = p.to.max(to);
@@ -593,7 +397,7 @@ impl Worker {
     }
 
     /// Commits what is pending, if anything.
-    fn flush(&mut self) -> Result<()> {
+    pub(super) fn flush(&mut self) -> Result<()> {
         let Some(p) = self.pending else {
             return Ok(());
         };
@@ -609,7 +413,7 @@ impl Worker {
     /// counts the commits toward the next checkpoint and, once idle, deletes what every
     /// consumer has acknowledged (not while the sink works through a backlog: the
     /// deletion would take the CPU and the connection from it).
-    fn ack(&mut self, from: SeqNo, to: SeqNo) -> Result<u64> {
+    pub(super) fn ack(&mut self, from: SeqNo, to: SeqNo) -> Result<u64> {
         if !self.acks_directly {
             return self.send(Op::Ack {
                 consumer: self.name.clone(),
@@ -631,7 +435,7 @@ impl Worker {
 
     /// Tells the writer of the acknowledgements committed since it was last told. When
     /// its channel is full it is busy committing, which deletes them as well.
-    fn tell_writer(&mut self) {
+    pub(super) fn tell_writer(&mut self) {
         if self.untold.1 > 0 {
             let _ = self.tx.try_send(Msg::Acked(self.untold.1));
             self.untold = (0, 0);
@@ -640,7 +444,7 @@ impl Worker {
 
     /// Delivers one batch until it is acknowledged or dead-lettered. Returns false when
     /// told to stop first.
-    fn deliver(&mut self, batch: Batch) -> bool {
+    pub(super) fn deliver(&mut self, batch: Batch) -> bool {
         let c = self.counters.clone();
         c.oldest_pending_ms
             .store(batch.events[0].timestamp_ms.max(1), Relaxed);
@@ -694,7 +498,7 @@ impl Worker {
     /// Calls the sink; a panic in it is a failed attempt (retryable, so a sink that
     /// panics on one event dead-letters that event and goes on), not the end of the
     /// worker, and is reported to the `on_error` hook.
-    fn deliver_guarded(&mut self, events: &[StoredEvent]) -> Result<(), DeliveryError> {
+    pub(super) fn deliver_guarded(&mut self, events: &[StoredEvent]) -> Result<(), DeliveryError> {
         let sink = &mut self.sink;
         match caught(|| sink.deliver(events)) {
             Ok(delivered) => delivered,
@@ -704,7 +508,7 @@ impl Worker {
 
     /// Asks the sink whether it takes `event_type`; a panic in it counts as yes (the
     /// event goes to `deliver`, which may refuse it), reported to the `on_error` hook.
-    fn accepts_guarded(&self, event_type: &str) -> bool {
+    pub(super) fn accepts_guarded(&self, event_type: &str) -> bool {
         let sink = &self.sink;
         caught(|| sink.accepts(event_type)).unwrap_or_else(|panic| {
             self.panicked("accepts", &panic);
@@ -713,7 +517,7 @@ impl Worker {
     }
 
     /// Reports a panic in the sink's `method`; returns it as a retryable error.
-    fn panicked(&self, method: &str, panic: &str) -> DeliveryError {
+    pub(super) fn panicked(&self, method: &str, panic: &str) -> DeliveryError {
         let error = DeliveryError::retryable(format!("the sink panicked in {method}: {panic}"));
         self.shared.report(&Error::Delivery {
             delivered: 0,
@@ -725,7 +529,12 @@ impl Worker {
     /// Records the outcome of `batch`: acknowledged when `failure` is `None` (see
     /// [`ack`](Worker::ack)), else given up (through the writer). Returns false when
     /// told to stop while waiting after a failed commit.
-    fn settle(&mut self, batch: Batch, failure: Option<DeliveryError>, retries: u32) -> bool {
+    pub(super) fn settle(
+        &mut self,
+        batch: Batch,
+        failure: Option<DeliveryError>,
+        retries: u32,
+    ) -> bool {
         if let Some(e) = &failure {
             self.counters
                 .dead_lettered
@@ -756,7 +565,7 @@ impl Worker {
                 attempts: retries + 1,
                 status: e.status(),
                 error: e.to_string(),
-                ack: ack_to.map(|to| (batch.from, to)),
+                ack: ack_to.map(|to| batch.from..=to),
             }),
         };
         match committed {
@@ -781,190 +590,11 @@ impl Worker {
     }
 
     /// A random duration in `[0, ceiling]` (full jitter), from a per-worker xorshift.
-    fn jitter(&mut self, ceiling: Duration) -> Duration {
+    pub(super) fn jitter(&mut self, ceiling: Duration) -> Duration {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         let nanos = ceiling.as_nanos().min(u64::MAX as u128) as u64;
         Duration::from_nanos(self.rng % nanos.saturating_add(1))
     }
-}
-
-/// A sink's reader thread, seen from its worker: the rows it read, in order, in chunks
-/// of up to [`READ_AHEAD`] (a short one when it read all there was, maybe none: then it
-/// waits for the doorbell, and sends what it reads next). It ends when the
-/// worker drops it, when the workers are stopped, or once it read nothing while the
-/// spool closes (its channel then disconnects: nothing more will come).
-struct Reader {
-    rows: Receiver<Vec<Decoded>>,
-    /// Delivered events, handed back to be freed where they were allocated ...
-    back: Sender<Vec<StoredEvent>>,
-    /// ... [`READ_AHEAD`] or more at a time, so one-event batches do not wake the
-    /// reader for every request.
-    used: Vec<StoredEvent>,
-    /// Dropped to end the thread.
-    bye: Option<Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Reader {
-    fn start(read: ReadLoop) -> Result<Reader> {
-        // One chunk waits for the worker while the next is read: memory stays bounded
-        // whatever the backlog.
-        let (rows_tx, rows) = bounded(1);
-        let (back, back_rx) = bounded(GIVEN_BACK);
-        let (bye, bye_rx) = bounded(0);
-        let thread = thread::Builder::new()
-            .name(format!("eventspool-read-{}", read.name))
-            .spawn(move || read.run(&rows_tx, &back_rx, &bye_rx))
-            .map_err(|e| Error::io("cannot spawn a sink's reader thread", e))?;
-        Ok(Reader {
-            rows,
-            back,
-            used: Vec::new(),
-            bye: Some(bye),
-            thread: Some(thread),
-        })
-    }
-
-    /// Hands delivered events back to the reader to free (or frees them here when it
-    /// has not taken the last ones yet). Freeing on the thread that allocated them is
-    /// cheaper, and off the worker's path between two requests: 100 events freed by the
-    /// worker took it 20-51 µs.
-    fn give_back(&mut self, events: Vec<StoredEvent>) {
-        if self.used.is_empty() {
-            self.used = events;
-        } else {
-            self.used.extend(events);
-        }
-        if self.used.len() >= READ_AHEAD {
-            let _ = self.back.try_send(std::mem::take(&mut self.used));
-        }
-    }
-}
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        drop(self.bye.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// The reader thread's state.
-struct ReadLoop {
-    name: String,
-    pool: ReaderPool,
-    spool_id: String,
-    /// The last seq read.
-    after: SeqNo,
-    limit: usize,
-    doorbell: Receiver<()>,
-    stop: Receiver<()>,
-    draining: Arc<AtomicBool>,
-    counters: Arc<SinkCounters>,
-    shared: Arc<Shared>,
-}
-
-impl ReadLoop {
-    /// Reads and sends chunks to `rows`, and frees what comes back on `back`, until
-    /// `bye` disconnects (or see [`Reader`]).
-    fn run(
-        mut self,
-        rows: &Sender<Vec<Decoded>>,
-        back: &Receiver<Vec<StoredEvent>>,
-        bye: &Receiver<()>,
-    ) {
-        loop {
-            // `close` commits what is in flight before it sets `draining`: a read that
-            // starts after it is set and comes back short has read the last event.
-            let draining = self.draining.load(SeqCst);
-            let started = Instant::now();
-            let read = self
-                .pool
-                .get()
-                .and_then(|conn| store::read_after(&conn, &self.spool_id, self.after, self.limit));
-            spent(&self.counters.read_ns, started);
-            let chunk = match read {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    log::error!("sink {}: cannot read the spool: {e}", self.name);
-                    self.shared.report(&e);
-                    if self.wait(back, bye, Some(PROGRESS_RETRY)) {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if chunk.is_empty() && draining {
-                return;
-            }
-            let caught_up = chunk.len() < self.limit;
-            if let Some(last) = chunk.last() {
-                self.after = seq_of(last);
-            }
-            if !self.hand_over(rows, back, bye, chunk)
-                || caught_up && (draining || self.wait(back, bye, None))
-            {
-                return;
-            }
-        }
-    }
-
-    /// Waits for the doorbell (rung after every commit with new events, and by
-    /// `close` and `requeue_dead_letters`), or `timeout`. Returns true when told to end.
-    fn wait(
-        &self,
-        back: &Receiver<Vec<StoredEvent>>,
-        bye: &Receiver<()>,
-        timeout: Option<Duration>,
-    ) -> bool {
-        let timer = timeout.map_or_else(never, after);
-        loop {
-            select! {
-                recv(self.doorbell) -> _ => return false,
-                recv(timer) -> _ => return false,
-                recv(back) -> events => if events.is_err() { return true },
-                recv(self.stop) -> _ => return true,
-                recv(bye) -> _ => return true,
-            }
-        }
-    }
-
-    /// Sends `chunk` to the worker once it has taken the last one, freeing what it
-    /// gives back meanwhile. Returns false when told to end.
-    fn hand_over(
-        &self,
-        rows: &Sender<Vec<Decoded>>,
-        back: &Receiver<Vec<StoredEvent>>,
-        bye: &Receiver<()>,
-        chunk: Vec<Decoded>,
-    ) -> bool {
-        loop {
-            select! {
-                send(rows, chunk) -> sent => return sent.is_ok(),
-                recv(back) -> events => if events.is_err() { return false },
-                recv(self.stop) -> _ => return false,
-                recv(bye) -> _ => return false,
-            }
-        }
-    }
-}
-
-/// Adds the time since `started` to `counter` (in ns).
-fn spent(counter: &AtomicU64, started: Instant) {
-    counter.fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
-}
-
-/// Runs `f`, turning a panic into its message: a bug in a user's sink must not end the
-/// worker thread.
-fn caught<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
-    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
-        panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic".into())
-    })
 }
