@@ -1,5 +1,5 @@
 //! The benchmark harness: `cargo run --release --example bench [-- --quick]`
-//! (`--ingest`, `--delivery` or `--consume` for only those figures).
+//! (`--ingest`, `--delivery`, `--consume` or `--open` for only those figures).
 //!
 //! Every figure is printed next to a baseline measured in the same run (raw rusqlite
 //! batched inserts, and a naive autocommit-per-event loop), because the machines this
@@ -27,6 +27,7 @@ struct Scale {
     deliver_batched: u64,
     e2e_events: u64,
     consume: u64,
+    open_events: u64,
 }
 
 const FULL: Scale = Scale {
@@ -40,6 +41,7 @@ const FULL: Scale = Scale {
     deliver_batched: 500_000,
     e2e_events: 5_000,
     consume: 1_000_000,
+    open_events: 10_000_000,
 };
 
 const QUICK: Scale = Scale {
@@ -53,6 +55,7 @@ const QUICK: Scale = Scale {
     deliver_batched: 50_000,
     e2e_events: 1_000,
     consume: 100_000,
+    open_events: 200_000,
 };
 
 /// 256 bytes of JSON.
@@ -535,6 +538,47 @@ fn consuming(d: &std::path::Path, s: &Scale) {
     );
 }
 
+/// Opening a spool of `n` events, warm (the file in the page cache): `Spool::open`
+/// against the raw baseline of opening the file with rusqlite and reading its last
+/// seq, alternated five times, medians in ms.
+fn opening(d: &std::path::Path, s: &Scale) {
+    let path = d.join("open.db");
+    let spool = open(d, "open.db");
+    let mut n = 0;
+    while n < s.open_events {
+        let k = (s.open_events - n).min(10_000);
+        spool.append_batch((n..n + k).map(event).collect()).unwrap();
+        n += k;
+    }
+    spool.close(Duration::from_secs(600)).unwrap();
+    drop(spool);
+    let bytes = std::fs::metadata(&path).unwrap().len();
+    let (mut raws, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let start = Instant::now();
+        let conn = Connection::open(&path).unwrap();
+        let last: i64 = conn
+            .query_row("SELECT max(seq) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(last as u64, s.open_events);
+        drop(conn);
+        raws.push(start.elapsed().as_secs_f64() * 1e3);
+        let start = Instant::now();
+        let spool = Spool::open(&path).unwrap();
+        ours.push(start.elapsed().as_secs_f64() * 1e3);
+        spool.close(Duration::from_secs(60)).unwrap();
+    }
+    let (raw, ours) = (median(&mut raws), median(&mut ours));
+    println!(
+        "| opening a spool of {} events ({} MB), warm (median of 5) | ms | vs raw |",
+        s.open_events,
+        bytes >> 20
+    );
+    println!("|---|---:|---:|");
+    println!("| raw rusqlite: open, read max(seq) (baseline) | {raw:.2} | 1.00× |");
+    println!("| `Spool::open` | {ours:.2} | {:.2}× |", ours / raw);
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -553,6 +597,7 @@ fn main() {
     let delivery_only = args.iter().any(|a| a == "--delivery");
     let consume_only = args.iter().any(|a| a == "--consume");
     let ingest_only = args.iter().any(|a| a == "--ingest");
+    let open_only = args.iter().any(|a| a == "--open");
     let s = if quick { QUICK } else { FULL };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -570,6 +615,9 @@ fn main() {
     }
     if consume_only {
         return consuming(d, &s);
+    }
+    if open_only {
+        return opening(d, &s);
     }
     let (mut bases, mut emits) = (Vec::new(), Vec::new());
     for round in 0..3 {
@@ -614,6 +662,8 @@ fn main() {
     delivery(d, &s);
     println!();
     consuming(d, &s);
+    println!();
+    opening(d, &s);
     println!();
 
     // Peak RSS in a process of its own, so the baselines' buffers above do not count.

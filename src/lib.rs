@@ -8,19 +8,20 @@
 //! ([`Subscription`]). Everything survives `kill -9` and restarts.
 //!
 //! ```text
-//!  caller threads             writer thread                  sink threads (2 per sink)
-//!  ──────────────             ─────────────                  ─────────────────────────
-//!  emit(event)  ─┐  bounded   take all that is queued        one reads after the cursor,
-//!  append(event) ├─ crossbeam▶ (≤ batch_size), one SQLite ──▶ one delivers (ureq / Sink);
-//!  flush()      ─┘  channel   transaction: seq, caps,        2xx: commit the cursor
-//!    validate + serialize on  cursors; answer waiters,       (on the writer's
-//!    the caller's thread      wake sinks and subscribers     connection); else
-//!                             delete what all consumers      backoff, dead letters
-//!                             acknowledged
+//!  spool/ (caller threads)    writer/ (writer thread)        delivery/ (2 threads a sink)
+//!  ───────────────────────    ───────────────────────        ────────────────────────────
+//!  emit(event)  ─┐  bounded   take all that is queued        reader.rs reads after the
+//!  append(event) ├─ crossbeam▶ (≤ batch_size), one SQLite ──▶ cursor; worker.rs delivers
+//!  flush()      ─┘  channel   transaction (commit.rs):       through sink/ (webhook.rs,
+//!    validate + serialize on  seq, caps, cursors; answer     your Sink); 2xx: commit the
+//!    the caller's thread      waiters, wake consumers;       cursor (writer/db.rs); else
+//!                             checkpoint.rs keeps the WAL    backoff, dead letters
+//!                             short on a thread of its own
 //!
-//!  readers (a pool of read-only connections, opened on the caller's thread): len,
-//!    last_seq, query, subscriptions, dead letters
-//!  checkpoint thread: copies the WAL into the database beside the writer
+//!  store/: the file — sql.rs (every statement), file.rs (lock, identity), pool.rs
+//!    (readers for len, query, subscriptions, dead letters), records.rs (what it stores)
+//!  subscribe.rs: consumer groups    shared.rs: what the threads share with the handle
+//!  metrics.rs: counters and snapshots    error.rs, event.rs, config.rs, time.rs: below all
 //! ```
 //!
 //! ## A tour
@@ -78,6 +79,7 @@ mod delivery;
 mod error;
 mod event;
 mod metrics;
+pub mod performance;
 mod reply;
 mod shared;
 mod sink;
@@ -97,7 +99,7 @@ pub use event::{DEFAULT_QUERY_LIMIT, Event, EventQuery, SeqNo, StoredEvent};
 pub use metrics::{ConsumerMetrics, MetricsSnapshot, SinkMetrics};
 pub use sink::http_date::parse_retry_after;
 pub use sink::payload::Content;
-pub use sink::signing::{SigningSecret, verify};
+pub use sink::signing::{DEFAULT_TOLERANCE, SigningSecret, Verifier, VerifyError, verify};
 pub use sink::webhook::{DEFAULT_WEBHOOK_TIMEOUT, WebhookSink};
 pub use sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, MAX_SINK_BATCH, Sink};
 pub use spool::{CloseReport, DEFAULT_CLOSE_TIMEOUT, Spool, SpoolBuilder, Undelivered};

@@ -234,23 +234,16 @@ impl MetricsSnapshot {
         for (name, help, value) in gauges {
             metric(&mut out, name, help, "gauge", value);
         }
-        let per_consumer: [Series<'_, ConsumerMetrics>; 3] = [
-            (
-                "consumer_position",
-                "Last seq acknowledged.",
-                "gauge",
-                |c| c.position,
-            ),
-            (
-                "consumer_lag",
-                "Stored events after the position.",
-                "gauge",
-                |c| c.lag,
-            ),
-            (
+        let per_consumer: [Series<ConsumerMetrics>; 3] = [
+            Series::gauge("consumer_position", "Last seq acknowledged.", |c| {
+                c.position
+            }),
+            Series::gauge("consumer_lag", "Stored events after the position.", |c| {
+                c.lag
+            }),
+            Series::gauge(
                 "consumer_oldest_unacked_age_ms",
                 "Age of the oldest event read and not acknowledged.",
-                "gauge",
                 |c| c.oldest_unacked_age_ms,
             ),
         ];
@@ -261,86 +254,57 @@ impl MetricsSnapshot {
             |c| &c.name,
             &per_consumer,
         );
-        let per_sink: [Series<'_, SinkMetrics>; 14] = [
-            (
+        let per_sink: [Series<SinkMetrics>; 14] = [
+            Series::counter(
                 "sink_delivered_total",
                 "Events acknowledged by the sink.",
-                "counter",
                 |s| s.delivered,
             ),
-            (
-                "sink_attempts_total",
-                "Delivery attempts.",
-                "counter",
-                |s| s.attempts,
-            ),
-            ("sink_retries_total", "Repeated attempts.", "counter", |s| {
-                s.retries
-            }),
-            (
+            Series::counter("sink_attempts_total", "Delivery attempts.", |s| s.attempts),
+            Series::counter("sink_retries_total", "Repeated attempts.", |s| s.retries),
+            Series::counter(
                 "sink_failures_retryable_total",
                 "Retryable failures.",
-                "counter",
                 |s| s.failures_retryable,
             ),
-            (
+            Series::counter(
                 "sink_failures_permanent_total",
                 "Permanent failures.",
-                "counter",
                 |s| s.failures_permanent,
             ),
-            (
-                "sink_dead_lettered_total",
-                "Events dead-lettered.",
-                "counter",
-                |s| s.dead_lettered,
-            ),
-            (
+            Series::counter("sink_dead_lettered_total", "Events dead-lettered.", |s| {
+                s.dead_lettered
+            }),
+            Series::counter(
                 "sink_evicted_unsent_total",
                 "Events evicted before delivery.",
-                "counter",
                 |s| s.evicted_unsent,
             ),
-            (
-                "sink_filtered_total",
-                "Events skipped by type.",
-                "counter",
-                |s| s.filtered,
-            ),
-            (
-                "sink_lag",
-                "Stored events not yet delivered.",
-                "gauge",
-                |s| s.lag,
-            ),
-            (
+            Series::counter("sink_filtered_total", "Events skipped by type.", |s| {
+                s.filtered
+            }),
+            Series::gauge("sink_lag", "Stored events not yet delivered.", |s| s.lag),
+            Series::gauge(
                 "sink_oldest_undelivered_age_ms",
                 "Age of the oldest event in delivery.",
-                "gauge",
                 |s| s.oldest_undelivered_age_ms,
             ),
-            (
-                "sink_backoff_ms",
-                "Wait before the next retry.",
-                "gauge",
-                |s| s.backoff_ms,
-            ),
-            (
+            Series::gauge("sink_backoff_ms", "Wait before the next retry.", |s| {
+                s.backoff_ms
+            }),
+            Series::counter(
                 "sink_read_us_total",
                 "Time spent reading events from the file, in microseconds.",
-                "counter",
                 |s| s.read_us,
             ),
-            (
+            Series::counter(
                 "sink_deliver_us_total",
                 "Time spent delivering (encoding and sending), in microseconds.",
-                "counter",
                 |s| s.deliver_us,
             ),
-            (
+            Series::counter(
                 "sink_commit_us_total",
                 "Time spent committing progress, in microseconds.",
-                "counter",
                 |s| s.commit_us,
             ),
         ];
@@ -351,27 +315,53 @@ impl MetricsSnapshot {
 
 /// Renders one series per item for each metric, labelled `key="<item name>"`; nothing
 /// when there are no items.
-type Series<'a, T> = (&'a str, &'a str, &'a str, fn(&T) -> u64);
+struct Series<T> {
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
+    value: fn(&T) -> u64,
+}
+
+impl<T> Series<T> {
+    fn counter(name: &'static str, help: &'static str, value: fn(&T) -> u64) -> Self {
+        Series {
+            name,
+            help,
+            kind: "counter",
+            value,
+        }
+    }
+
+    fn gauge(name: &'static str, help: &'static str, value: fn(&T) -> u64) -> Self {
+        Series {
+            name,
+            help,
+            kind: "gauge",
+            value,
+        }
+    }
+}
 
 fn labelled<T>(
     out: &mut String,
     key: &str,
     items: &[T],
     name_of: fn(&T) -> &str,
-    metrics: &[Series<'_, T>],
+    metrics: &[Series<T>],
 ) {
     if items.is_empty() {
         return;
     }
-    for (name, help, kind, field) in metrics {
-        let _ = writeln!(out, "# HELP eventspool_{name} {help}");
-        let _ = writeln!(out, "# TYPE eventspool_{name} {kind}");
+    for series in metrics {
+        let name = series.name;
+        let _ = writeln!(out, "# HELP eventspool_{name} {}", series.help);
+        let _ = writeln!(out, "# TYPE eventspool_{name} {}", series.kind);
         for item in items {
             let _ = writeln!(
                 out,
                 "eventspool_{name}{{{key}=\"{}\"}} {}",
                 label(name_of(item)),
-                field(item)
+                (series.value)(item)
             );
         }
     }

@@ -11,17 +11,9 @@ use std::time::Instant;
 use crate::config::Durability;
 
 /// How often a caller on an application thread (`append`, `flush`, a consumer's `ack`)
-/// yields its CPU, looking for its answer, before it sleeps, under
-/// [`Durability::Normal`]. A commit takes tens of microseconds; a caller still awake
-/// then costs no wake-up, which on a VM is often an interrupt to a halted virtual CPU.
-/// Measured on 2 vCPUs with 0 / 30 / 100 / 300 yields: `append` from 1 thread 12.8k /
-/// 13.8k / 30.5k / 33.8k per second (bench `--quick`); from 64 threads 166k / 216k /
-/// 221k / - (median of 5 runs); a consumer reading and acking each event 73-88 / 62-71 /
-/// 23-30 / - us per event. Under [`Durability::Full`] a commit waits for an `fsync`
-/// (100-200 us): yielding through it gained nothing (1 thread: ~2.8k-3.1k appends/s
-/// either way) and cost CPU (55% -> 70% of a core), so callers sleep at once. Sink
-/// workers do not yield either: their cursor waits got shorter but their requests
-/// slower.
+/// yields its CPU, looking for its answer, before it sleeps: a caller still awake when
+/// the commit ends costs no wake-up. None under [`Durability::Full`], where a commit
+/// waits for an `fsync` (the figures: [`crate::performance`]).
 pub(crate) fn caller_yields(durability: Durability) -> u32 {
     match durability {
         Durability::Normal => 100,

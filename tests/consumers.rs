@@ -339,18 +339,6 @@ fn the_position_survives_kill_9() -> TestResult {
     Ok(())
 }
 
-/// A sink that takes everything, named as the test needs.
-struct Named(&'static str);
-
-impl eventspool::Sink for Named {
-    fn name(&self) -> &str {
-        self.0
-    }
-    fn deliver(&mut self, _: &[eventspool::StoredEvent]) -> Result<(), eventspool::DeliveryError> {
-        Ok(())
-    }
-}
-
 /// One namespace: a name that is a sink of this spool cannot be subscribed, sought,
 /// acknowledged, drained or removed through the consumer APIs, whatever kind the file
 /// had recorded for it before; its events wait for it.
@@ -391,7 +379,12 @@ fn a_sinks_cursor_cannot_be_moved_through_the_consumer_apis() -> TestResult {
         "remove_consumer",
         spool.remove_consumer("billing").map(drop),
     );
-    refused("drain_to", spool.drain_to(&mut Named("billing")).map(drop));
+    refused(
+        "drain_to",
+        spool
+            .drain_to(&mut common::sinks::Collect::new("billing"))
+            .map(drop),
+    );
     let kinds: Vec<_> = spool
         .consumers()?
         .into_iter()

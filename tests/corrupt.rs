@@ -6,10 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::http::{Reply, Server};
+use common::sinks::Collect;
 use common::*;
-use eventspool::{
-    Backoff, DeliveryError, Error, EventQuery, SeekPosition, Sink, Spool, StoredEvent, WebhookSink,
-};
+use eventspool::{Backoff, Error, EventQuery, SeekPosition, Spool, WebhookSink};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -108,29 +107,17 @@ fn a_subscription_reports_a_damaged_row_once_and_reads_on() -> TestResult {
     Ok(())
 }
 
-struct Collect(Vec<u64>);
-
-impl Sink for Collect {
-    fn name(&self) -> &str {
-        "collect"
-    }
-    fn deliver(&mut self, events: &[StoredEvent]) -> Result<(), DeliveryError> {
-        self.0.extend(events.iter().map(|e| e.seq));
-        Ok(())
-    }
-    fn batch_size(&self) -> usize {
-        10
-    }
-}
-
 #[test]
 fn drain_to_quarantines_a_damaged_row() -> TestResult {
     let (_dir, path) = temp_spool();
     spool_with_a_damaged_row(&path)?;
     let spool = Spool::open(&path)?;
-    let mut sink = Collect(Vec::new());
+    let mut sink = Collect {
+        batch: 10,
+        ..Collect::new("collect")
+    };
     assert_eq!(spool.drain_to(&mut sink)?, 2);
-    assert_eq!(sink.0, [1, 3]);
+    assert_eq!(sink.seqs(), [1, 3]);
     assert_eq!(spool.dead_letters("collect", 10)?[0].event.seq, 2);
     Ok(())
 }

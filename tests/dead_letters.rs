@@ -5,23 +5,12 @@ mod common;
 
 use std::time::Duration;
 
+use common::sinks::Refuses;
 use common::*;
-use eventspool::{DeliveryError, Event, Sink, Spool, StoredEvent};
+use eventspool::{Event, Spool};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
-
-/// Refuses every event for good: each one is dead-lettered.
-struct Refuses;
-
-impl Sink for Refuses {
-    fn name(&self) -> &str {
-        "refuses"
-    }
-    fn deliver(&mut self, _: &[StoredEvent]) -> Result<(), DeliveryError> {
-        Err(DeliveryError::permanent("no, thanks").with_status(400))
-    }
-}
 
 fn kilobyte(n: u64) -> Event {
     Event::new("test.kb", json!({ "n": n, "pad": "x".repeat(1000) }))
@@ -35,7 +24,10 @@ fn file_bytes(path: &std::path::Path) -> u64 {
 fn dead_letters_stay_within_their_cap_and_the_oldest_go_first() -> TestResult {
     let (_dir, path) = temp_spool();
     let cap = 64 << 10;
-    let spool = Spool::builder(&path).max_bytes(cap).sink(Refuses).open()?;
+    let spool = Spool::builder(&path)
+        .max_bytes(cap)
+        .sink(Refuses("refuses"))
+        .open()?;
     let n = 4000;
     // 50 KB at a time, each given up on before the next: none is evicted unsent.
     for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
@@ -80,7 +72,7 @@ fn a_cap_of_their_own_can_be_set() -> TestResult {
     let (_dir, path) = temp_spool();
     let spool = Spool::builder(&path)
         .max_dead_letter_bytes(8 << 10)
-        .sink(Refuses)
+        .sink(Refuses("refuses"))
         .open()?;
     spool.append_batch((0..50).map(kilobyte).collect())?;
     wait_until(T, "every event was given up on", || {
@@ -99,7 +91,7 @@ fn a_cap_of_their_own_can_be_set() -> TestResult {
 #[test]
 fn dead_letters_can_be_purged_all_or_by_age() -> TestResult {
     let (_dir, path) = temp_spool();
-    let spool = Spool::builder(&path).sink(Refuses).open()?;
+    let spool = Spool::builder(&path).sink(Refuses("refuses")).open()?;
     spool.append_batch((0..10).map(numbered).collect())?;
     wait_until(T, "every event was given up on", || {
         spool.metrics().dead_letters == 10
@@ -141,7 +133,7 @@ fn dead_letters_can_be_purged_all_or_by_age() -> TestResult {
 #[test]
 fn dead_letters_of_a_schema_1_file_are_counted_at_open() -> TestResult {
     let (_dir, path) = temp_spool();
-    let spool = Spool::builder(&path).sink(Refuses).open()?;
+    let spool = Spool::builder(&path).sink(Refuses("refuses")).open()?;
     spool.append_batch((0..3).map(kilobyte).collect())?;
     wait_until(T, "every event was given up on", || {
         spool.metrics().dead_letters == 3

@@ -23,9 +23,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{Rng, arg, clock_seed};
-use eventspool::{
-    DeliveryError, SigningSecret, Sink, Spool, SpoolConfig, StoredEvent, parse_retry_after, verify,
-};
+use eventspool::{SigningSecret, Sink, Spool, SpoolConfig, parse_retry_after, verify};
 
 /// Checks one input: `Err` names a broken property. A panic is caught by the caller.
 type Check = Box<dyn FnMut(&[u8]) -> Result<(), String>>;
@@ -272,19 +270,6 @@ fn signature(input: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Keeps what it is given.
-struct Collect(Vec<StoredEvent>);
-
-impl Sink for Collect {
-    fn name(&self) -> &str {
-        "fuzz"
-    }
-    fn deliver(&mut self, events: &[StoredEvent]) -> Result<(), DeliveryError> {
-        self.0.extend_from_slice(events);
-        Ok(())
-    }
-}
-
 /// The bytes of a stored event's data, written into the file behind the spool's back
 /// (as text when they are UTF-8, else as a blob): a sink gets the event when they are
 /// JSON, else it is quarantined to the dead letters with a reason; nothing blocks.
@@ -295,7 +280,7 @@ fn stored_row() -> Check {
     let raw = rusqlite::Connection::open(&path).expect("raw connection");
     raw.busy_timeout(Duration::from_secs(5))
         .expect("busy timeout");
-    let mut sink = Collect(Vec::new());
+    let mut sink = common::sinks::Collect::new("fuzz");
     Box::new(move |input: &[u8]| {
         let _keep = &dir;
         let seq = spool
@@ -313,10 +298,10 @@ fn stored_row() -> Check {
             ),
         }
         .map_err(|e| e.to_string())?;
-        sink.0.clear();
+        sink.events.clear();
         let delivered = spool.drain_to(&mut sink).map_err(|e| e.to_string())?;
         let json = text.and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok());
-        match (delivered, sink.0.first()) {
+        match (delivered, sink.events.first()) {
             // JSON's grammar allows what some parsers refuse (a lone surrogate escape):
             // such text is delivered as it was stored.
             (1, Some(event)) if event.seq == seq => {

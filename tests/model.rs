@@ -17,8 +17,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::sinks::Refuses;
 use common::*;
-use eventspool::{DeliveryError, Error, EventQuery, SeekPosition, Sink, Spool, StoredEvent};
+use eventspool::{Error, EventQuery, SeekPosition, Spool};
 use proptest::prelude::*;
 
 const MAX_EVENTS: u64 = 12;
@@ -26,17 +27,6 @@ const CONSUMERS: [&str; 2] = ["a", "b"];
 /// The sink: it dead-letters every event.
 const SINK: &str = "s";
 const T: Duration = Duration::from_secs(10);
-
-struct Refuses;
-
-impl Sink for Refuses {
-    fn name(&self) -> &str {
-        SINK
-    }
-    fn deliver(&mut self, _: &[StoredEvent]) -> Result<(), DeliveryError> {
-        Err(DeliveryError::permanent("refused"))
-    }
-}
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -122,7 +112,7 @@ impl Model {
 fn open(path: &std::path::Path) -> Spool {
     let spool = Spool::builder(path)
         .max_events(MAX_EVENTS)
-        .sink(Refuses)
+        .sink(Refuses(SINK))
         .open()
         .expect("open");
     for name in CONSUMERS {
@@ -218,7 +208,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     1 => spool.seek(SINK, SeekPosition::Beginning).map(drop),
                     2 => spool.ack(SINK, model.last_seq),
                     3 => spool.remove_consumer(SINK).map(drop),
-                    _ => spool.drain_to(&mut Refuses).map(drop),
+                    _ => spool.drain_to(&mut Refuses(SINK)).map(drop),
                 };
                 prop_assert!(
                     matches!(refused, Err(Error::Consumer(_))),

@@ -3,14 +3,13 @@
 //! out, or on a permanent failure, dead-letter the batch and move on.
 //!
 //! The reader reads ahead on a thread of its own, so reading the next events overlaps
-//! the request in flight (reading 100 events back costs about half as much as posting
-//! them to a local receiver).
+//! the request in flight.
 //!
 //! The cursor is committed before the next batch is sent, so a crash replays at most
 //! the batch that was in flight; with [`Sink::commit_every`] `n` > 1, after every `n`
 //! batches of a backlog (kept in [`Pending`] meanwhile) and whenever the worker has
 //! nothing more to send. The worker commits it itself, on the writer's
-//! connection ([`Db::ack`]; through the writer under `Durability::Full`, see
+//! connection ([`Db::commit_cursor`]; through the writer under `Durability::Full`, see
 //! [`acks_directly`]); the writer deletes what every consumer acknowledged when it is
 //! idle or commits new events.
 
@@ -45,16 +44,11 @@ pub(crate) struct Control {
     pub(crate) draining: Arc<AtomicBool>,
 }
 
-/// Whether sink workers commit their cursor themselves ([`Db::ack`]) rather than
+/// Whether sink workers commit their cursor themselves ([`Db::commit_cursor`]) rather than
 /// through the writer: under [`Durability::Normal`] yes, sparing two thread wake-ups
 /// per request. Under [`Durability::Full`] every commit waits for an `fsync`, and an
-/// acknowledgement that joins the writer's next transaction shares its `fsync`, where
-/// one of its own would take the connection from the writer for as long. Measured on
-/// 2 vCPUs, a sink (one event per request) beside `append` callers, 5 s, 2 alternated
-/// runs: under `Full` with 1 caller, through the writer 2.4k-2.8k appends/s and
-/// 1.5k-1.6k deliveries/s, directly 2.0k-2.3k and 1.0k; with 8 callers 17.4k and
-/// 1.5k-1.6k, directly 14.2k-14.6k and 0.9k-1.2k. Under `Normal`, with 8 callers:
-/// through the writer 51k-78k and 4.8k, directly 56k-82k and 5.5k-6.5k.
+/// acknowledgement that joins the writer's next transaction shares its `fsync`
+/// ([`crate::performance`]).
 pub(crate) fn acks_directly(durability: Durability) -> bool {
     durability == Durability::Normal
 }

@@ -19,10 +19,7 @@ use super::{PROGRESS_RETRY, spent};
 
 /// The most events a reader reads per query (a batch's worth when batches are
 /// larger); it holds one such read ready for the worker, beside what the worker holds.
-/// Small, so a read ends within the request it overlaps: on 2 vCPUs, draining in
-/// batches of 100, reads of 512 on the reader thread slowed the requests beside them as
-/// much as they saved (317k-343k events/s; the same reads on the worker's thread:
-/// 315k-334k), reads of 100 did not (439k-482k).
+/// Small, so a read ends within the request it overlaps ([`crate::performance`]).
 pub(super) const READ_AHEAD: usize = 100;
 
 /// The most rows a sink's reader reads per query.
@@ -71,9 +68,8 @@ impl Reader {
     }
 
     /// Hands delivered events back to the reader to free (or frees them here when it
-    /// has not taken the last ones yet). Freeing on the thread that allocated them is
-    /// cheaper, and off the worker's path between two requests: 100 events freed by the
-    /// worker took it 20-51 µs.
+    /// has not taken the last ones yet): freeing on the thread that allocated them is
+    /// cheaper, and off the worker's path between two requests.
     pub(super) fn give_back(&mut self, events: Vec<StoredEvent>) {
         if self.used.is_empty() {
             self.used = events;

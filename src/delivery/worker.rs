@@ -40,6 +40,14 @@ pub(super) struct Batch {
     from: SeqNo,
 }
 
+/// Cursor commits made on the writer's connection ([`Db::commit_cursor`]) that the
+/// writer was not told of yet ([`Msg::Acked`]), and the events they acknowledged.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Untold {
+    events: u64,
+    commits: u32,
+}
+
 pub(crate) struct Worker {
     sink: Box<dyn Sink>,
     name: String,
@@ -48,7 +56,7 @@ pub(crate) struct Worker {
     acks_directly: bool,
     /// Events and commits acknowledged on the writer's connection since the writer
     /// was last told ([`Msg::Acked`]).
-    untold: (u64, u32),
+    untold: Untold,
     pool: ReaderPool,
     spool_id: String,
     shared: Arc<Shared>,
@@ -110,7 +118,7 @@ impl Worker {
             tx: parts.tx,
             db: parts.db,
             acks_directly: parts.acks_directly,
-            untold: (0, 0),
+            untold: Untold::default(),
             pool: parts.pool,
             spool_id: parts.spool_id,
             shared: parts.shared,
@@ -133,7 +141,7 @@ impl Worker {
         self.work();
         // What was acknowledged is committed before the worker goes (a crash would
         // replay it otherwise).
-        if let Err(e) = self.flush() {
+        if let Err(e) = self.commit() {
             log::error!("sink {}: cannot record progress at exit: {e}", self.name);
         }
     }
@@ -162,7 +170,7 @@ impl Worker {
                 }
                 None => {
                     // Nothing more in hand: what was acknowledged is committed now.
-                    if let Err(e) = self.flush() {
+                    if let Err(e) = self.commit() {
                         log::error!("sink {}: cannot record progress: {e}", self.name);
                         self.shared.report(&e);
                         if self.pause(PROGRESS_RETRY) {
@@ -220,7 +228,7 @@ impl Worker {
                     Ok(event) => events.push(event),
                     // A damaged dead letter cannot be delivered: it stays dead.
                     Err(corrupt) => {
-                        self.commit(corrupt.quarantine(&self.name, false))?;
+                        self.commit_op(corrupt.quarantine(&self.name, false))?;
                     }
                 }
             }
@@ -327,14 +335,8 @@ impl Worker {
 
     /// Dead-letters a row that cannot be decoded, so it does not block the sink.
     pub(super) fn quarantine(&mut self, corrupt: &Corrupt) -> Result<()> {
-        log::error!(
-            "sink {}: quarantining seq {}: {}",
-            self.name,
-            corrupt.seq,
-            corrupt.reason
-        );
         self.shared.report(&corrupt.error());
-        let evicted = self.commit(corrupt.quarantine(&self.name, true))?;
+        let evicted = self.commit_op(corrupt.quarantine(&self.name, true))?;
         self.counted_twice(evicted);
         self.counters.dead_lettered.fetch_add(1, Relaxed);
         self.advance(corrupt.seq);
@@ -355,15 +357,15 @@ impl Worker {
         self.counters.cursor.store(seq, Relaxed);
     }
 
-    /// Sends `op` to the writer, after committing what is pending (an op that moves
-    /// the cursor must come after it).
-    pub(super) fn commit(&mut self, op: Op) -> Result<u64> {
-        self.flush()?;
-        self.send(op)
+    /// Commits `op` through the writer, after what is pending (an op that moves the
+    /// cursor must come after it).
+    pub(super) fn commit_op(&mut self, op: Op) -> Result<u64> {
+        self.commit()?;
+        self.commit_through_writer(op)
     }
 
-    /// Sends `op` to the writer and waits until it is committed.
-    pub(super) fn send(&self, op: Op) -> Result<u64> {
+    /// Commits `op` through the writer: sends it and waits until it is committed.
+    pub(super) fn commit_through_writer(&self, op: Op) -> Result<u64> {
         let started = Instant::now();
         let committed = writer::call(&self.tx, op, 0);
         spent(&self.counters.commit_ns, started);
@@ -379,7 +381,7 @@ impl Worker {
                 p.requests += 1;
             }
             _ => {
-                self.flush()?;
+                self.commit()?;
                 self.pending = Some(Pending {
                     from,
                     to,
@@ -391,43 +393,45 @@ impl Worker {
             .pending
             .is_some_and(|p| p.requests >= self.commit_every)
         {
-            self.flush()?;
+            self.commit()?;
         }
         Ok(())
     }
 
-    /// Commits what is pending, if anything.
-    pub(super) fn flush(&mut self) -> Result<()> {
+    /// Commits the cursor past what is pending (acknowledged, not yet committed).
+    pub(super) fn commit(&mut self) -> Result<()> {
         let Some(p) = self.pending else {
             return Ok(());
         };
-        let evicted = self.ack(p.from, p.to)?;
+        let evicted = self.commit_cursor(p.from, p.to)?;
         self.pending = None;
         self.counted_twice(evicted);
         Ok(())
     }
 
-    /// Acknowledges `from..=to`, on this thread (see [`Db::ack`]) unless
-    /// [`acks_directly`] says otherwise; returns how many of them the caps evicted
-    /// first. Every [`COLLECT_AT`] events the writer is told: it
+    /// Commits the cursor past `from..=to`, on this thread (see [`Db::commit_cursor`])
+    /// unless [`acks_directly`](super::acks_directly) says otherwise; returns how many
+    /// of them the caps evicted first. Every [`COLLECT_AT`] events the writer is told: it
     /// counts the commits toward the next checkpoint and, once idle, deletes what every
     /// consumer has acknowledged (not while the sink works through a backlog: the
     /// deletion would take the CPU and the connection from it).
-    pub(super) fn ack(&mut self, from: SeqNo, to: SeqNo) -> Result<u64> {
+    pub(super) fn commit_cursor(&mut self, from: SeqNo, to: SeqNo) -> Result<u64> {
         if !self.acks_directly {
-            return self.send(Op::Ack {
+            return self.commit_through_writer(Op::Ack {
                 consumer: self.name.clone(),
                 seq: to,
                 from: Some(from),
             });
         }
         let started = Instant::now();
-        let acked = self.db.ack(&self.name, to, from, &self.shared.counters);
+        let acked = self
+            .db
+            .commit_cursor(&self.name, to, from, &self.shared.counters);
         spent(&self.counters.commit_ns, started);
         let evicted = acked?;
-        self.untold.0 += to + 1 - from;
-        self.untold.1 += 1;
-        if self.untold.0 >= COLLECT_AT {
+        self.untold.events += to + 1 - from;
+        self.untold.commits += 1;
+        if self.untold.events >= COLLECT_AT {
             self.tell_writer();
         }
         Ok(evicted)
@@ -436,9 +440,9 @@ impl Worker {
     /// Tells the writer of the acknowledgements committed since it was last told. When
     /// its channel is full it is busy committing, which deletes them as well.
     pub(super) fn tell_writer(&mut self) {
-        if self.untold.1 > 0 {
-            let _ = self.tx.try_send(Msg::Acked(self.untold.1));
-            self.untold = (0, 0);
+        if self.untold.commits > 0 {
+            let _ = self.tx.try_send(Msg::Acked(self.untold.commits));
+            self.untold = Untold::default();
         }
     }
 
@@ -485,7 +489,7 @@ impl Worker {
                 batch.events[0].seq
             );
             // What was acknowledged before is committed first: an outage can last.
-            if let Err(e) = self.flush() {
+            if let Err(e) = self.commit() {
                 log::error!("sink {}: cannot record progress: {e}", self.name);
                 self.shared.report(&e);
             }
@@ -554,11 +558,11 @@ impl Worker {
         let seqs = || batch.events.iter().map(|e| e.seq).collect::<Vec<_>>();
         let committed = match (&failure, batch.ack_to) {
             (None, Some(to)) => self.acknowledge(batch.from, to).map(|()| 0),
-            (None, None) => self.commit(Op::Redelivered {
+            (None, None) => self.commit_op(Op::Redelivered {
                 sink: self.name.clone(),
                 seqs: seqs(),
             }),
-            (Some(e), ack_to) => self.commit(Op::DeadLetter {
+            (Some(e), ack_to) => self.commit_op(Op::DeadLetter {
                 sink: self.name.clone(),
                 seqs: seqs(),
                 held: batch.events.clone(),

@@ -197,11 +197,6 @@ impl Spool {
                 let Some(Err(corrupt)) = rows.into_iter().next() else {
                     return Ok(delivered);
                 };
-                log::error!(
-                    "drain {name}: quarantining seq {}: {}",
-                    corrupt.seq,
-                    corrupt.reason
-                );
                 self.inner.call(corrupt.quarantine(&name, true))?;
                 cursor = corrupt.seq;
                 continue;

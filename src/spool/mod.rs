@@ -298,8 +298,8 @@ impl Spool {
     /// # Errors
     /// [`Error::Storage`] if the file cannot be read; [`Error::Timeout`] if every reader connection stayed busy for 30 s.
     pub fn len(&self) -> Result<u64> {
-        let (first, last) = self.inner.pool.read(store::bounds)?;
-        Ok(first.map_or(0, |f| last + 1 - f))
+        let stored = self.inner.pool.read(store::bounds)?;
+        Ok(stored.first.map_or(0, |f| stored.last + 1 - f))
     }
 
     /// True when the file holds no event.
@@ -316,7 +316,7 @@ impl Spool {
     /// # Errors
     /// As [`len`](Spool::len).
     pub fn last_seq(&self) -> Result<SeqNo> {
-        Ok(self.inner.pool.read(store::bounds)?.1)
+        Ok(self.inner.pool.read(store::bounds)?.last)
     }
 
     /// Runs a query on a pooled reader connection; it never waits for the writer.

@@ -104,8 +104,15 @@ pub(super) fn lost_seqs(path: &Path) -> Option<u64> {
     (wal_bytes(path) < needed).then(|| u64::from(frames - copied) * (page / SMALLEST_ROW))
 }
 
+/// A file's identity: its device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileId {
+    device: u64,
+    inode: u64,
+}
+
 /// Identifies the file at `path` (device and inode), to notice it deleted or replaced.
-pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
+pub(crate) fn file_id(path: &Path) -> Option<FileId> {
     id_of(&fs::metadata(path).ok()?)
 }
 
@@ -115,16 +122,22 @@ pub(crate) fn is_at(file: &File, path: &Path) -> bool {
     open.is_some() && open == file_id(path)
 }
 
-fn id_of(meta: &fs::Metadata) -> Option<(u64, u64)> {
+fn id_of(meta: &fs::Metadata) -> Option<FileId> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        Some((meta.dev(), meta.ino()))
+        Some(FileId {
+            device: meta.dev(),
+            inode: meta.ino(),
+        })
     }
     #[cfg(not(unix))]
     {
         let _ = meta;
-        Some((0, 0))
+        Some(FileId {
+            device: 0,
+            inode: 0,
+        })
     }
 }
 

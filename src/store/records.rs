@@ -196,8 +196,13 @@ pub(crate) struct Corrupt {
 impl Corrupt {
     /// Moves the row to `sink`'s dead letters (it was never delivered); when it was
     /// read from the stream (`from_stream`), also moves the cursor past it, so the sink
-    /// goes on.
+    /// goes on. Logs it.
     pub(crate) fn quarantine(&self, sink: &str, from_stream: bool) -> Op {
+        log::error!(
+            "sink {sink}: quarantining seq {}: {}",
+            self.seq,
+            self.reason
+        );
         Op::DeadLetter {
             sink: sink.to_owned(),
             seqs: vec![self.seq],
@@ -232,4 +237,26 @@ pub(crate) fn seq_of(row: &Decoded) -> SeqNo {
 /// consumer has not acknowledged are never deleted otherwise).
 pub(crate) fn evicted_in(from: SeqNo, to: SeqNo, first_seq: SeqNo) -> u64 {
     (to + 1).min(first_seq).saturating_sub(from)
+}
+
+/// A count of events and their bytes (as the caps count them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rows {
+    pub(crate) count: u64,
+    pub(crate) bytes: u64,
+}
+
+/// What is stored: the lowest stored seq (`None` when nothing is) and the highest seq
+/// ever assigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bounds {
+    pub(crate) first: Option<SeqNo>,
+    pub(crate) last: SeqNo,
+}
+
+/// A consumer that has not acknowledged everything an eviction removes.
+#[derive(Debug)]
+pub(crate) struct Behind {
+    pub(crate) consumer: String,
+    pub(crate) acked: SeqNo,
 }

@@ -20,10 +20,19 @@ use crate::config::SpoolConfig;
 use crate::error::{Error, Result, Storage, StorageError};
 use crate::event::{Event, EventQuery, SeqNo, StoredEvent};
 
+use super::records::{Behind, Bounds, Rows};
 use super::records::{
     ConsumerInfo, ConsumerKind, Corrupt, DeadLetter, DeadLetterBook, Decoded, Op, SeekPosition,
     StartAt, StoreState, evicted_in,
 };
+
+/// The columns every read of events (or dead letters) selects, in the order
+/// [`decode`] reads them.
+macro_rules! event_columns {
+    () => {
+        "seq, id, type, source, subject, ts, data"
+    };
+}
 
 /// The newest schema this build writes and understands.
 /// 2 added the dead letters' sizes and totals (for their cap).
@@ -321,10 +330,13 @@ pub(crate) fn apply(
 pub(crate) fn consumers_behind(
     tx: &Transaction<'_>,
     before: SeqNo,
-) -> rusqlite::Result<Vec<(String, SeqNo)>> {
+) -> rusqlite::Result<Vec<Behind>> {
     let mut stmt = tx.prepare_cached("SELECT name, acked FROM consumers WHERE acked + 1 < ?1")?;
     let rows = stmt.query_map([int(before)], |r| {
-        Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+        Ok(Behind {
+            consumer: r.get(0)?,
+            acked: r.get::<_, i64>(1)? as u64,
+        })
     })?;
     rows.collect()
 }
@@ -444,10 +456,10 @@ fn load_state(conn: &Connection) -> rusqlite::Result<StoreState> {
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )?;
-    let (first, max): (Option<i64>, Option<i64>) =
-        conn.query_row("SELECT min(seq), max(seq) FROM events", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+    // Two statements: SQLite answers min() or max() alone from the key's end, but
+    // scans the whole table for both in one.
+    let first: Option<i64> = conn.query_row("SELECT min(seq) FROM events", [], |r| r.get(0))?;
+    let max: Option<i64> = conn.query_row("SELECT max(seq) FROM events", [], |r| r.get(0))?;
     let last_seq = (last_seq.max(max.unwrap_or(0))) as u64;
     Ok(StoreState {
         spool_id,
@@ -485,21 +497,24 @@ pub(crate) fn insert(
 }
 
 /// How many events have `seq < before`, and their bytes.
-pub(crate) fn bytes_before(tx: &Transaction<'_>, before: SeqNo) -> rusqlite::Result<(u64, u64)> {
+pub(crate) fn bytes_before(tx: &Transaction<'_>, before: SeqNo) -> rusqlite::Result<Rows> {
     tx.prepare_cached("SELECT count(*), coalesce(sum(size), 0) FROM events WHERE seq < ?1")?
         .query_row([int(before)], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            Ok(Rows {
+                count: r.get::<_, i64>(0)? as u64,
+                bytes: r.get::<_, i64>(1)? as u64,
+            })
         })
 }
 
 /// Deletes every event with `seq < before`; returns how many and their bytes.
-pub(crate) fn delete_before(tx: &Transaction<'_>, before: SeqNo) -> rusqlite::Result<(u64, u64)> {
-    let (count, bytes) = bytes_before(tx, before)?;
-    if count > 0 {
+pub(crate) fn delete_before(tx: &Transaction<'_>, before: SeqNo) -> rusqlite::Result<Rows> {
+    let rows = bytes_before(tx, before)?;
+    if rows.count > 0 {
         tx.prepare_cached("DELETE FROM events WHERE seq < ?1")?
             .execute([int(before)])?;
     }
-    Ok((count, bytes))
+    Ok(rows)
 }
 
 /// The first `seq` to keep so that at least `excess` bytes are freed from the oldest end.
@@ -559,7 +574,7 @@ pub(crate) fn cursor(conn: &Connection, name: &str) -> rusqlite::Result<Option<S
 
 /// Every consumer with its kind, position and lag.
 pub(crate) fn consumers(conn: &Connection) -> rusqlite::Result<Vec<ConsumerInfo>> {
-    let (first, last) = bounds(conn)?;
+    let Bounds { first, last } = bounds(conn)?;
     let first = first.unwrap_or(last + 1);
     let mut stmt = conn.prepare_cached(
         "SELECT name, kind, acked,
@@ -580,8 +595,12 @@ pub(crate) fn consumers(conn: &Connection) -> rusqlite::Result<Vec<ConsumerInfo>
     rows.collect()
 }
 
-const READ_AFTER: &str = "SELECT seq, id, type, source, subject, ts, data FROM events
-                          WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+const READ_AFTER: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events
+                          WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+);
 
 /// Up to `limit` rows with `seq > after`, in order. A row that cannot be decoded is
 /// returned as [`Corrupt`] instead of failing the read, so consumers can quarantine it
@@ -606,10 +625,12 @@ pub(crate) fn requeued(
     sink: &str,
     limit: usize,
 ) -> rusqlite::Result<Vec<Decoded>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, id, type, source, subject, ts, data FROM dead_letters
-         WHERE sink = ?1 AND requeued = 1 ORDER BY seq LIMIT ?2",
-    )?;
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        event_columns!(),
+        " FROM dead_letters
+         WHERE sink = ?1 AND requeued = 1 ORDER BY seq LIMIT ?2"
+    ))?;
     let rows = stmt.query_map(params![sink, count(limit)], |row| decode(row, spool_id))?;
     rows.collect()
 }
@@ -621,11 +642,13 @@ pub(crate) fn dead_letters(
     sink: &str,
     limit: usize,
 ) -> rusqlite::Result<Vec<DeadLetter>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, id, type, source, subject, ts, data, attempts, last_status, last_error,
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        event_columns!(),
+        ", attempts, last_status, last_error,
                 failed_at, requeued
-         FROM dead_letters WHERE sink = ?1 ORDER BY seq LIMIT ?2",
-    )?;
+         FROM dead_letters WHERE sink = ?1 ORDER BY seq LIMIT ?2"
+    ))?;
     let rows = stmt.query_map(params![sink, count(limit)], |row| {
         Ok(DeadLetter {
             event: decode(row, spool_id)?.unwrap_or_else(|c| damaged(row, spool_id, &c)),
@@ -669,7 +692,7 @@ pub(crate) fn open_checkpointer(path: &Path) -> Result<Connection> {
 }
 
 /// `(lowest stored seq, highest seq ever assigned)`; the first is `None` when empty.
-pub(crate) fn bounds(conn: &Connection) -> rusqlite::Result<(Option<SeqNo>, SeqNo)> {
+pub(crate) fn bounds(conn: &Connection) -> rusqlite::Result<Bounds> {
     let first: Option<i64> = conn
         .prepare_cached("SELECT min(seq) FROM events")?
         .query_row([], |r| r.get(0))?;
@@ -678,7 +701,10 @@ pub(crate) fn bounds(conn: &Connection) -> rusqlite::Result<(Option<SeqNo>, SeqN
             "SELECT max(last_seq, coalesce((SELECT max(seq) FROM events), 0)) FROM state",
         )?
         .query_row([], |r| r.get(0))?;
-    Ok((first.map(|f| f as u64), last as u64))
+    Ok(Bounds {
+        first: first.map(|f| f as u64),
+        last: last as u64,
+    })
 }
 
 /// Runs an [`EventQuery`].
@@ -687,8 +713,11 @@ pub(crate) fn query(
     spool_id: &str,
     q: &EventQuery,
 ) -> rusqlite::Result<Vec<StoredEvent>> {
-    let mut sql =
-        String::from("SELECT seq, id, type, source, subject, ts, data FROM events WHERE seq > ?");
+    let mut sql = String::from(concat!(
+        "SELECT ",
+        event_columns!(),
+        " FROM events WHERE seq > ?"
+    ));
     let mut args: Vec<rusqlite::types::Value> = vec![int(q.after_seq.unwrap_or(0)).into()];
     if let Some(since) = q.since_ms {
         sql.push_str(" AND ts >= ?");
@@ -751,9 +780,8 @@ fn glob_escape(prefix: &str) -> String {
     out
 }
 
-/// The id of an event stored without one: `"<spool id>-<seq>"`, built at every read.
-/// Sized once and without `format!`, which took a quarter of the decoding of a row
-/// (1 150 of 4 700 instructions per 256-byte event, callgrind; now ~500).
+/// The id of an event stored without one: `"<spool id>-<seq>"`, built at every read,
+/// sized once and without `format!` (it costs every read: [`crate::performance`]).
 fn default_id(spool_id: &str, seq: SeqNo) -> String {
     use std::fmt::Write as _;
     let mut id = String::with_capacity(spool_id.len() + 21);
@@ -783,7 +811,7 @@ fn damaged(row: &rusqlite::Row<'_>, spool_id: &str, corrupt: &Corrupt) -> Stored
     }
 }
 
-/// Maps a row of `seq, id, type, source, subject, ts, data`; a damaged row is an error.
+/// Maps a row of `event_columns!()`; a damaged row is an error.
 fn stored_event(row: &rusqlite::Row<'_>, spool_id: &str) -> rusqlite::Result<StoredEvent> {
     decode(row, spool_id)?.map_err(|c| {
         let reason: Box<dyn std::error::Error + Send + Sync> = c.reason.into();
@@ -791,7 +819,7 @@ fn stored_event(row: &rusqlite::Row<'_>, spool_id: &str) -> rusqlite::Result<Sto
     })
 }
 
-/// Maps a row of `seq, id, type, source, subject, ts, data`, telling a damaged row
+/// Maps a row of `event_columns!()`, telling a damaged row
 /// (wrong column types, data that is not JSON) apart from a failed read.
 fn decode(row: &rusqlite::Row<'_>, spool_id: &str) -> rusqlite::Result<Decoded> {
     let seq = row.get::<_, i64>(0)? as u64;

@@ -28,7 +28,9 @@ pub(super) const CHECKPOINT_IDLE: Duration = Duration::from_millis(50);
 /// The WAL restarts from its beginning only when a commit finds it wholly copied, which
 /// a steady stream of commits may never do while the checkpointer copies beside it: past
 /// `max_bytes` (within these bounds) the writer empties it itself.
-pub(super) const WAL_LIMIT: (u64, u64) = (4 << 20, 2 * store::JOURNAL_SIZE_LIMIT as u64);
+pub(super) const WAL_LIMIT_MIN: u64 = 4 << 20;
+/// ... and at most this (twice the size SQLite keeps after a checkpoint).
+pub(super) const WAL_LIMIT_MAX: u64 = 2 * store::JOURNAL_SIZE_LIMIT as u64;
 
 /// How long the writer waits, when emptying the WAL, for readers of older snapshots
 /// (after the background pass in progress, if any, is over).
@@ -102,14 +104,16 @@ impl Drop for Checkpointer {
 
 impl Writer {
     pub(super) fn checkpoint(&mut self) {
-        self.unchecked = (0, 0);
+        self.unchecked = Default::default();
         self.checkpointer.request();
     }
 
     /// Asks for a checkpoint when enough was committed since the last one, and empties
     /// the WAL when it grew past its limit anyway.
     pub(super) fn keep_wal_short(&mut self) {
-        if self.unchecked.0 >= CHECKPOINT_BATCHES || self.unchecked.1 >= CHECKPOINT_EVENTS {
+        if self.unchecked.batches >= CHECKPOINT_BATCHES
+            || self.unchecked.events >= CHECKPOINT_EVENTS
+        {
             self.checkpoint();
         }
         self.bound_wal();

@@ -12,7 +12,7 @@ use crate::event::{Event, SeqNo};
 use crate::reply::{Reply, Wakeups};
 use crate::store::{self, DeadLetterBook, Op};
 
-use super::{RETRY_MAX, RETRY_MIN, Writer};
+use super::{RETRY_MAX, RETRY_MIN, Retry, Writer};
 
 /// Acknowledged events are deleted once this many are waiting (in transactions of their
 /// own, after the commit that made them so), else when the writer is idle: deleting
@@ -35,7 +35,7 @@ pub(super) struct Kept {
     /// What each operation yielded, in order.
     pub(super) results: Vec<u64>,
     /// Per consumer, evicted events it had not acknowledged.
-    pub(super) unsent: Vec<(String, u64)>,
+    pub(super) unsent: Vec<Unsent>,
     /// Events every consumer acknowledged are left to delete when the writer is idle
     /// (or, after a [`COLLECT_CHUNK`], at the next chance) ...
     pub(super) collectable: bool,
@@ -52,9 +52,13 @@ pub(super) fn commit_batch(
     first: SeqNo,
     ops: &[(Op, Reply<Result<u64>>)],
     mut kept: Kept,
-    (max_events, max_bytes): (u64, u64),
+    caps: Caps,
     collect: bool,
 ) -> rusqlite::Result<Kept> {
+    let Caps {
+        max_events,
+        max_bytes,
+    } = caps;
     let tx = conn.transaction()?;
     store::insert(&tx, first, batch)?;
     let end = first + batch.len() as u64; // one past the last seq
@@ -78,7 +82,7 @@ pub(super) fn commit_batch(
                 } else {
                     consumed_to.min(kept.first_seq + COLLECT_CHUNK)
                 };
-                kept.stored_bytes -= store::delete_before(&tx, to)?.1;
+                kept.stored_bytes -= store::delete_before(&tx, to)?.bytes;
                 kept.first_seq = to;
                 kept.collectable = to < consumed_to;
             } else {
@@ -93,20 +97,22 @@ pub(super) fn commit_batch(
     }
     if kept.stored_bytes > max_bytes {
         // Bytes still to free once the count cap has evicted up to `evict_to`.
-        let (_, bytes) = store::bytes_before(&tx, evict_to)?;
+        let bytes = store::bytes_before(&tx, evict_to)?.bytes;
         if kept.stored_bytes - bytes > max_bytes {
             evict_to =
                 store::keep_from_for_bytes(&tx, evict_to, kept.stored_bytes - bytes - max_bytes)?;
         }
     }
     if evict_to > kept.first_seq {
-        for (consumer, acked) in store::consumers_behind(&tx, evict_to)? {
-            kept.unsent
-                .push((consumer, evict_to - (acked + 1).max(kept.first_seq)));
+        for behind in store::consumers_behind(&tx, evict_to)? {
+            kept.unsent.push(Unsent {
+                events: evict_to - (behind.acked + 1).max(kept.first_seq),
+                consumer: behind.consumer,
+            });
         }
-        let (count, bytes) = store::delete_before(&tx, evict_to)?;
-        kept.evicted = count;
-        kept.stored_bytes -= bytes;
+        let deleted = store::delete_before(&tx, evict_to)?;
+        kept.evicted = deleted.count;
+        kept.stored_bytes -= deleted.bytes;
         kept.first_seq = evict_to;
     }
     if !batch.is_empty() || kept.first_seq != stored_first {
@@ -123,7 +129,7 @@ impl Writer {
 
     /// Deletes what every consumer acknowledged (and nothing else), [`COLLECT_CHUNK`]
     /// events per transaction, until done or a message or a consumer
-    /// ([`Db::ack`]) waits.
+    /// ([`Db::commit_cursor`]) waits.
     pub(super) fn collect(&mut self) {
         while std::mem::take(&mut self.gc_pending) {
             self.commit_with(true);
@@ -136,13 +142,10 @@ impl Writer {
     pub(super) fn commit_with(&mut self, collect: bool) {
         let db = self.db.clone();
         let mut db = db.lock();
-        if let Some(rescued) = self.file_gone(&mut db) {
+        if let Some(gone) = self.file_gone(&mut db) {
             drop(db);
             let path = self.path.clone();
-            self.failed(&|| Error::FileGone {
-                path: path.clone(),
-                rescued: rescued.clone(),
-            });
+            self.failed(&|| gone.error(&path));
             return;
         }
         let Some(conn) = db.conn.as_mut() else {
@@ -162,7 +165,10 @@ impl Writer {
             collect_due: false,
             dead: self.dead,
         };
-        let caps = (self.max_events, self.max_bytes);
+        let caps = Caps {
+            max_events: self.max_events,
+            max_bytes: self.max_bytes,
+        };
         match commit_batch(
             conn,
             &self.batch,
@@ -186,7 +192,7 @@ impl Writer {
     }
 
     /// Records what a commit of `n` events left stored, in the writer and in the
-    /// counters, while the connection is still locked (see [`Db::ack`]). Returns the
+    /// counters, while the connection is still locked (see [`Db::commit_cursor`]). Returns the
     /// first seq given.
     pub(super) fn stored(&mut self, n: u64, kept: &Kept) -> SeqNo {
         let first = self.next_seq;
@@ -204,8 +210,8 @@ impl Writer {
         self.dead = kept.dead;
         c.dead_letters.store(self.dead.count, Relaxed);
         c.dead_letter_bytes.store(self.dead.bytes, Relaxed);
-        for (consumer, unsent) in &kept.unsent {
-            self.shared.evicted_unsent(consumer, *unsent);
+        for unsent in &kept.unsent {
+            self.shared.evicted_unsent(&unsent.consumer, unsent.events);
         }
         first
     }
@@ -240,8 +246,8 @@ impl Writer {
         self.batch.clear();
         self.answer_flushes();
 
-        self.unchecked.0 += 1;
-        self.unchecked.1 += n;
+        self.unchecked.batches += 1;
+        self.unchecked.events += n;
         self.keep_wal_short();
         // In a transaction of its own, once everyone is answered: a sink's next request
         // goes out while the deletion runs, instead of after it.
@@ -271,8 +277,11 @@ impl Writer {
         } else {
             let delay = self
                 .retry
-                .map_or(RETRY_MIN, |(_, d)| (d * 2).min(RETRY_MAX));
-            self.retry = Some((Instant::now() + delay, delay));
+                .map_or(RETRY_MIN, |r| (r.delay * 2).min(RETRY_MAX));
+            self.retry = Some(Retry {
+                at: Instant::now() + delay,
+                delay,
+            });
             log::error!(
                 "spool commit failed, keeping {} events and retrying in {delay:?}: {e}",
                 self.batch.len()
@@ -280,4 +289,18 @@ impl Writer {
             self.shared.report(&e);
         }
     }
+}
+
+/// The caps on stored events.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Caps {
+    pub(super) max_events: u64,
+    pub(super) max_bytes: u64,
+}
+
+/// Events the caps evicted before `consumer` had them.
+#[derive(Debug)]
+pub(super) struct Unsent {
+    pub(super) consumer: String,
+    pub(super) events: u64,
 }

@@ -1,16 +1,16 @@
 //! The spool file deleted or replaced under the writer: noticed at every commit (and
 //! every second when idle), what the connection holds saved, nothing more written.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::store::{self};
+use crate::store;
 
 use super::{Writer, checkpoint::*, db::*};
 
 impl Writer {
     /// [`file_gone`](Writer::file_gone), taking the connection's lock.
-    pub(super) fn check_file(&mut self) -> Option<Option<PathBuf>> {
+    pub(super) fn check_file(&mut self) -> Option<Gone> {
         let db = self.db.clone();
         let mut db = db.lock();
         self.file_gone(&mut db)
@@ -20,12 +20,12 @@ impl Writer {
     /// commits would reach a file nobody can open again. The first time, what the
     /// connection still holds is saved (see [`store::rescue`]). Returns where to, while
     /// the file is gone; a file moved back in place is written again.
-    pub(super) fn file_gone(&mut self, db: &mut DbState) -> Option<Option<PathBuf>> {
+    pub(super) fn file_gone(&mut self, db: &mut DbState) -> Option<Gone> {
         db.missing = store::file_id(&self.path) != self.file_id;
         if !db.missing {
             return None;
         }
-        if db.rescued.is_none()
+        if db.gone.is_none()
             && let Some(conn) = db.conn.as_ref()
         {
             log::error!(
@@ -47,15 +47,14 @@ impl Writer {
                 .and_then(|()| self.keep_lock())
                 .inspect_err(|e| log::error!("cannot save {} in place: {e}", self.path.display()))
                 .is_ok();
-            let rescued = store::rescue(conn, &self.path, emptied && owned);
+            let gone = Gone {
+                rescued: store::rescue(conn, &self.path, emptied && owned),
+            };
             // Callers learn of it at their next commit; the hook, also when none comes.
-            self.shared.report(&Error::FileGone {
-                path: self.path.clone(),
-                rescued: rescued.clone(),
-            });
-            db.rescued = Some(rescued);
+            self.shared.report(&gone.error(&self.path));
+            db.gone = Some(gone);
         }
-        Some(db.rescued.clone().flatten())
+        db.gone.clone()
     }
 
     /// Takes the lock file again if it went with the file's directory: until this
@@ -67,5 +66,22 @@ impl Writer {
             self.lock = store::lock(&self.path)?;
         }
         Ok(())
+    }
+}
+
+/// The spool file found deleted or replaced: what it held was saved to `rescued`, if
+/// that worked.
+#[derive(Debug, Clone)]
+pub(super) struct Gone {
+    pub(super) rescued: Option<PathBuf>,
+}
+
+impl Gone {
+    /// The error callers get for the file at `path`.
+    pub(super) fn error(&self, path: &Path) -> Error {
+        Error::FileGone {
+            path: path.to_owned(),
+            rescued: self.rescued.clone(),
+        }
     }
 }

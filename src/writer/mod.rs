@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, TryRecvError, never, select};
 use rusqlite::Connection;
 
 use crate::config::SpoolConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::event::{Event, SeqNo};
 use crate::reply::Reply;
 use crate::shared::Shared;
@@ -49,6 +49,20 @@ const SETTLE_POLL: Duration = Duration::from_millis(1);
 /// How often an idle writer checks that its file is still there (a busy one checks at
 /// every commit): a file deleted while idle is saved back within this time.
 const FILE_CHECK: Duration = Duration::from_secs(1);
+/// A failed commit's retry: when, and the delay that led to it (doubled next time).
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    at: Instant,
+    delay: Duration,
+}
+
+/// Batches and events committed since the last checkpoint.
+#[derive(Debug, Clone, Copy, Default)]
+struct Unchecked {
+    batches: u32,
+    events: u64,
+}
+
 /// `append` events in the current batch: `batch[start..start + len]`.
 struct Waiter {
     start: usize,
@@ -61,7 +75,7 @@ pub(crate) struct Writer {
     db: Arc<Db>,
     path: PathBuf,
     /// The file's identity at open (see [`store::file_id`]).
-    file_id: Option<(u64, u64)>,
+    file_id: Option<store::FileId>,
     rx: Receiver<Msg>,
     stop: Receiver<()>,
     shared: Arc<Shared>,
@@ -87,12 +101,12 @@ pub(crate) struct Writer {
     closing: Option<Reply<()>>,
     stopping: Option<Reply<Result<()>>>,
     /// Set after a failed commit: when to try again, and the delay used.
-    retry: Option<(Instant, Duration)>,
+    retry: Option<Retry>,
     evicting: bool,
     /// `append` callers answered by the last commit: as many are expected back.
     expected_waiters: usize,
     /// Batches and events committed since the last checkpoint.
-    unchecked: (u32, u64),
+    unchecked: Unchecked,
     /// Some acknowledged events wait to be deleted.
     gc_pending: bool,
     /// The OS lock that makes this spool the file's owner; released when the writer
@@ -128,8 +142,11 @@ impl Writer {
                 state: Mutex::new(DbState {
                     conn: Some(conn),
                     missing: false,
-                    rescued: None,
-                    acks: (0, state.last_seq),
+                    gone: None,
+                    acks: AckCheckpoint {
+                        acks: 0,
+                        last_seq: state.last_seq,
+                    },
                 }),
                 path: config.path.clone(),
                 waiting: AtomicUsize::new(0),
@@ -138,8 +155,8 @@ impl Writer {
             stop,
             max_events: config.max_events,
             max_bytes: config.max_bytes,
-            wal_limit: config.max_bytes.clamp(WAL_LIMIT.0, WAL_LIMIT.1),
-            wal_next: config.max_bytes.clamp(WAL_LIMIT.0, WAL_LIMIT.1),
+            wal_limit: config.max_bytes.clamp(WAL_LIMIT_MIN, WAL_LIMIT_MAX),
+            wal_next: config.max_bytes.clamp(WAL_LIMIT_MIN, WAL_LIMIT_MAX),
             batch_size: config.batch_size,
             flush_interval: Duration::from_millis(config.flush_interval_ms),
             pending_cap: config.channel_capacity.max(config.batch_size),
@@ -161,7 +178,7 @@ impl Writer {
             stopping: None,
             retry: None,
             evicting: false,
-            unchecked: (0, 0),
+            unchecked: Unchecked::default(),
             gc_pending: false,
             expected_waiters: 0,
             shared,
@@ -206,12 +223,7 @@ impl Writer {
                         log::warn!("cannot empty the WAL at close: {e}");
                     }
                 }
-                reply.send(gone.map_or(Ok(()), |rescued| {
-                    Err(Error::FileGone {
-                        path: self.path.clone(),
-                        rescued,
-                    })
-                }));
+                reply.send(gone.map_or(Ok(()), |gone| Err(gone.error(&self.path))));
                 return;
             }
         }
@@ -227,9 +239,10 @@ impl Writer {
             }
             let accepting = self.batch.len() < self.pending_cap;
             let rx = if accepting { self.rx.clone() } else { never() };
-            let idle_checkpoint = self.retry.is_none() && (self.unchecked.0 > 0 || self.gc_pending);
+            let idle_checkpoint =
+                self.retry.is_none() && (self.unchecked.batches > 0 || self.gc_pending);
             let wait = match (self.retry, &self.closing) {
-                (Some((at, _)), _) => at.saturating_duration_since(Instant::now()),
+                (Some(retry), _) => retry.at.saturating_duration_since(Instant::now()),
                 (None, Some(_)) => SETTLE_POLL,
                 (None, None) if idle_checkpoint => CHECKPOINT_IDLE,
                 (None, None) => FILE_CHECK,
@@ -254,7 +267,7 @@ impl Writer {
                 self.drain_queued();
             }
             // While a retry is due later, keep collecting unless a waiter wants an answer.
-            let retry_later = self.retry.is_some_and(|(at, _)| Instant::now() < at);
+            let retry_later = self.retry.is_some_and(|r| Instant::now() < r.at);
             if !retry_later || !self.no_waiters() {
                 return true;
             }
@@ -318,7 +331,7 @@ impl Writer {
             Msg::Stop(reply) => self.stopping = Some(reply),
             Msg::Op(op, reply) => self.ops.push((op, reply)),
             Msg::Acked(commits) => {
-                self.unchecked.0 += commits;
+                self.unchecked.batches += commits;
                 self.gc_pending = true;
             }
         }

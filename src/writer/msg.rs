@@ -24,7 +24,7 @@ pub(crate) enum Msg {
     /// A change to consumers or dead letters, committed with the next batch; the reply
     /// carries what [`store::apply`] yields.
     Op(Op, Reply<Result<u64>>),
-    /// A consumer committed this many acknowledgements itself ([`Db::ack`]): what they
+    /// A consumer committed this many acknowledgements itself ([`Db::commit_cursor`]): what they
     /// made deletable is deleted once the writer is idle (or by its next commits), and
     /// they count toward the next checkpoint.
     Acked(u32),

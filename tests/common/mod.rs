@@ -3,6 +3,7 @@
 
 pub mod delivery;
 pub mod http;
+pub mod sinks;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use eventspool::{Event, EventQuery, Spool, StoredEvent};
 use serde_json::json;
 
-pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 /// Polls `cond` until it holds or `timeout` passes; fails with `what` on timeout.
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
