@@ -134,9 +134,12 @@ impl ReaderPool {
     /// by `close` before the writer's connection closes, so that the writer's is the
     /// last and SQLite removes the WAL and its index: the file stands alone.
     pub(crate) fn close_idle(&self) {
-        let idle = std::mem::take(&mut self.shared.lock().idle);
-        self.shared.lock().open -= idle.len();
-        drop(idle);
+        let idle = {
+            let mut state = self.shared.lock();
+            state.open -= state.idle.len();
+            std::mem::take(&mut state.idle)
+        };
+        drop(idle); // closed outside the lock
     }
 }
 
