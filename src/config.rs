@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::sink::order::{Concurrency, DEFAULT_WINDOW, Order};
 use crate::sink::payload::Content;
 use crate::sink::webhook::{DEFAULT_WEBHOOK_TIMEOUT, WebhookSink};
 use crate::sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES};
@@ -191,6 +192,21 @@ pub struct WebhookConfig {
     /// Only these event types (a trailing `*` matches a prefix); empty: all.
     #[serde(default)]
     pub event_types: Vec<String>,
+    /// `"total"` (the default), `"per_key"` (by subject) or `"unordered"`.
+    #[serde(default)]
+    pub order: Order,
+    /// Requests in flight: a number, or `{"adaptive": max}`. Defaults to 1.
+    #[serde(default)]
+    pub concurrency: Concurrency,
+    /// The most events dispatched above the durable cursor.
+    #[serde(default = "default_window")]
+    pub window: usize,
+    /// Events older than this (in ms) when their turn comes are dead-lettered.
+    #[serde(default)]
+    pub max_age_ms: Option<u64>,
+    /// At most this many requests per second.
+    #[serde(default)]
+    pub rate_limit: Option<f64>,
 }
 
 impl std::fmt::Debug for WebhookConfig {
@@ -209,6 +225,11 @@ impl std::fmt::Debug for WebhookConfig {
             .field("signed", &self.signing_secret.is_some())
             .field("header_names", &self.headers.keys().collect::<Vec<_>>())
             .field("event_types", &self.event_types)
+            .field("order", &self.order)
+            .field("concurrency", &self.concurrency)
+            .field("window", &self.window)
+            .field("max_age_ms", &self.max_age_ms)
+            .field("rate_limit", &self.rate_limit)
             .finish()
     }
 }
@@ -227,7 +248,16 @@ impl WebhookConfig {
             .batch(self.batch)
             .commit_every(self.commit_every)
             .cloudevents(self.cloudevents)
-            .event_types(self.event_types.iter().cloned());
+            .event_types(self.event_types.iter().cloned())
+            .order(self.order)
+            .concurrency(self.concurrency)
+            .window(self.window);
+        if let Some(ms) = self.max_age_ms {
+            sink = sink.max_age(Duration::from_millis(ms));
+        }
+        if let Some(per_second) = self.rate_limit {
+            sink = sink.rate_limit(per_second);
+        }
         if let Some(secret) = &self.signing_secret {
             sink = sink.signing_secret(secret);
         }
@@ -255,6 +285,9 @@ fn default_webhook_batch() -> usize {
 }
 fn default_commit_every() -> usize {
     1
+}
+fn default_window() -> usize {
+    DEFAULT_WINDOW
 }
 
 fn default_max_events() -> u64 {

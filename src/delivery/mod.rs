@@ -26,6 +26,7 @@ use crate::shared::Shared;
 use crate::store::ReaderPool;
 use crate::writer::{Db, Msg};
 
+mod attempt;
 mod reader;
 mod worker;
 

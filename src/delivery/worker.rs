@@ -3,9 +3,8 @@
 //! retries; when retries run out, or on a permanent failure, the batch is dead-lettered.
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, select};
@@ -14,11 +13,12 @@ use crate::error::{DeliveryError, Error, Result};
 use crate::event::{SeqNo, StoredEvent};
 use crate::metrics::SinkCounters;
 use crate::shared::Shared;
-use crate::sink::{Backoff, Sink};
+use crate::sink::Sink;
 use crate::store::{self, Corrupt, Decoded, Op, ReaderPool, seq_of};
 use crate::writer::{self, COLLECT_AT, Db, Msg};
 
 use super::reader::{ReadLoop, Reader, read_limit};
+use super::attempt::{Retrier, Step, panicked};
 use super::{Control, PROGRESS_RETRY, WorkerParts, caught, spent};
 
 /// Events acknowledged by the sink whose cursor commit is put off: `from..=to`, whole
@@ -78,9 +78,7 @@ pub(crate) struct Worker {
     /// The requeue generation last checked for requeued dead letters.
     requeues_seen: u64,
     batch_size: usize,
-    max_retries: Option<u32>,
-    backoff: Backoff,
-    rng: u64,
+    retrier: Retrier,
 }
 
 impl Worker {
@@ -93,8 +91,7 @@ impl Worker {
         parts: WorkerParts,
     ) -> Result<Self> {
         counters.cursor.store(cursor, Relaxed);
-        let mut seed = std::collections::hash_map::RandomState::new().build_hasher();
-        seed.write(sink.name().as_bytes());
+        let retrier = Retrier::new(&*sink, counters.clone(), parts.shared.clone());
         let batch_size = sink.batch_size().max(1);
         let reader = Reader::start(ReadLoop {
             name: sink.name().to_owned(),
@@ -111,8 +108,7 @@ impl Worker {
         Ok(Worker {
             name: sink.name().to_owned(),
             batch_size,
-            max_retries: sink.max_retries(),
-            backoff: sink.backoff(),
+            retrier,
             commit_every: sink.commit_every().max(1),
             sink,
             tx: parts.tx,
@@ -132,8 +128,6 @@ impl Worker {
             again: None,
             pending: None,
             requeues_seen: u64::MAX, // look for requeued dead letters at start
-
-            rng: seed.finish() | 1,
         })
     }
 
@@ -449,64 +443,27 @@ impl Worker {
     /// Delivers one batch until it is acknowledged or dead-lettered. Returns false when
     /// told to stop first.
     pub(super) fn deliver(&mut self, batch: Batch) -> bool {
-        let c = self.counters.clone();
-        c.oldest_pending_ms
+        self.counters
+            .oldest_pending_ms
             .store(batch.events[0].timestamp_ms.max(1), Relaxed);
         let mut retries = 0u32;
+        let mut rtt = Duration::ZERO;
         loop {
-            c.attempts.fetch_add(1, Relaxed);
-            let started = Instant::now();
-            let delivered = self.deliver_guarded(&batch.events);
-            spent(&c.deliver_ns, started);
-            let error = match delivered {
-                Ok(()) => {
-                    c.backoff_ms.store(0, Relaxed);
-                    c.delivered.fetch_add(batch.events.len() as u64, Relaxed);
-                    return self.settle(batch, None, retries);
+            match (self.retrier).attempt(&mut *self.sink, &batch.events, retries, &mut rtt) {
+                Step::Delivered => return self.settle(batch, None, retries),
+                Step::GiveUp(error) => return self.settle(batch, Some(error), retries),
+                Step::Wait(wait, _) => {
+                    retries += 1;
+                    // What was acknowledged before is committed first: an outage can last.
+                    if let Err(e) = self.commit() {
+                        log::error!("sink {}: cannot record progress: {e}", self.name);
+                        self.shared.report(&e);
+                    }
+                    if self.pause(wait) {
+                        return false;
+                    }
                 }
-                Err(e) => e,
-            };
-            if error.is_retryable() {
-                c.failures_retryable.fetch_add(1, Relaxed);
-            } else {
-                c.failures_permanent.fetch_add(1, Relaxed);
             }
-            *c.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
-            let give_up =
-                !error.is_retryable() || self.max_retries.is_some_and(|max| retries >= max);
-            if give_up {
-                c.backoff_ms.store(0, Relaxed);
-                return self.settle(batch, Some(error), retries);
-            }
-            retries += 1;
-            c.retries.fetch_add(1, Relaxed);
-            let drawn = self.jitter(self.backoff.ceiling(retries));
-            let wait = self.backoff.wait(drawn, error.retry_after_hint());
-            c.backoff_ms.store(crate::time::millis(wait), Relaxed);
-            log::warn!(
-                "sink {}: delivery of seq {}.. failed (retry {retries} in {wait:?}): {error}",
-                self.name,
-                batch.events[0].seq
-            );
-            // What was acknowledged before is committed first: an outage can last.
-            if let Err(e) = self.commit() {
-                log::error!("sink {}: cannot record progress: {e}", self.name);
-                self.shared.report(&e);
-            }
-            if self.pause(wait) {
-                return false;
-            }
-        }
-    }
-
-    /// Calls the sink; a panic in it is a failed attempt (retryable, so a sink that
-    /// panics on one event dead-letters that event and goes on), not the end of the
-    /// worker, and is reported to the `on_error` hook.
-    pub(super) fn deliver_guarded(&mut self, events: &[StoredEvent]) -> Result<(), DeliveryError> {
-        let sink = &mut self.sink;
-        match caught(|| sink.deliver(events)) {
-            Ok(delivered) => delivered,
-            Err(panic) => Err(self.panicked("deliver", &panic)),
         }
     }
 
@@ -515,19 +472,9 @@ impl Worker {
     pub(super) fn accepts_guarded(&self, event_type: &str) -> bool {
         let sink = &self.sink;
         caught(|| sink.accepts(event_type)).unwrap_or_else(|panic| {
-            self.panicked("accepts", &panic);
+            panicked(&self.shared, "accepts", &panic);
             true
         })
-    }
-
-    /// Reports a panic in the sink's `method`; returns it as a retryable error.
-    pub(super) fn panicked(&self, method: &str, panic: &str) -> DeliveryError {
-        let error = DeliveryError::retryable(format!("the sink panicked in {method}: {panic}"));
-        self.shared.report(&Error::Delivery {
-            delivered: 0,
-            source: Box::new(error.clone()),
-        });
-        error
     }
 
     /// Records the outcome of `batch`: acknowledged when `failure` is `None` (see
@@ -591,14 +538,5 @@ impl Worker {
                 !self.pause(PROGRESS_RETRY)
             }
         }
-    }
-
-    /// A random duration in `[0, ceiling]` (full jitter), from a per-worker xorshift.
-    pub(super) fn jitter(&mut self, ceiling: Duration) -> Duration {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let nanos = ceiling.as_nanos().min(u64::MAX as u128) as u64;
-        Duration::from_nanos(self.rng % nanos.saturating_add(1))
     }
 }

@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use crate::error::{DeliveryError, Error, Result as SpoolResult};
 use crate::event::StoredEvent;
+use order::{Concurrency, DEFAULT_WINDOW, Order};
 
 pub(crate) mod http_date;
+pub(crate) mod order;
 pub(crate) mod payload;
 pub(crate) mod signing;
 pub(crate) mod webhook;
@@ -94,6 +96,52 @@ pub trait Sink: Send {
         true
     }
 
+    /// In what order events go out: [`Order::Total`] (the default) keeps one request
+    /// in flight; [`Order::PerKey`] and [`Order::Unordered`] let
+    /// [`concurrency`](Sink::concurrency) requests run side by side, on threads of
+    /// their own, each with a sink made by [`try_clone`](Sink::try_clone).
+    fn order(&self) -> Order {
+        Order::Total
+    }
+
+    /// How many requests may be in flight. Defaults to `Fixed(1)`; more needs an
+    /// order other than `Total` and a sink that [`try_clone`](Sink::try_clone)s.
+    fn concurrency(&self) -> Concurrency {
+        Concurrency::Fixed(1)
+    }
+
+    /// With concurrency: the most events dispatched above the durable cursor (the
+    /// lowest seq not yet done), which is what a crash may replay. A key that keeps
+    /// failing holds the window until its retries end. Defaults to [`DEFAULT_WINDOW`].
+    fn window(&self) -> usize {
+        DEFAULT_WINDOW
+    }
+
+    /// With concurrency: an event older than this when its turn comes is not sent but
+    /// dead-lettered as `expired` (counted in `expired`). Defaults to none.
+    fn max_age(&self) -> Option<Duration> {
+        None
+    }
+
+    /// With concurrency: at most this many requests per second (a token bucket, bursts
+    /// up to the concurrency). Defaults to none.
+    fn rate_limit(&self) -> Option<f64> {
+        None
+    }
+
+    /// Under [`Order::PerKey`], the key of an event: events with equal keys go out in
+    /// order, one at a time. Defaults to a hash of the subject (events without one
+    /// share a key).
+    fn key(&self, event: &StoredEvent) -> u64 {
+        key_of(event.subject.as_deref().unwrap_or_default())
+    }
+
+    /// Another sink like this one, for a request thread of its own; `None` (the
+    /// default) if it cannot be copied, which limits it to one request in flight.
+    fn try_clone(&self) -> Option<Box<dyn Sink>> {
+        None
+    }
+
     /// Checked when the spool opens: a misconfigured sink is refused with
     /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) and this message.
     /// Defaults to `Ok`.
@@ -103,6 +151,12 @@ pub trait Sink: Send {
     fn check(&self) -> Result<(), String> {
         Ok(())
     }
+}
+
+/// A key for [`Sink::key`]: a hash of `text` (stable within a process).
+pub fn key_of(text: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(text)
 }
 
 /// Checks the sinks of one spool: names unique, and each one as [`check_one`] does.
@@ -128,10 +182,28 @@ pub(crate) fn check_one<S: Sink + ?Sized>(sink: &S) -> SpoolResult<()> {
         return Err(Error::InvalidConfig("sink name must not be empty".into()));
     }
     sink.check().map_err(Error::InvalidConfig)?;
+    let bad = |msg: String| Err(Error::InvalidConfig(format!("sink {name}: {msg}")));
     if !(1..=MAX_SINK_BATCH).contains(&sink.batch_size()) {
-        return Err(Error::InvalidConfig(format!(
-            "sink {name}: batch_size must be 1 to {MAX_SINK_BATCH}"
-        )));
+        return bad(format!("batch_size must be 1 to {MAX_SINK_BATCH}"));
+    }
+    let concurrency = sink.concurrency().max();
+    if concurrency == 0 {
+        return bad("concurrency must be at least 1".into());
+    }
+    if concurrency > 1 && sink.order() == Order::Total {
+        return bad(format!(
+            "concurrency {concurrency} needs Order::PerKey or Order::Unordered: \
+             Order::Total keeps one request in flight, so that each goes after the last"
+        ));
+    }
+    if sink.order() != Order::Total && sink.try_clone().is_none() {
+        return bad("its order needs a sink that try_clone()s (one per request in flight)".into());
+    }
+    if sink.window() == 0 {
+        return bad("window must be at least 1".into());
+    }
+    if sink.rate_limit().is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return bad("rate_limit must be a positive number of requests per second".into());
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! [`WebhookSink`]: HTTP POST delivery on ureq, with Standard Webhooks signatures.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ureq::http::Uri;
@@ -11,8 +12,9 @@ use crate::event::{StoredEvent, type_matches};
 use crate::sink::http_date::parse_retry_after;
 use crate::sink::payload::{Body, CloudEvent, Content, encode};
 use crate::sink::signing::SigningSecret;
+use crate::sink::order::{Concurrency, DEFAULT_WINDOW, Order};
 use crate::sink::{
-    Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, DeliveryError, MAX_SINK_BATCH, Sink,
+    key_of, Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, DeliveryError, MAX_SINK_BATCH, Sink,
 };
 
 /// Default for [`WebhookSink::timeout`]: 10 s for the whole request.
@@ -68,7 +70,16 @@ pub struct WebhookSink {
     headers: Vec<(String, String)>,
     event_types: Vec<String>,
     agent: Option<ureq::Agent>,
+    order: Order,
+    concurrency: Concurrency,
+    window: usize,
+    max_age: Option<Duration>,
+    rate_limit: Option<f64>,
+    key_by: Option<KeyFn>,
 }
+
+/// A [`WebhookSink::key_by`] function.
+type KeyFn = Arc<dyn Fn(&StoredEvent) -> String + Send + Sync>;
 
 impl fmt::Debug for WebhookSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -86,6 +97,12 @@ impl fmt::Debug for WebhookSink {
             .field("signed", &self.secret.is_some())
             .field("header_names", &header_names)
             .field("event_types", &self.event_types)
+            .field("order", &self.order)
+            .field("concurrency", &self.concurrency)
+            .field("window", &self.window)
+            .field("max_age", &self.max_age)
+            .field("rate_limit", &self.rate_limit)
+            .field("key_by", &self.key_by.is_some())
             .finish()
     }
 }
@@ -109,6 +126,12 @@ impl WebhookSink {
             headers: Vec::new(),
             event_types: Vec::new(),
             agent: None,
+            order: Order::Total,
+            concurrency: Concurrency::Fixed(1),
+            window: DEFAULT_WINDOW,
+            max_age: None,
+            rate_limit: None,
+            key_by: None,
         }
     }
 
@@ -188,6 +211,58 @@ impl WebhookSink {
         S: Into<String>,
     {
         self.event_types = types.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// In what order events go out. Defaults to [`Order::Total`]: one request in
+    /// flight, each after the last. With [`Order::PerKey`] (the key is the subject, or
+    /// what [`key_by`](WebhookSink::key_by) says) or [`Order::Unordered`], up to
+    /// [`concurrency`](WebhookSink::concurrency) requests run side by side.
+    ///
+    /// ```
+    /// use eventspool::{Concurrency, Order, WebhookSink};
+    ///
+    /// // 32 requests in flight, each order's events in seq order, one at a time.
+    /// let sink = WebhookSink::new("orders", "https://example.test/hook")
+    ///     .order(Order::PerKey)
+    ///     .concurrency(Concurrency::Fixed(32))
+    ///     .key_by(|e| e.subject.clone().unwrap_or_default());
+    /// ```
+    pub fn order(mut self, order: Order) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// How many requests may be in flight (with an order other than `Total`).
+    /// Defaults to `Fixed(1)`.
+    pub fn concurrency(mut self, concurrency: Concurrency) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// Under [`Order::PerKey`], the key of an event. Defaults to its subject.
+    pub fn key_by(mut self, key: impl Fn(&StoredEvent) -> String + Send + Sync + 'static) -> Self {
+        self.key_by = Some(Arc::new(key));
+        self
+    }
+
+    /// The most events dispatched above the durable cursor: what a crash may replay.
+    /// Defaults to [`DEFAULT_WINDOW`].
+    pub fn window(mut self, events: usize) -> Self {
+        self.window = events;
+        self
+    }
+
+    /// Events older than this when their turn comes are dead-lettered as `expired`
+    /// instead of sent. Defaults to none.
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = Some(age);
+        self
+    }
+
+    /// At most this many requests per second. Defaults to none.
+    pub fn rate_limit(mut self, per_second: f64) -> Self {
+        self.rate_limit = Some(per_second);
         self
     }
 
@@ -339,6 +414,37 @@ impl Sink for WebhookSink {
 
     fn batch_size(&self) -> usize {
         self.batch
+    }
+
+    fn order(&self) -> Order {
+        self.order
+    }
+
+    fn concurrency(&self) -> Concurrency {
+        self.concurrency
+    }
+
+    fn window(&self) -> usize {
+        self.window
+    }
+
+    fn max_age(&self) -> Option<Duration> {
+        self.max_age
+    }
+
+    fn rate_limit(&self) -> Option<f64> {
+        self.rate_limit
+    }
+
+    fn key(&self, event: &StoredEvent) -> u64 {
+        match &self.key_by {
+            Some(key) => key_of(&key(event)),
+            None => key_of(event.subject.as_deref().unwrap_or_default()),
+        }
+    }
+
+    fn try_clone(&self) -> Option<Box<dyn Sink>> {
+        Some(Box::new(self.clone()))
     }
 
     fn commit_every(&self) -> usize {
