@@ -254,7 +254,7 @@ impl MetricsSnapshot {
             |c| &c.name,
             &per_consumer,
         );
-        let per_sink: [Series<SinkMetrics>; 14] = [
+        let per_sink: [Series<SinkMetrics>; 20] = [
             Series::counter(
                 "sink_delivered_total",
                 "Events acknowledged by the sink.",
@@ -306,6 +306,32 @@ impl MetricsSnapshot {
                 "sink_commit_us_total",
                 "Time spent committing progress, in microseconds.",
                 |s| s.commit_us,
+            ),
+            Series::gauge("sink_in_flight", "Requests in flight.", |s| s.in_flight),
+            Series::gauge(
+                "sink_concurrency_limit",
+                "Requests that may be in flight.",
+                |s| s.concurrency_limit,
+            ),
+            Series::gauge(
+                "sink_rtt_us",
+                "Moving average of request round trips, in microseconds.",
+                |s| s.rtt_us,
+            ),
+            Series::counter(
+                "sink_expired_total",
+                "Events dead-lettered as older than max_age.",
+                |s| s.expired,
+            ),
+            Series::counter(
+                "sink_window_full_waits_total",
+                "Times the window above the durable cursor was full.",
+                |s| s.window_full_waits,
+            ),
+            Series::counter(
+                "sink_rate_limit_waits_total",
+                "Requests that waited for the rate limit.",
+                |s| s.rate_limit_waits,
             ),
         ];
         labelled(&mut out, "sink", &self.sinks, |s| &s.name, &per_sink);
@@ -403,6 +429,13 @@ pub(crate) struct SinkCounters {
     pub(crate) deliver_ns: AtomicU64,
     pub(crate) commit_ns: AtomicU64,
     pub(crate) last_error: Mutex<Option<String>>,
+    /// Of a concurrent sink (see [`SinkMetrics`]).
+    pub(crate) in_flight: AtomicU64,
+    pub(crate) concurrency_limit: AtomicU64,
+    pub(crate) rtt_us: AtomicU64,
+    pub(crate) expired: AtomicU64,
+    pub(crate) window_full_waits: AtomicU64,
+    pub(crate) rate_limit_waits: AtomicU64,
 }
 
 impl SinkCounters {
@@ -434,6 +467,12 @@ impl SinkCounters {
             read_us: r(&self.read_ns) / 1000,
             deliver_us: r(&self.deliver_ns) / 1000,
             commit_us: r(&self.commit_ns) / 1000,
+            in_flight: r(&self.in_flight),
+            concurrency_limit: r(&self.concurrency_limit),
+            rtt_us: r(&self.rtt_us),
+            expired: r(&self.expired),
+            window_full_waits: r(&self.window_full_waits),
+            rate_limit_waits: r(&self.rate_limit_waits),
             last_error: self
                 .last_error
                 .lock()
@@ -489,6 +528,21 @@ pub struct SinkMetrics {
     /// letters (through the writer). The next request waits for it, so that a crash
     /// replays at most the batch in flight (see [`Sink::commit_every`](crate::Sink::commit_every)).
     pub commit_us: u64,
+    /// Requests in flight now.
+    pub in_flight: u64,
+    /// How many requests may be in flight now (1 for `Order::Total`; adaptive
+    /// concurrency moves it).
+    pub concurrency_limit: u64,
+    /// The moving average of request round trips, in µs (concurrent sinks).
+    pub rtt_us: u64,
+    /// Events dead-lettered because they were older than `max_age` when their turn
+    /// came (also counted in `dead_lettered`).
+    pub expired: u64,
+    /// Times the window was full: a slow or failing key held the durable cursor and
+    /// nothing more could be dispatched.
+    pub window_full_waits: u64,
+    /// Requests that waited for the rate limit.
+    pub rate_limit_waits: u64,
     /// The last delivery error.
     pub last_error: Option<String>,
 }

@@ -27,6 +27,8 @@ use crate::store::ReaderPool;
 use crate::writer::{Db, Msg};
 
 mod attempt;
+mod dispatch;
+mod limit;
 mod reader;
 mod worker;
 

@@ -3,8 +3,8 @@
 //! retries; when retries run out, or on a permanent failure, the batch is dead-lettered.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, select};
@@ -14,11 +14,12 @@ use crate::event::{SeqNo, StoredEvent};
 use crate::metrics::SinkCounters;
 use crate::shared::Shared;
 use crate::sink::Sink;
+use crate::sink::order::Order;
 use crate::store::{self, Corrupt, Decoded, Op, ReaderPool, seq_of};
 use crate::writer::{self, COLLECT_AT, Db, Msg};
 
-use super::reader::{ReadLoop, Reader, read_limit};
 use super::attempt::{Retrier, Step, panicked};
+use super::reader::{ReadLoop, Reader, read_limit};
 use super::{Control, PROGRESS_RETRY, WorkerParts, caught, spent};
 
 /// Events acknowledged by the sink whose cursor commit is put off: `from..=to`, whole
@@ -49,36 +50,36 @@ pub(super) struct Untold {
 }
 
 pub(crate) struct Worker {
-    sink: Box<dyn Sink>,
-    name: String,
-    tx: Sender<Msg>,
-    db: Arc<Db>,
-    acks_directly: bool,
+    pub(super) sink: Box<dyn Sink>,
+    pub(super) name: String,
+    pub(super) tx: Sender<Msg>,
+    pub(super) db: Arc<Db>,
+    pub(super) acks_directly: bool,
     /// Events and commits acknowledged on the writer's connection since the writer
     /// was last told ([`Msg::Acked`]).
-    untold: Untold,
-    pool: ReaderPool,
-    spool_id: String,
-    shared: Arc<Shared>,
-    counters: Arc<SinkCounters>,
-    reader: Reader,
-    control: Control,
-    cursor: SeqNo,
+    pub(super) untold: Untold,
+    pub(super) pool: ReaderPool,
+    pub(super) spool_id: String,
+    pub(super) shared: Arc<Shared>,
+    pub(super) counters: Arc<SinkCounters>,
+    pub(super) reader: Reader,
+    pub(super) control: Control,
+    pub(super) cursor: SeqNo,
     /// Rows after the cursor from the reader, not yet delivered.
-    ahead: VecDeque<Decoded>,
+    pub(super) ahead: VecDeque<Decoded>,
     /// The reader's last chunk was short: it had read all there was.
-    caught_up: bool,
+    pub(super) caught_up: bool,
     /// The reader has ended: caught up while the spool closes, or told to stop.
-    reader_ended: bool,
+    pub(super) reader_ended: bool,
     /// A batch delivered again because its outcome could not be committed.
-    again: Option<Batch>,
+    pub(super) again: Option<Batch>,
     /// Acknowledged and not committed yet (see [`Sink::commit_every`]).
-    pending: Option<Pending>,
-    commit_every: usize,
+    pub(super) pending: Option<Pending>,
+    pub(super) commit_every: usize,
     /// The requeue generation last checked for requeued dead letters.
-    requeues_seen: u64,
-    batch_size: usize,
-    retrier: Retrier,
+    pub(super) requeues_seen: u64,
+    pub(super) batch_size: usize,
+    pub(super) retrier: Retrier,
 }
 
 impl Worker {
@@ -91,6 +92,7 @@ impl Worker {
         parts: WorkerParts,
     ) -> Result<Self> {
         counters.cursor.store(cursor, Relaxed);
+        counters.concurrency_limit.store(1, Relaxed);
         let retrier = Retrier::new(&*sink, counters.clone(), parts.shared.clone());
         let batch_size = sink.batch_size().max(1);
         let reader = Reader::start(ReadLoop {
@@ -132,7 +134,11 @@ impl Worker {
     }
 
     pub(crate) fn run(mut self) {
-        self.work();
+        if self.sink.order() == Order::Total {
+            self.work();
+        } else {
+            self.work_concurrently();
+        }
         // What was acknowledged is committed before the worker goes (a crash would
         // replay it otherwise).
         if let Err(e) = self.commit() {
@@ -202,6 +208,16 @@ impl Worker {
 
     /// The next batch to deliver, from what is in hand; `None` when there is none.
     pub(super) fn next_batch(&mut self) -> Result<Option<Batch>> {
+        if let Some(batch) = self.requeued_batch()? {
+            return Ok(Some(batch));
+        }
+        self.stream_batch()
+    }
+
+    /// A batch delivered again because its outcome could not be committed, or of
+    /// requeued dead letters (in seq order, before anything else); `None` when there is
+    /// neither.
+    pub(super) fn requeued_batch(&mut self) -> Result<Option<Batch>> {
         if let Some(batch) = self.again.take() {
             return Ok(Some(batch));
         }
@@ -235,6 +251,11 @@ impl Worker {
                 }));
             }
         }
+        Ok(None)
+    }
+
+    /// The next batch from the stream after the cursor; `None` when there is none.
+    fn stream_batch(&mut self) -> Result<Option<Batch>> {
         loop {
             // What the caps evicted since it was read ahead is not delivered.
             let first_stored = self.shared.counters.first_seq();

@@ -202,7 +202,10 @@ pub(crate) fn check_one<S: Sink + ?Sized>(sink: &S) -> SpoolResult<()> {
     if sink.window() == 0 {
         return bad("window must be at least 1".into());
     }
-    if sink.rate_limit().is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+    if sink
+        .rate_limit()
+        .is_some_and(|r| !(r > 0.0 && r.is_finite()))
+    {
         return bad("rate_limit must be a positive number of requests per second".into());
     }
     Ok(())

@@ -10,11 +10,11 @@ use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::event::{StoredEvent, type_matches};
 use crate::sink::http_date::parse_retry_after;
+use crate::sink::order::{Concurrency, DEFAULT_WINDOW, Order};
 use crate::sink::payload::{Body, CloudEvent, Content, encode};
 use crate::sink::signing::SigningSecret;
-use crate::sink::order::{Concurrency, DEFAULT_WINDOW, Order};
 use crate::sink::{
-    key_of, Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, DeliveryError, MAX_SINK_BATCH, Sink,
+    Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, DeliveryError, MAX_SINK_BATCH, Sink, key_of,
 };
 
 /// Default for [`WebhookSink::timeout`]: 10 s for the whole request.

@@ -41,6 +41,8 @@ pub enum Reply {
     Hang,
     /// Read the request and reset the connection (RST).
     Reset,
+    /// Answer this status after this long (a receiver that takes time).
+    Delayed(Duration, u16),
 }
 
 impl Reply {
@@ -68,6 +70,11 @@ struct State {
     /// Open connections by number, to shut them when going down.
     conns: Mutex<HashMap<u64, TcpStream>>,
     opened: AtomicU64,
+    /// Requests being answered now, and the most there were at once.
+    active: AtomicU64,
+    /// Past this many at once, answer 429 (a receiver that sheds load).
+    capacity: AtomicU64,
+    most_active: AtomicU64,
 }
 
 pub struct Server {
@@ -102,6 +109,9 @@ impl Server {
             closing: AtomicBool::new(false),
             conns: Mutex::new(HashMap::new()),
             opened: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            capacity: AtomicU64::new(u64::MAX),
+            most_active: AtomicU64::new(0),
         });
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
@@ -130,6 +140,16 @@ impl Server {
     /// either way.
     pub fn keep_requests(&self, keep: bool) {
         self.state.keep.store(keep, Ordering::SeqCst);
+    }
+
+    /// Answers 429 to a request that arrives while `n` are being answered.
+    pub fn set_capacity(&self, n: u64) {
+        self.state.capacity.store(n, Ordering::SeqCst);
+    }
+
+    /// The most requests it was answering at once (from reading one to answering it).
+    pub fn most_at_once(&self) -> u64 {
+        self.state.most_active.load(Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> Vec<Request> {
@@ -218,7 +238,14 @@ fn handle(stream: TcpStream, state: &State) {
         let Some(request) = read_request(&mut reader) else {
             return;
         };
-        let reply = (state.script.lock().unwrap())(&request);
+        let active = state.active.fetch_add(1, Ordering::SeqCst) + 1;
+        state.most_active.fetch_max(active, Ordering::SeqCst);
+        let answered = Answered(&state.active);
+        let reply = if active > state.capacity.load(Ordering::SeqCst) {
+            Reply::status(429)
+        } else {
+            (state.script.lock().unwrap())(&request)
+        };
         if state.keep.load(Ordering::SeqCst) {
             state.requests.lock().unwrap().push(Request {
                 reply: reply.clone(),
@@ -226,6 +253,13 @@ fn handle(stream: TcpStream, state: &State) {
             });
             state.arrived.notify_all();
         }
+        let reply = match reply {
+            Reply::Delayed(wait, code) => {
+                thread::sleep(wait); // the receiver's own latency, not a wait on the client
+                Reply::Status(code, Vec::new())
+            }
+            other => other,
+        };
         match reply {
             Reply::Status(code, headers) => {
                 // No body (nor length) where HTTP allows none.
@@ -239,10 +273,14 @@ fn handle(stream: TcpStream, state: &State) {
                 }
                 head.push_str("\r\n");
                 head.push_str(body);
+                // Counted as answered before the client can see the answer (and send
+                // its next request).
+                drop(answered);
                 if out.write_all(head.as_bytes()).is_err() {
                     return;
                 }
             }
+            Reply::Delayed(..) => unreachable!("answered above"),
             Reply::Hang => {
                 // Until the server goes down or the client hangs up: a long run piles up
                 // hung connections otherwise, each with a thread.
@@ -264,6 +302,15 @@ fn handle(stream: TcpStream, state: &State) {
                 return; // dropping with a zero linger sends RST
             }
         }
+    }
+}
+
+/// Counts a request as answered when dropped.
+struct Answered<'a>(&'a AtomicU64);
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
