@@ -1,5 +1,6 @@
 //! The benchmark harness: `cargo run --release --example bench [-- --quick]`
-//! (`--ingest`, `--delivery`, `--consume` or `--open` for only those figures).
+//! (`--ingest`, `--delivery`, `--consume`, `--open` or `--concurrency` for only those
+//! figures).
 //!
 //! Every figure is printed next to a baseline measured in the same run (raw rusqlite
 //! batched inserts, and a naive autocommit-per-event loop), because the machines this
@@ -11,7 +12,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventspool::{Backoff, Event, Spool, StoredEvent, WebhookSink};
+use eventspool::{Backoff, Concurrency, Event, Order, Spool, StoredEvent, WebhookSink};
 use rusqlite::{Connection, params};
 
 const EVENT_BYTES: usize = 256;
@@ -28,6 +29,8 @@ struct Scale {
     e2e_events: u64,
     consume: u64,
     open_events: u64,
+    /// Events for each concurrent-delivery row (the serial one gets 1/32 of them).
+    concurrent: u64,
 }
 
 const FULL: Scale = Scale {
@@ -42,6 +45,7 @@ const FULL: Scale = Scale {
     e2e_events: 5_000,
     consume: 1_000_000,
     open_events: 10_000_000,
+    concurrent: 6_400,
 };
 
 const QUICK: Scale = Scale {
@@ -56,6 +60,7 @@ const QUICK: Scale = Scale {
     e2e_events: 1_000,
     consume: 100_000,
     open_events: 200_000,
+    concurrent: 1_600,
 };
 
 /// 256 bytes of JSON.
@@ -538,6 +543,130 @@ fn consuming(d: &std::path::Path, s: &Scale) {
     );
 }
 
+/// Raw ureq from `threads` threads, each with its own keep-alive agent, posting one
+/// event per request: the baseline for concurrent delivery.
+fn raw_threads(url: &str, threads: u64, events: u64) -> f64 {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let url = url.to_owned();
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                for i in (t..events).step_by(threads as usize) {
+                    let body = serde_json::to_vec(&stored(i + 1)).unwrap();
+                    let mut response = agent
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("eventspool-seq", format!("{0}-{0}", i + 1))
+                        .send(&body[..])
+                        .unwrap();
+                    let _ = response.body_mut().read_to_vec();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    rate(events, start.elapsed())
+}
+
+/// Delivery through a spool to a receiver that answers after 20 ms, one event per
+/// request: `events` are stored while it is down; the clock runs from the moment it
+/// comes up until it has them all.
+fn slow_delivery(
+    dir: &std::path::Path,
+    name: &str,
+    events: u64,
+    sink: WebhookSink,
+    addr: &str,
+) -> f64 {
+    let spool = Spool::builder(dir.join(name))
+        .max_bytes(u64::MAX)
+        .sink(sink)
+        .open()
+        .unwrap();
+    spool
+        .append_batch(
+            (0..events)
+                .map(|i| event(i).subject(format!("key-{}", i % 1024)))
+                .collect(),
+        )
+        .unwrap();
+    let start = Instant::now();
+    let receiver = support::Receiver::start_slow(addr, Duration::from_millis(20)).unwrap();
+    wait_for(&receiver, events);
+    let r = rate(events, start.elapsed());
+    spool.close(Duration::from_secs(10)).unwrap();
+    receiver.stop();
+    r
+}
+
+/// Concurrent delivery to a receiver 20 ms away, one event per request.
+fn concurrency(d: &std::path::Path, s: &Scale) {
+    let receiver = support::Receiver::start_slow("127.0.0.1:0", Duration::from_millis(20)).unwrap();
+    let (addr, url) = (receiver.addr.to_string(), receiver.url());
+    let raw = raw_threads(&url, 32, s.concurrent);
+    receiver.stop();
+    let sink = || {
+        bench_sink(&url, 1, 1).backoff(Backoff::exponential(
+            Duration::from_millis(1),
+            Duration::from_millis(20),
+        ))
+    };
+    let fixed = |n| Concurrency::Fixed(n);
+    let total = slow_delivery(d, "c-total.db", s.concurrent / 32, sink(), &addr);
+    let per_key = slow_delivery(
+        d,
+        "c-key.db",
+        s.concurrent,
+        sink().order(Order::PerKey).concurrency(fixed(32)),
+        &addr,
+    );
+    let unordered = slow_delivery(
+        d,
+        "c-any.db",
+        s.concurrent,
+        sink().order(Order::Unordered).concurrency(fixed(32)),
+        &addr,
+    );
+    let adaptive = slow_delivery(
+        d,
+        "c-adaptive.db",
+        s.concurrent,
+        sink()
+            .order(Order::PerKey)
+            .concurrency(Concurrency::Adaptive { max: 64 }),
+        &addr,
+    );
+    let best_fixed = per_key.max(unordered);
+    println!(
+        "| delivery to a receiver 20 ms away, one event per request | events/s | vs raw | vs best fixed |"
+    );
+    println!("|---|---:|---:|---:|");
+    println!("| raw ureq, 32 threads (baseline) | {raw:.0} | 1.00× | – |");
+    println!(
+        "| `Order::Total`, one in flight (the default) | {total:.0} | {:.3}× | – |",
+        total / raw
+    );
+    println!(
+        "| `Order::PerKey`, `Fixed(32)`, 1 024 keys | {per_key:.0} | {:.2}× | – |",
+        per_key / raw
+    );
+    println!(
+        "| `Order::Unordered`, `Fixed(32)` | {unordered:.0} | {:.2}× | – |",
+        unordered / raw
+    );
+    println!(
+        "| `Order::PerKey`, `Adaptive {{ max: 64 }}` | {adaptive:.0} | {:.2}× | {:.2}× |",
+        adaptive / raw,
+        adaptive / best_fixed
+    );
+}
+
 /// Opening a spool of `n` events, warm (the file in the page cache): `Spool::open`
 /// against the raw baseline of opening the file with rusqlite and reading its last
 /// seq, alternated five times, medians in ms.
@@ -598,6 +727,7 @@ fn main() {
     let consume_only = args.iter().any(|a| a == "--consume");
     let ingest_only = args.iter().any(|a| a == "--ingest");
     let open_only = args.iter().any(|a| a == "--open");
+    let concurrency_only = args.iter().any(|a| a == "--concurrency");
     let s = if quick { QUICK } else { FULL };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -618,6 +748,9 @@ fn main() {
     }
     if open_only {
         return opening(d, &s);
+    }
+    if concurrency_only {
+        return concurrency(d, &s);
     }
     let (mut bases, mut emits) = (Vec::new(), Vec::new());
     for round in 0..3 {
@@ -664,6 +797,8 @@ fn main() {
     consuming(d, &s);
     println!();
     opening(d, &s);
+    println!();
+    concurrency(d, &s);
     println!();
 
     // Peak RSS in a process of its own, so the baselines' buffers above do not count.

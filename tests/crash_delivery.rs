@@ -177,3 +177,133 @@ fn kill_rounds(test: &str, commit_every: usize) -> TestResult {
     let _ = Path::new(&path);
     Ok(())
 }
+
+/// The window of the concurrent test: a kill replays at most this many events.
+const WINDOW: usize = 64;
+
+fn per_key_sink(url: &str, run: &str) -> WebhookSink {
+    WebhookSink::new("keys", url)
+        .order(eventspool::Order::PerKey)
+        .concurrency(eventspool::Concurrency::Fixed(16))
+        .window(WINDOW)
+        .backoff(Backoff::exponential(
+            Duration::from_millis(5),
+            Duration::from_millis(50),
+        ))
+        .header("x-run", run)
+}
+
+fn keyed(n: u64) -> eventspool::Event {
+    numbered(n).subject(format!("key-{}", n % 10))
+}
+
+/// The seq and subject of a one-event request.
+fn seq_key(r: &Request) -> (u64, String) {
+    let body = r.json();
+    (
+        body["seq"].as_u64().unwrap(),
+        body["subject"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// `kill -9` of a child delivering with `Order::PerKey` and 16 requests in flight: after
+/// a restart every committed event arrives; what the restart sends again is above the
+/// durable cursor the kill left, and within the window above it; each key's events go
+/// out in order within a run.
+#[test]
+fn kill_9_with_per_key_concurrency_replays_at_most_the_window() -> TestResult {
+    let vars = [
+        "EVENTSPOOL_KC_PATH",
+        "EVENTSPOOL_KC_URL",
+        "EVENTSPOOL_KC_RUN",
+    ];
+    if let [Ok(path), Ok(url), Ok(run)] = vars.map(std::env::var) {
+        let spool = Spool::builder(&path)
+            .sink(per_key_sink(&url, &run))
+            .open()
+            .expect("child open");
+        for n in spool.last_seq().unwrap().. {
+            spool.append(keyed(n)).unwrap();
+        }
+    }
+    let (_dir, path) = temp_spool();
+    let mut rng = Rng(clock_seed() | 1);
+    let server =
+        Server::with_script(move |_| Reply::Delayed(Duration::from_micros(rng.below(2000)), 200));
+    for round in 0..ROUNDS {
+        let run = format!("child-{round}");
+        let before = server.requests().len();
+        let mut child = Command::new(std::env::current_exe()?)
+            .args([
+                "--exact",
+                "kill_9_with_per_key_concurrency_replays_at_most_the_window",
+                "--nocapture",
+            ])
+            .env(vars[0], &path)
+            .env(vars[1], server.url())
+            .env(vars[2], &run)
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let target = before + 200 + round * 97;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while server.requests().len() < target {
+            assert!(child.try_wait()?.is_none(), "child exited early");
+            assert!(Instant::now() < deadline, "no deliveries from the child");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child.kill()?; // SIGKILL
+        child.wait()?;
+        let cursor: u64 = rusqlite::Connection::open(&path)?.query_row(
+            "SELECT acked FROM consumers WHERE name = 'keys'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64;
+
+        let parent_run = format!("parent-{round}");
+        let spool = Spool::builder(&path)
+            .sink(per_key_sink(&server.url(), &parent_run))
+            .open()?;
+        let last = spool.last_seq()?;
+        wait_until(
+            Duration::from_secs(60),
+            "the receiver has every committed event",
+            || {
+                let got: HashSet<u64> = server.requests().iter().map(|r| seq_key(r).0).collect();
+                (1..=last).all(|s| got.contains(&s))
+            },
+        );
+        spool.close(Duration::from_secs(10))?;
+
+        let requests = server.requests();
+        for name in [&run, &parent_run] {
+            let mut last_of: std::collections::HashMap<String, u64> = Default::default();
+            for r in from_run(&requests, name) {
+                let (seq, key) = seq_key(r);
+                let previous = last_of.insert(key.clone(), seq).unwrap_or(0);
+                assert!(seq > previous, "round {round}: {name}: {key} out of order");
+            }
+        }
+        let earlier: HashSet<u64> = requests
+            .iter()
+            .filter(|r| r.header("x-run") != Some(parent_run.as_str()))
+            .map(|r| seq_key(r).0)
+            .collect();
+        let resent: Vec<u64> = from_run(&requests, &parent_run)
+            .into_iter()
+            .map(|r| seq_key(r).0)
+            .filter(|s| earlier.contains(s))
+            .collect();
+        for &s in &resent {
+            assert!(
+                s > cursor && s <= cursor + WINDOW as u64,
+                "round {round}: seq {s} sent again, the durable cursor was {cursor}"
+            );
+        }
+        assert!(
+            resent.len() <= WINDOW,
+            "round {round}: {} sent again",
+            resent.len()
+        );
+    }
+    Ok(())
+}

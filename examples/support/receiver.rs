@@ -66,6 +66,27 @@ impl Receiver {
         })
     }
 
+    /// Like `start` without a secret, answering each request after `delay` (a receiver
+    /// as far away as an ordinary webhook endpoint).
+    pub fn start_slow(
+        addr: &str,
+        delay: std::time::Duration,
+    ) -> Result<Receiver, Box<dyn std::error::Error + Send + Sync>> {
+        let log: Arc<Mutex<Log>> = Arc::default();
+        let kept = log.clone();
+        let server = Server::bind(addr, false, move |request| {
+            match answer(request, None, &kept, false) {
+                Reply::Status(204, _) => Reply::Delayed(delay, 204),
+                other => other,
+            }
+        })?;
+        Ok(Receiver {
+            addr: server.addr(),
+            log,
+            server,
+        })
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}/webhook", self.addr)
     }
