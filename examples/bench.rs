@@ -404,6 +404,70 @@ fn raw_read_delete(dir: &std::path::Path, name: &str, n: u64) -> f64 {
     rate(n, start.elapsed())
 }
 
+/// Raw SQLite, one event at a time: SELECT the oldest row, DELETE it (autocommit) — what
+/// a naive per-event drain does (the baseline for per-event sinks).
+fn raw_per_event(dir: &std::path::Path, name: &str, n: u64) -> f64 {
+    let conn = raw_conn(dir, name);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        conn.execute_batch("BEGIN").unwrap();
+        for &i in chunk {
+            conn.execute(
+                "INSERT INTO events (seq, type, ts, data) VALUES (?1, 'bench.event', 0, ?2)",
+                params![i as i64 + 1, payload(i)],
+            )
+            .unwrap();
+        }
+        conn.execute_batch("COMMIT").unwrap();
+    }
+    let start = Instant::now();
+    let mut read = 0u64;
+    loop {
+        let row: Option<(i64, String)> = conn
+            .prepare_cached("SELECT seq, data FROM events ORDER BY seq LIMIT 1")
+            .unwrap()
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .ok();
+        let Some((seq, _)) = row else { break };
+        conn.prepare_cached("DELETE FROM events WHERE seq = ?1")
+            .unwrap()
+            .execute([seq])
+            .unwrap();
+        read += 1;
+    }
+    assert_eq!(read, n);
+    rate(n, start.elapsed())
+}
+
+/// A sink that takes every event, one per call.
+struct Count(u64);
+
+impl eventspool::Sink for Count {
+    fn name(&self) -> &str {
+        "count"
+    }
+    fn deliver(&mut self, events: &[StoredEvent]) -> Result<(), eventspool::DeliveryError> {
+        self.0 += events.len() as u64;
+        Ok(())
+    }
+}
+
+/// `drain_to` a sink with the trait's default batch (1) and `commit_every` (1).
+fn drain_per_event(dir: &std::path::Path, name: &str, n: u64) -> f64 {
+    let spool = open(dir, name);
+    spool.append_batch(Vec::new()).unwrap();
+    // Registered first, so it holds back every event.
+    assert_eq!(spool.drain_to(&mut Count(0)).unwrap(), 0);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+        spool
+            .append_batch(chunk.iter().map(|&i| event(i)).collect())
+            .unwrap();
+    }
+    let mut sink = Count(0);
+    let start = Instant::now();
+    assert_eq!(spool.drain_to(&mut sink).unwrap() as u64, n);
+    rate(n, start.elapsed())
+}
+
 /// A consumer group reading everything stored and acking every 1000 events.
 fn consume(dir: &std::path::Path, name: &str, n: u64) -> f64 {
     let spool = open(dir, name);
@@ -539,6 +603,23 @@ fn consuming(d: &std::path::Path, s: &Scale) {
     println!("| raw SQLite: read 1000 by seq, delete them (baseline) | {raw:.0} | 1.00× |");
     println!(
         "| subscription, ack every 1000 | {ours:.0} | {:.2}× |",
+        ours / raw
+    );
+    let n = s.consume / 10;
+    let (mut raws, mut ours) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        raws.push(raw_per_event(d, &format!("per-event-raw{round}.db"), n));
+        ours.push(drain_per_event(d, &format!("per-event{round}.db"), n));
+    }
+    let (raw, ours) = (median(&mut raws), median(&mut ours));
+    println!();
+    println!("| one event at a time, {n} events (median of 3) | events/s | vs raw |");
+    println!("|---|---:|---:|");
+    println!(
+        "| raw SQLite: SELECT the oldest, DELETE it, per event (baseline) | {raw:.0} | 1.00× |"
+    );
+    println!(
+        "| `drain_to`, batch 1, cursor committed after each event | {ours:.0} | {:.2}× |",
         ours / raw
     );
 }

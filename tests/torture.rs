@@ -8,7 +8,10 @@
 //! kept, counters balanced at clean closes. A third sink's receiver refuses every
 //! fourth event for good (400): those are dead-lettered under a small cap of their own,
 //! and after every run the file's dead letters are checked to be within it and to
-//! agree with the totals the file keeps.
+//! agree with the totals the file keeps. A fourth sink delivers concurrently
+//! (`Order::PerKey`, 8 in flight, a window of 64) to a flaky receiver of its own: each
+//! key's events arrive in order within a run, and what a run sends again lies above
+//! the durable cursor the run before left, within the window.
 //!
 //! `cargo test --test torture` runs it for 20 s; by hand:
 //! `cargo test --release --test torture -- --seconds 600 --seed 42`.
@@ -35,6 +38,16 @@ const SINKS: [(&str, usize, usize); 2] = [("s1", 1, 4), ("s2", 10, 1)];
 const DEAD_SINK: &str = "s3";
 /// The cap on dead letters' bytes (about 150 events' worth).
 const DEAD_CAP: u64 = 16 << 10;
+/// The concurrent sink, and its window.
+const KEY_SINK: &str = "s4";
+const KEY_WINDOW: u64 = 64;
+
+fn key_sink(url: &str, run: &str) -> WebhookSink {
+    sink(KEY_SINK, 1, 1, url, run)
+        .order(eventspool::Order::PerKey)
+        .concurrency(eventspool::Concurrency::Fixed(8))
+        .window(KEY_WINDOW as usize)
+}
 
 fn sink(name: &str, batch: usize, commit_every: usize, url: &str, run: &str) -> WebhookSink {
     WebhookSink::new(name, url)
@@ -56,7 +69,9 @@ fn child(path: &str, urls: &[String], run: &str, progress: &str, stop_file: &str
     for ((name, batch, every), url) in SINKS.iter().zip(urls) {
         builder = builder.sink(sink(name, *batch, *every, url, run));
     }
-    builder = builder.sink(sink(DEAD_SINK, 1, 1, &urls[2], run));
+    builder = builder
+        .sink(sink(DEAD_SINK, 1, 1, &urls[2], run))
+        .sink(key_sink(&urls[3], run));
     let spool = builder.open().expect("child open");
     let log = Arc::new(Mutex::new(
         std::fs::OpenOptions::new()
@@ -75,9 +90,8 @@ fn child(path: &str, urls: &[String], run: &str, progress: &str, stop_file: &str
         threads.push(std::thread::spawn(move || {
             let mut k = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                spool
-                    .emit(Event::new("t", json!({"run": run, "p": "e", "k": k})))
-                    .unwrap();
+                let event = Event::new("t", json!({"run": run, "p": "e", "k": k}));
+                spool.emit(event.subject(format!("k{}", k % 16))).unwrap();
                 k += 1;
                 // Paced (about 500/s): with a third of the requests failing, a sink
                 // that posts one event per request keeps up with little more.
@@ -94,9 +108,8 @@ fn child(path: &str, urls: &[String], run: &str, progress: &str, stop_file: &str
         threads.push(std::thread::spawn(move || {
             let mut k = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let seq = spool
-                    .append(Event::new("t", json!({"run": run, "p": "a", "k": k})))
-                    .unwrap();
+                let event = Event::new("t", json!({"run": run, "p": "a", "k": k}));
+                let seq = spool.append(event.subject(format!("a{}", k % 8))).unwrap();
                 write(&log, format!("a {seq}\n"));
                 k += 1;
                 std::thread::sleep(Duration::from_millis(3)); // paced, about 300/s
@@ -301,10 +314,56 @@ impl History {
     }
 }
 
+/// The concurrent sink's committed cursor in the file (0 before it was registered).
+fn key_cursor(path: &Path) -> u64 {
+    let Ok(conn) = rusqlite::Connection::open(path) else {
+        return 0;
+    };
+    conn.query_row(
+        "SELECT acked FROM consumers WHERE name = ?1",
+        [KEY_SINK],
+        |r| r.get::<_, i64>(0),
+    )
+    .map_or(0, |a| a as u64)
+}
+
+impl History {
+    /// Checks the concurrent sink's requests: within a run, each key's acknowledged
+    /// events in seq order; an event acknowledged in an earlier run and sent again lies
+    /// above the cursor the run started from, within the window.
+    fn check_keyed(&mut self, requests: &[Request], cursors: &HashMap<String, u64>) {
+        let mut acked: HashSet<u64> = HashSet::new();
+        let mut last: HashMap<(String, String), u64> = HashMap::new();
+        for r in requests.iter().filter(|r| ok(r)) {
+            let run = r.header("x-run").unwrap_or("?").to_owned();
+            let body = r.json();
+            let (seq, key) = (
+                body["seq"].as_u64().unwrap_or(0),
+                body["subject"].as_str().unwrap_or_default().to_owned(),
+            );
+            if let Some(before) = last.insert((run.clone(), key.clone()), seq)
+                && seq <= before
+            {
+                self.violation(format!(
+                    "{KEY_SINK}: {run}: key {key} went from {before} to {seq}"
+                ));
+            }
+            if !acked.insert(seq) {
+                let cursor = cursors.get(&run).copied().unwrap_or(0);
+                if seq <= cursor || seq > cursor + KEY_WINDOW {
+                    self.violation(format!(
+                        "{KEY_SINK}: {run}: seq {seq} sent again, outside the window above {cursor}"
+                    ));
+                }
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     if let Ok(role) = std::env::var("EVENTSPOOL_TORTURE_CHILD") {
         let v: Vec<String> = role.split('\n').map(str::to_owned).collect();
-        return child(&v[0], &v[1..4], &v[4], &v[5], &v[6]);
+        return child(&v[0], &v[1..5], &v[5], &v[6], &v[7]);
     }
     let seconds: u64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(20);
     let seed: u64 = arg("--seed")
@@ -318,8 +377,12 @@ fn main() -> ExitCode {
         .map(|i| flaky_receiver(seed + i as u64))
         .collect();
     let refusing = refusing_receiver();
+    let keyed = flaky_receiver(seed + 7);
     let mut urls: Vec<String> = receivers.iter().map(Server::url).collect();
     urls.push(refusing.url());
+    urls.push(keyed.url());
+    // The concurrent sink's durable cursor as each run started.
+    let mut key_cursors: HashMap<String, u64> = HashMap::new();
     let mut history = History {
         violations: Vec::new(),
         data_of: HashMap::new(),
@@ -332,6 +395,7 @@ fn main() -> ExitCode {
     while Instant::now() < deadline {
         runs += 1;
         let run = format!("run-{runs}");
+        key_cursors.insert(run.clone(), key_cursor(&path));
         let progress: PathBuf = dir.path().join(format!("{run}.progress"));
         let stop_file: PathBuf = dir.path().join(format!("{run}.stop"));
         let role = [
@@ -339,6 +403,7 @@ fn main() -> ExitCode {
             urls[0].clone(),
             urls[1].clone(),
             urls[2].clone(),
+            urls[3].clone(),
             run.clone(),
             progress.display().to_string(),
             stop_file.display().to_string(),
@@ -389,7 +454,10 @@ fn main() -> ExitCode {
     }
     builder = builder
         .max_dead_letter_bytes(DEAD_CAP)
-        .sink(sink(DEAD_SINK, 1, 1, &urls[2], "final"));
+        .sink(sink(DEAD_SINK, 1, 1, &urls[2], "final"))
+        .sink(key_sink(&urls[3], "final"));
+    keyed.set_script(|_| Reply::ok());
+    key_cursors.insert("final".into(), key_cursor(&path));
     let spool = builder.open().unwrap();
     let last_seq = spool.last_seq().unwrap();
     // Generous: the backlog after a long run drains at a few thousand events a second.
@@ -421,6 +489,26 @@ fn main() -> ExitCode {
         ));
     }
     let refused = reached.iter().filter(|s| *s % 4 == 0).count();
+
+    // The concurrent sink: every committed event, per-key order, bounded replays.
+    let requests = keyed.requests();
+    history.check_keyed(&requests, &key_cursors);
+    let acked_keyed: Vec<u64> = requests
+        .iter()
+        .filter(|r| ok(r))
+        .flat_map(|r| events_of(r).into_iter().map(|(s, _)| s))
+        .collect();
+    let got: BTreeSet<u64> = acked_keyed.iter().copied().collect();
+    let keyed_again = acked_keyed.len() - got.len();
+    let missing: Vec<u64> = (1..=last_seq)
+        .filter(|s| !got.contains(s))
+        .take(10)
+        .collect();
+    if !missing.is_empty() {
+        history.violation(format!(
+            "{KEY_SINK}: committed events never delivered: {missing:?}"
+        ));
+    }
 
     let mut delivered = 0u64;
     let mut duplicates = Vec::new();
@@ -473,7 +561,7 @@ fn main() -> ExitCode {
          events delivered {delivered}, duplicates {}, refused {refused} (dead letters kept \
          {dead_kept}, within {DEAD_CAP} bytes), violations {violations}",
         history.acked_appends.len(),
-        duplicates.join(" / ")
+        duplicates.join(" / ") + &format!(" / {KEY_SINK} {keyed_again}")
     );
     println!("torture: {} passed, {violations} failed", runs);
     if violations == 0 {

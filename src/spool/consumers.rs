@@ -6,7 +6,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::event::{SeqNo, StoredEvent};
+use crate::event::SeqNo;
 use crate::shared::SubState;
 use crate::sink::Sink;
 use crate::store::{self, ConsumerInfo, ConsumerKind, DeadLetter, Op, SeekPosition, StartAt};
@@ -179,48 +179,27 @@ impl Spool {
         crate::sink::check_one(sink)?;
         let name = sink.name().to_owned();
         self.check_consumer(&name)?;
-        let mut cursor = self.inner.call(Op::Register {
+        let cursor = self.inner.call(Op::Register {
             consumer: name.clone(),
             kind: ConsumerKind::Drain,
             start: StartAt::Oldest,
         })?;
-        let batch = sink.batch_size().max(1);
-        let mut delivered = 0;
-        loop {
-            let rows = {
-                let spool_id = &self.inner.spool_id;
-                (self.inner.pool).read(|c| store::read_after(c, spool_id, cursor, batch))?
-            };
-            // Deliver the events before the first damaged row; quarantine that row.
-            let good = rows.iter().take_while(|r| r.is_ok()).count();
-            if good == 0 {
-                let Some(Err(corrupt)) = rows.into_iter().next() else {
-                    return Ok(delivered);
-                };
-                self.inner.call(corrupt.quarantine(&name, true))?;
-                cursor = corrupt.seq;
-                continue;
-            }
-            let last = store::seq_of(&rows[good - 1]);
-            let events: Vec<StoredEvent> = (rows.into_iter().take(good).flatten())
-                .filter(|e| sink.accepts(&e.event_type))
-                .collect();
-            if !events.is_empty()
-                && let Err(e) = sink.deliver(&events)
-            {
-                return Err(Error::Delivery {
-                    delivered,
-                    source: Box::new(e),
-                });
-            }
-            self.inner.call(Op::Ack {
-                consumer: name.clone(),
-                seq: last,
-                from: None,
-            })?;
-            cursor = last;
-            delivered += events.len();
-        }
+        let mut drain = Drain {
+            spool: self,
+            name,
+            committed: cursor,
+            acknowledged: cursor,
+            batches: 0,
+            commit_every: sink.commit_every().max(1),
+            untold: 0,
+        };
+        let delivered = drain.run(sink);
+        // What was acknowledged is committed, whatever ended the drain.
+        let committed = drain.commit();
+        drain.tell_writer();
+        let delivered = delivered?;
+        committed?;
+        Ok(delivered)
     }
 
     /// Up to `limit` events `sink` gave up on, in seq order, with attempts and the
@@ -353,5 +332,122 @@ impl Spool {
             }
         }
         Ok(())
+    }
+}
+
+/// Rows a drain reads per query, at least (a batch's worth when batches are larger).
+const DRAIN_READ: usize = 256;
+
+/// One `drain_to` in progress: what it acknowledged and what it committed.
+struct Drain<'a> {
+    spool: &'a Spool,
+    name: String,
+    /// The cursor as committed.
+    committed: SeqNo,
+    /// The last seq the sink acknowledged (or skipped).
+    acknowledged: SeqNo,
+    /// Batches acknowledged since the last commit.
+    batches: usize,
+    commit_every: usize,
+    /// Cursor commits made on the writer's connection that the writer was not told of.
+    untold: u32,
+}
+
+impl Drain<'_> {
+    /// Delivers everything after the cursor in batches; returns how many events the sink
+    /// took, or the first failure.
+    fn run<S: Sink + ?Sized>(&mut self, sink: &mut S) -> Result<usize> {
+        let inner = &*self.spool.inner;
+        let batch = sink.batch_size().max(1);
+        let mut delivered = 0;
+        loop {
+            let after = self.acknowledged;
+            let limit = batch.max(DRAIN_READ);
+            let rows =
+                (inner.pool).read(|c| store::read_after(c, &inner.spool_id, after, limit))?;
+            if rows.is_empty() {
+                return Ok(delivered);
+            }
+            let mut rows = rows.into_iter().peekable();
+            while rows.peek().is_some() {
+                let mut events = Vec::with_capacity(batch);
+                let mut last = None;
+                while events.len() < batch {
+                    match rows.next_if(|r| r.is_ok()) {
+                        Some(Ok(event)) => {
+                            last = Some(event.seq);
+                            if sink.accepts(&event.event_type) {
+                                events.push(event);
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                if let Some(last) = last {
+                    if !events.is_empty()
+                        && let Err(e) = sink.deliver(&events)
+                    {
+                        return Err(Error::Delivery {
+                            delivered,
+                            source: Box::new(e),
+                        });
+                    }
+                    delivered += events.len();
+                    self.acknowledged = last;
+                    self.batches += 1;
+                    if self.batches >= self.commit_every {
+                        self.commit()?;
+                    }
+                } else if let Some(Err(corrupt)) = rows.next() {
+                    // A damaged row: to the dead letters, and the cursor past it.
+                    self.commit()?;
+                    inner.call(corrupt.quarantine(&self.name, true))?;
+                    self.acknowledged = corrupt.seq;
+                    self.committed = corrupt.seq;
+                }
+            }
+        }
+    }
+
+    /// Commits the cursor at what was acknowledged: on the writer's connection (no
+    /// thread round trip per commit) or, under `Durability::Full`, through the writer.
+    fn commit(&mut self) -> Result<()> {
+        if self.acknowledged == self.committed {
+            return Ok(());
+        }
+        let inner = &*self.spool.inner;
+        if inner.acks_directly {
+            let from = self.committed + 1;
+            let counters = &inner.shared.counters;
+            inner
+                .db
+                .commit_cursor(&self.name, self.acknowledged, from, counters)?;
+            self.untold += 1;
+            if self.untold >= 512 {
+                self.tell_writer();
+            }
+        } else {
+            inner.call(Op::Ack {
+                consumer: self.name.clone(),
+                seq: self.acknowledged,
+                from: None,
+            })?;
+        }
+        self.committed = self.acknowledged;
+        self.batches = 0;
+        Ok(())
+    }
+
+    /// Tells the writer of the commits made on its connection, so it deletes what every
+    /// consumer has acknowledged.
+    fn tell_writer(&mut self) {
+        if self.untold > 0 {
+            let _ = self
+                .spool
+                .inner
+                .tx
+                .try_send(crate::writer::Msg::Acked(self.untold));
+            self.untold = 0;
+        }
     }
 }

@@ -164,6 +164,8 @@ impl Spool {
                 event_limit: config.event_limit(),
                 filter,
                 dropping: AtomicBool::new(false),
+                db: db.clone(),
+                acks_directly: delivery::acks_directly(config.durability),
                 lifecycle: Mutex::new(Lifecycle {
                     writer: Some(handle),
                     stop: Some(stop_tx),

@@ -71,6 +71,10 @@ struct Inner {
     /// Set while `Overflow::DropNewest` is dropping, so a burst is logged once.
     dropping: AtomicBool,
     lifecycle: Mutex<Lifecycle>,
+    /// The writer's connection, on which `drain_to` commits its cursor when
+    /// [`delivery::acks_directly`](crate::delivery::acks_directly) says so.
+    db: Arc<crate::writer::Db>,
+    acks_directly: bool,
 }
 
 impl fmt::Debug for Spool {
