@@ -305,12 +305,24 @@ fn spool_delivery(
     batch: usize,
     commit_every: usize,
 ) -> (f64, [f64; 3]) {
+    spool_delivery_with(dir, name, events, |url| {
+        bench_sink(url, batch, commit_every)
+    })
+}
+
+/// [`spool_delivery`] through the sink `make` returns for the receiver's URL.
+fn spool_delivery_with(
+    dir: &std::path::Path,
+    name: &str,
+    events: u64,
+    make: impl Fn(&str) -> WebhookSink,
+) -> (f64, [f64; 3]) {
     let receiver = support::Receiver::start("127.0.0.1:0", None, false).unwrap();
     let (addr, url) = (receiver.addr.to_string(), receiver.url());
     receiver.stop();
     let spool = Spool::builder(dir.join(name))
         .max_bytes(u64::MAX)
-        .sink(bench_sink(&url, batch, commit_every))
+        .sink(make(&url))
         .open()
         .unwrap();
     for i in 0..events {
@@ -606,12 +618,21 @@ fn consuming(d: &std::path::Path, s: &Scale) {
         ours / raw
     );
     let n = s.consume / 10;
-    let (mut raws, mut ours) = (Vec::new(), Vec::new());
+    let (mut raws, mut ours, mut hooks) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..3 {
         raws.push(raw_per_event(d, &format!("per-event-raw{round}.db"), n));
         ours.push(drain_per_event(d, &format!("per-event{round}.db"), n));
+        let file = format!("per-event-hook{round}.db");
+        hooks.push(
+            spool_delivery_with(d, &file, n / 2, |url| {
+                bench_sink(url, 1, 1)
+                    .order(Order::Unordered)
+                    .concurrency(Concurrency::Fixed(8))
+            })
+            .0,
+        );
     }
-    let (raw, ours) = (median(&mut raws), median(&mut ours));
+    let (raw, ours, hook) = (median(&mut raws), median(&mut ours), median(&mut hooks));
     println!();
     println!("| one event at a time, {n} events (median of 3) | events/s | vs raw |");
     println!("|---|---:|---:|");
@@ -621,6 +642,10 @@ fn consuming(d: &std::path::Path, s: &Scale) {
     println!(
         "| `drain_to`, batch 1, cursor committed after each event | {ours:.0} | {:.2}× |",
         ours / raw
+    );
+    println!(
+        "| spool → webhook sink to a local receiver, one event per request, `Unordered`, `Fixed(8)` | {hook:.0} | {:.2}× |",
+        hook / raw
     );
 }
 

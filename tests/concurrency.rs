@@ -322,3 +322,71 @@ fn total_order_with_more_than_one_in_flight_is_refused_at_open() -> TestResult {
     ));
     Ok(())
 }
+
+/// A sink of the user's own, copied per request thread: shares a log of what it got.
+#[derive(Clone)]
+struct Shared(std::sync::Arc<std::sync::Mutex<Vec<(String, u64)>>>);
+
+impl eventspool::Sink for Shared {
+    fn name(&self) -> &str {
+        "own"
+    }
+    fn deliver(
+        &mut self,
+        events: &[eventspool::StoredEvent],
+    ) -> Result<(), eventspool::DeliveryError> {
+        let mut log = self.0.lock().unwrap();
+        for e in events {
+            log.push((e.subject.clone().unwrap_or_default(), e.seq));
+        }
+        Ok(())
+    }
+    fn order(&self) -> Order {
+        Order::PerKey
+    }
+    fn concurrency(&self) -> Concurrency {
+        Concurrency::Fixed(4)
+    }
+    fn try_clone(&self) -> Option<Box<dyn eventspool::Sink>> {
+        Some(Box::new(self.clone()))
+    }
+}
+
+#[test]
+fn a_custom_sink_that_clones_is_delivered_to_concurrently() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let log = Shared(Default::default());
+    let spool = Spool::builder(&path).sink(log.clone()).open()?;
+    spool.append_batch((0..1000).map(|i| keyed(i, 7)).collect())?;
+    wait_until(T, "every event delivered", || {
+        log.0.lock().unwrap().len() == 1000
+    });
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for (key, seq) in log.0.lock().unwrap().iter() {
+        let before = last.insert(key.clone(), *seq).unwrap_or(0);
+        assert!(*seq > before, "{key}: {seq} after {before}");
+    }
+
+    /// The same sink, unable to copy itself.
+    struct Single;
+    impl eventspool::Sink for Single {
+        fn name(&self) -> &str {
+            "single"
+        }
+        fn deliver(
+            &mut self,
+            _: &[eventspool::StoredEvent],
+        ) -> Result<(), eventspool::DeliveryError> {
+            Ok(())
+        }
+        fn order(&self) -> Order {
+            Order::Unordered
+        }
+    }
+    let (_dir, other) = temp_spool();
+    match Spool::builder(&other).sink(Single).open() {
+        Err(Error::InvalidConfig(msg)) => assert!(msg.contains("try_clone"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    Ok(())
+}

@@ -50,6 +50,28 @@ fn no_thread_of_a_spool_remains_after_close() -> TestResult {
         );
         drop(spool);
     }
+    // A concurrent sink starts request threads as it needs them and gives them back
+    // when idle: a writer, a checkpointer, a worker and a reader stay.
+    let spool = Spool::builder(&path)
+        .sink(
+            WebhookSink::new("fan-out", server.url())
+                .order(eventspool::Order::Unordered)
+                .concurrency(eventspool::Concurrency::Fixed(8)),
+        )
+        .open()?;
+    spool.append_batch((0..400).map(numbered).collect())?;
+    wait_until(Duration::from_secs(60), "the events are delivered", || {
+        spool.metrics().sinks[0].delivered == 400
+    });
+    assert!(threads() > before + 4, "request threads ran: {:?}", names());
+    wait_until(
+        Duration::from_secs(30),
+        "the request threads end when idle",
+        || threads() == before + 4,
+    );
+    spool.close(Duration::from_secs(10))?;
+    assert_eq!(threads(), before, "after close: {:?}", names());
+    drop(spool);
     // Spools never closed, only dropped: the same.
     for n in 50..60 {
         let spool = Spool::open(&path)?;
