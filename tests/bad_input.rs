@@ -268,3 +268,24 @@ fn validate_checks_every_webhook_entry() -> TestResult {
     assert!(!path.exists(), "nothing was created");
     Ok(())
 }
+
+/// The operator configs kept as fuzz seeds are valid, the concurrent sinks' settings
+/// included, in JSON and in TOML.
+#[test]
+fn the_full_seed_configs_are_valid() -> TestResult {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let json: eventspool::SpoolConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config_json/full.json"))?)?;
+    json.validate()?;
+    assert_eq!(json.sinks[2].order, eventspool::Order::PerKey);
+    assert_eq!(
+        json.sinks[2].concurrency,
+        eventspool::Concurrency::Adaptive { max: 64 }
+    );
+    assert_eq!(json.sinks[3].concurrency, eventspool::Concurrency::Fixed(16));
+    let toml: eventspool::SpoolConfig =
+        toml::from_str(&std::fs::read_to_string(dir.join("config_toml/full.toml"))?)?;
+    toml.validate()?;
+    assert_eq!(toml.sinks[2].max_age_ms, Some(3_600_000));
+    Ok(())
+}
