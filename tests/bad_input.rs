@@ -282,7 +282,10 @@ fn the_full_seed_configs_are_valid() -> TestResult {
         json.sinks[2].concurrency,
         eventspool::Concurrency::Adaptive { max: 64 }
     );
-    assert_eq!(json.sinks[3].concurrency, eventspool::Concurrency::Fixed(16));
+    assert_eq!(
+        json.sinks[3].concurrency,
+        eventspool::Concurrency::Fixed(16)
+    );
     let toml: eventspool::SpoolConfig =
         toml::from_str(&std::fs::read_to_string(dir.join("config_toml/full.toml"))?)?;
     toml.validate()?;

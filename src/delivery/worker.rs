@@ -16,7 +16,7 @@ use crate::shared::Shared;
 use crate::sink::Sink;
 use crate::sink::order::Order;
 use crate::store::{self, Corrupt, Decoded, Op, ReaderPool, seq_of};
-use crate::writer::{self, COLLECT_AT, Db, Msg};
+use crate::writer::{self, CursorCommits, Msg};
 
 use super::attempt::{Retrier, Step, panicked};
 use super::reader::{ReadLoop, Reader, read_limit};
@@ -41,23 +41,12 @@ pub(super) struct Batch {
     from: SeqNo,
 }
 
-/// Cursor commits made on the writer's connection ([`Db::commit_cursor`]) that the
-/// writer was not told of yet ([`Msg::Acked`]), and the events they acknowledged.
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Untold {
-    events: u64,
-    commits: u32,
-}
-
 pub(crate) struct Worker {
     pub(super) sink: Box<dyn Sink>,
     pub(super) name: String,
     pub(super) tx: Sender<Msg>,
-    pub(super) db: Arc<Db>,
-    pub(super) acks_directly: bool,
-    /// Events and commits acknowledged on the writer's connection since the writer
-    /// was last told ([`Msg::Acked`]).
-    pub(super) untold: Untold,
+    /// Its cursor commits (on the writer's connection, or through the writer).
+    pub(super) commits: CursorCommits,
     pub(super) pool: ReaderPool,
     pub(super) spool_id: String,
     pub(super) shared: Arc<Shared>,
@@ -113,10 +102,8 @@ impl Worker {
             retrier,
             commit_every: sink.commit_every().max(1),
             sink,
+            commits: CursorCommits::new(parts.db, parts.tx.clone(), parts.acks_directly),
             tx: parts.tx,
-            db: parts.db,
-            acks_directly: parts.acks_directly,
-            untold: Untold::default(),
             pool: parts.pool,
             spool_id: parts.spool_id,
             shared: parts.shared,
@@ -431,34 +418,15 @@ impl Worker {
     /// consumer has acknowledged (not while the sink works through a backlog: the
     /// deletion would take the CPU and the connection from it).
     pub(super) fn commit_cursor(&mut self, from: SeqNo, to: SeqNo) -> Result<u64> {
-        if !self.acks_directly {
-            return self.commit_through_writer(Op::Ack {
-                consumer: self.name.clone(),
-                seq: to,
-                from: Some(from),
-            });
-        }
         let started = Instant::now();
-        let acked = self
-            .db
-            .commit_cursor(&self.name, to, from, &self.shared.counters);
+        let committed = (self.commits).commit(&self.name, from, to, &self.shared.counters);
         spent(&self.counters.commit_ns, started);
-        let evicted = acked?;
-        self.untold.events += to + 1 - from;
-        self.untold.commits += 1;
-        if self.untold.events >= COLLECT_AT {
-            self.tell_writer();
-        }
-        Ok(evicted)
+        committed
     }
 
-    /// Tells the writer of the acknowledgements committed since it was last told. When
-    /// its channel is full it is busy committing, which deletes them as well.
+    /// Tells the writer of the cursor commits made on its connection.
     pub(super) fn tell_writer(&mut self) {
-        if self.untold.commits > 0 {
-            let _ = self.tx.try_send(Msg::Acked(self.untold.commits));
-            self.untold = Untold::default();
-        }
+        self.commits.tell_writer();
     }
 
     /// Delivers one batch until it is acknowledged or dead-lettered. Returns false when

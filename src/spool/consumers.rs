@@ -11,6 +11,7 @@ use crate::shared::SubState;
 use crate::sink::Sink;
 use crate::store::{self, ConsumerInfo, ConsumerKind, DeadLetter, Op, SeekPosition, StartAt};
 use crate::subscribe::{Reservation, SubParts, Subscription};
+use crate::writer::CursorCommits;
 
 use super::Spool;
 
@@ -184,6 +185,7 @@ impl Spool {
             kind: ConsumerKind::Drain,
             start: StartAt::Oldest,
         })?;
+        let inner = &*self.inner;
         let mut drain = Drain {
             spool: self,
             name,
@@ -191,12 +193,12 @@ impl Spool {
             acknowledged: cursor,
             batches: 0,
             commit_every: sink.commit_every().max(1),
-            untold: 0,
+            commits: CursorCommits::new(inner.db.clone(), inner.tx.clone(), inner.acks_directly),
         };
         let delivered = drain.run(sink);
         // What was acknowledged is committed, whatever ended the drain.
         let committed = drain.commit();
-        drain.tell_writer();
+        drain.commits.tell_writer();
         let delivered = delivered?;
         committed?;
         Ok(delivered)
@@ -349,8 +351,7 @@ struct Drain<'a> {
     /// Batches acknowledged since the last commit.
     batches: usize,
     commit_every: usize,
-    /// Cursor commits made on the writer's connection that the writer was not told of.
-    untold: u32,
+    commits: CursorCommits,
 }
 
 impl Drain<'_> {
@@ -415,39 +416,11 @@ impl Drain<'_> {
         if self.acknowledged == self.committed {
             return Ok(());
         }
-        let inner = &*self.spool.inner;
-        if inner.acks_directly {
-            let from = self.committed + 1;
-            let counters = &inner.shared.counters;
-            inner
-                .db
-                .commit_cursor(&self.name, self.acknowledged, from, counters)?;
-            self.untold += 1;
-            if self.untold >= 512 {
-                self.tell_writer();
-            }
-        } else {
-            inner.call(Op::Ack {
-                consumer: self.name.clone(),
-                seq: self.acknowledged,
-                from: None,
-            })?;
-        }
+        let counters = &self.spool.inner.shared.counters;
+        let (from, to) = (self.committed + 1, self.acknowledged);
+        self.commits.commit(&self.name, from, to, counters)?;
         self.committed = self.acknowledged;
         self.batches = 0;
         Ok(())
-    }
-
-    /// Tells the writer of the commits made on its connection, so it deletes what every
-    /// consumer has acknowledged.
-    fn tell_writer(&mut self) {
-        if self.untold > 0 {
-            let _ = self
-                .spool
-                .inner
-                .tx
-                .try_send(crate::writer::Msg::Acked(self.untold));
-            self.untold = 0;
-        }
     }
 }

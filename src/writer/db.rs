@@ -3,14 +3,19 @@
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crossbeam_channel::Sender;
 
 use rusqlite::Connection;
 
 use crate::error::{Error, Result, StorageError};
 use crate::event::SeqNo;
 use crate::metrics::Counters;
-use crate::store;
+use crate::store::{self, Op};
+
+use super::commit::COLLECT_AT;
+use super::msg::{Msg, call};
 
 use super::file_gone::Gone;
 
@@ -104,4 +109,65 @@ impl Db {
 pub(super) struct AckCheckpoint {
     pub(super) acks: u64,
     pub(super) last_seq: SeqNo,
+}
+
+/// Cursor commits a consumer makes: on the writer's connection ([`Db::commit_cursor`])
+/// when `directly` (see [`crate::delivery::acks_directly`]), else through the writer.
+/// The writer is told of direct ones every [`COLLECT_AT`] events they acknowledged (and
+/// by [`tell_writer`](CursorCommits::tell_writer)): it counts them toward the next
+/// checkpoint and deletes what every consumer acknowledged.
+pub(crate) struct CursorCommits {
+    db: Arc<Db>,
+    tx: Sender<Msg>,
+    directly: bool,
+    /// Events and commits made directly that the writer was not told of.
+    untold_events: u64,
+    untold_commits: u32,
+}
+
+impl CursorCommits {
+    pub(crate) fn new(db: Arc<Db>, tx: Sender<Msg>, directly: bool) -> Self {
+        CursorCommits {
+            db,
+            tx,
+            directly,
+            untold_events: 0,
+            untold_commits: 0,
+        }
+    }
+
+    /// Moves `consumer`'s cursor to `to`, acknowledging `from..=to`; returns how many of
+    /// those the caps evicted first (see [`Op::Ack`]).
+    pub(crate) fn commit(
+        &mut self,
+        consumer: &str,
+        from: SeqNo,
+        to: SeqNo,
+        counters: &Counters,
+    ) -> Result<u64> {
+        if !self.directly {
+            let ack = Op::Ack {
+                consumer: consumer.to_owned(),
+                seq: to,
+                from: Some(from),
+            };
+            return call(&self.tx, ack, 0);
+        }
+        let evicted = self.db.commit_cursor(consumer, to, from, counters)?;
+        self.untold_events += to + 1 - from;
+        self.untold_commits += 1;
+        if self.untold_events >= COLLECT_AT {
+            self.tell_writer();
+        }
+        Ok(evicted)
+    }
+
+    /// Tells the writer of the commits made directly since it was last told. When its
+    /// channel is full it is busy committing, which deletes them as well.
+    pub(crate) fn tell_writer(&mut self) {
+        if self.untold_commits > 0 {
+            let _ = self.tx.try_send(Msg::Acked(self.untold_commits));
+            (self.untold_events, self.untold_commits) = (0, 0);
+        }
+    }
 }

@@ -34,9 +34,8 @@ mod msg;
 
 pub(crate) use checkpoint::Checkpointer;
 use checkpoint::*;
-pub(crate) use commit::COLLECT_AT;
-pub(crate) use db::Db;
 use db::*;
+pub(crate) use db::{CursorCommits, Db};
 pub(crate) use msg::{Msg, call};
 
 const RETRY_MIN: Duration = Duration::from_millis(50);
