@@ -183,7 +183,8 @@ pub struct WebhookConfig {
     /// Post CloudEvents 1.0 JSON.
     #[serde(default)]
     pub cloudevents: bool,
-    /// Standard Webhooks secret (`whsec_...` or raw text). Never shown by `Debug`.
+    /// Standard Webhooks secret (`whsec_<base64>`, as `SigningSecret::to_whsec` writes
+    /// it, or raw text). Never shown by `Debug`.
     #[serde(default)]
     pub signing_secret: Option<String>,
     /// Extra request headers.

@@ -292,3 +292,19 @@ fn the_full_seed_configs_are_valid() -> TestResult {
     assert_eq!(toml.sinks[2].max_age_ms, Some(3_600_000));
     Ok(())
 }
+
+/// An error message says "invalid configuration" once, however deep the cause.
+#[test]
+fn a_bad_secret_is_named_once() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let hook =
+        eventspool::WebhookSink::new("audit", "http://127.0.0.1:9/").signing_secret("whsec_...");
+    let err = Spool::builder(&path).sink(hook).open().unwrap_err();
+    let text = err.to_string();
+    assert_eq!(text.matches("invalid configuration").count(), 1, "{text}");
+    assert!(
+        text.contains("sink audit") && text.contains("whsec_"),
+        "{text}"
+    );
+    Ok(())
+}

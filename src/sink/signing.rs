@@ -35,6 +35,38 @@ impl SigningSecret {
         Self::from_bytes(key)
     }
 
+    /// A new secret: 32 random bytes from the operating system. Give its
+    /// [`to_whsec`](SigningSecret::to_whsec) form to the receiver and the sender.
+    ///
+    /// ```
+    /// use eventspool::SigningSecret;
+    ///
+    /// let secret = SigningSecret::generate()?;
+    /// let text = secret.to_whsec();
+    /// assert!(text.starts_with("whsec_"));
+    /// assert_eq!(SigningSecret::parse(&text)?, secret);
+    /// # Ok::<(), eventspool::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the operating system cannot provide random bytes.
+    pub fn generate() -> Result<Self> {
+        let mut key = vec![0u8; 32];
+        getrandom::getrandom(&mut key).map_err(|e| {
+            Error::io(
+                "cannot read random bytes for a secret",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        Ok(SigningSecret(key))
+    }
+
+    /// The secret as `whsec_<base64>`, the form [`parse`](SigningSecret::parse) reads and
+    /// the Standard Webhooks libraries take. It is the secret: keep it out of logs.
+    pub fn to_whsec(&self) -> String {
+        format!("whsec_{}", STANDARD.encode(&self.0))
+    }
+
     /// A secret from raw key bytes.
     ///
     /// # Errors

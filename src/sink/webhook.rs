@@ -194,7 +194,11 @@ impl WebhookSink {
     /// Signs requests (Standard Webhooks): `whsec_<base64>`, or any other text as raw
     /// key bytes. Defaults to unsigned.
     pub fn signing_secret(mut self, secret: &str) -> Self {
-        self.secret = Some(SigningSecret::parse(secret).map_err(|e| e.to_string()));
+        // Kept as the bare message: `check` prefixes it with the sink's name.
+        self.secret = Some(SigningSecret::parse(secret).map_err(|e| match e {
+            crate::error::Error::InvalidConfig(msg) => msg,
+            other => other.to_string(),
+        }));
         self
     }
 

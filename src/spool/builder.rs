@@ -58,6 +58,49 @@ impl fmt::Debug for SpoolBuilder {
 }
 
 impl SpoolBuilder {
+    /// A builder with an operator's settings (see [`SpoolConfig`]), its webhooks
+    /// included, to which code can still add what a file cannot hold: a
+    /// [`filter`](SpoolBuilder::filter), an [`on_error`](SpoolBuilder::on_error) hook,
+    /// sinks of its own.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use eventspool::{SpoolBuilder, SpoolConfig};
+    ///
+    /// let dir = tempfile::tempdir().expect("temp dir");
+    /// let text = format!(
+    ///     r#"
+    ///     path = "{}"
+    ///     max_bytes = 536870912
+    ///     durability = "full"
+    ///     overflow = {{ block_for_ms = 250 }}
+    ///
+    ///     [[sinks]]
+    ///     name = "audit"
+    ///     url = "http://127.0.0.1:9/hook"
+    ///     batch = 100
+    ///     event_types = ["order.*"]
+    ///     "#,
+    ///     dir.path().join("events.db").display()
+    /// );
+    /// let config: SpoolConfig = toml::from_str(&text).expect("a valid config");
+    /// let spool = SpoolBuilder::from_config(&config)
+    ///     .on_error(|err| eprintln!("spool: {err}"))
+    ///     .filter(|e| e.event_type != "debug")
+    ///     .open()?;
+    /// assert_eq!(spool.synchronous(), "full");
+    /// spool.close(Duration::from_secs(1))?;
+    /// # Ok::<(), eventspool::Error>(())
+    /// ```
+    pub fn from_config(config: &SpoolConfig) -> Self {
+        let mut builder = Spool::builder(&config.path);
+        builder.config = config.clone();
+        for webhook in &config.sinks {
+            builder = builder.sink(webhook.to_sink());
+        }
+        builder
+    }
+
     /// Most events kept; the oldest are evicted beyond it. Defaults to unbounded.
     pub fn max_events(mut self, n: u64) -> Self {
         self.config.max_events = n;
@@ -129,7 +172,10 @@ impl SpoolBuilder {
         self
     }
 
-    /// Pooled reader connections for queries. Defaults to 4.
+    /// Pooled reader connections for queries and subscriptions (each sink gets one more
+    /// of its own). A read waits for a free one up to 30 s, then fails with
+    /// [`Error::Timeout`](crate::Error::Timeout): raise this if many threads read at
+    /// once. Defaults to 4.
     pub fn reader_pool_size(mut self, n: u32) -> Self {
         self.config.reader_pool_size = n;
         self

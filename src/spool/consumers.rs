@@ -49,7 +49,9 @@ impl Spool {
     /// Moves the consumer `name` to `position` (see [`SeekPosition`]; it may move back
     /// to replay) and returns its new position, the last `seq` counted as acknowledged.
     /// The next `subscribe(name, LastAcknowledged)` reads the event after it. A name
-    /// not yet known is registered as a subscriber.
+    /// not yet known is registered as a subscriber: from then on it holds back the
+    /// deletion of what it has not acknowledged (the caps still apply), until
+    /// [`remove_consumer`](Spool::remove_consumer); [`consumers`](Spool::consumers) lists it.
     ///
     /// ```
     /// use eventspool::{Event, SeekPosition, Spool};

@@ -106,6 +106,8 @@ impl Spool {
     }
 
     /// Opens the spool an operator configured (in JSON, TOML or anything serde reads).
+    /// To add a filter, an error hook or sinks of your own to a configured spool, start
+    /// from [`SpoolBuilder::from_config`] instead.
     ///
     /// ```
     /// use eventspool::{Spool, SpoolConfig};
@@ -126,18 +128,15 @@ impl Spool {
     /// # Errors
     /// As [`SpoolBuilder::open`].
     pub fn from_config(config: &SpoolConfig) -> Result<Spool> {
-        let mut builder = Spool::builder(&config.path);
-        builder.config = config.clone();
-        for webhook in &config.sinks {
-            builder = builder.sink(webhook.to_sink());
-        }
-        builder.open()
+        SpoolBuilder::from_config(config).open()
     }
 
-    /// Hands an event to the writer and returns at once; it is committed shortly
-    /// after (see [`flush`](Spool::flush)). Validation and JSON encoding happen here,
-    /// on the caller's thread; the writer is reached by one channel send. When the
-    /// channel is full, the [`Overflow`] policy decides.
+    /// Hands an event to the writer and returns without waiting for the commit; it is
+    /// committed shortly after (see [`flush`](Spool::flush)). Validation and JSON
+    /// encoding happen here, on the caller's thread; the writer is reached by one
+    /// channel send. When the channel is full (the writer is that far behind), the
+    /// [`Overflow`] policy decides, and the default, [`Overflow::Block`], waits for room:
+    /// choose `BlockFor`, `DropNewest` or `Reject` where the caller must never wait.
     ///
     /// # Errors
     /// [`Error::InvalidEvent`]; [`Error::Full`] (giving the event back) under
@@ -323,7 +322,26 @@ impl Spool {
         Ok(self.inner.pool.read(store::bounds)?.last)
     }
 
-    /// Runs a query on a pooled reader connection; it never waits for the writer.
+    /// Runs a query on a pooled reader connection; it never waits for the writer. It
+    /// returns at most [`EventQuery::limit`] events, [`DEFAULT_QUERY_LIMIT`](crate::DEFAULT_QUERY_LIMIT) (1 000) unless
+    /// set: to read everything, page with `after_seq` set to the last seq of each page.
+    ///
+    /// ```
+    /// use eventspool::{Event, EventQuery, Spool};
+    ///
+    /// let dir = tempfile::tempdir().expect("temp dir");
+    /// let spool = Spool::open(dir.path().join("events.db"))?;
+    /// spool.append_batch((0..2500).map(|n| Event::new("n", n)).collect())?;
+    /// let (mut after, mut seen) = (0, 0);
+    /// loop {
+    ///     let page = spool.query(&EventQuery::new().after_seq(after))?;
+    ///     let Some(last) = page.last() else { break };
+    ///     after = last.seq;
+    ///     seen += page.len();
+    /// }
+    /// assert_eq!(seen, 2500);
+    /// # Ok::<(), eventspool::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`len`](Spool::len).
