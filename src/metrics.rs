@@ -140,7 +140,8 @@ pub struct MetricsSnapshot {
     pub mean_batch_size: f64,
     /// One entry per sink.
     pub sinks: Vec<SinkMetrics>,
-    /// One entry per open subscription.
+    /// One entry per registered consumer that is not a sink of this spool (open
+    /// subscription or not).
     pub consumers: Vec<ConsumerMetrics>,
 }
 
@@ -234,13 +235,18 @@ impl MetricsSnapshot {
         for (name, help, value) in gauges {
             metric(&mut out, name, help, "gauge", value);
         }
-        let per_consumer: [Series<ConsumerMetrics>; 3] = [
+        let per_consumer: [Series<ConsumerMetrics>; 4] = [
             Series::gauge("consumer_position", "Last seq acknowledged.", |c| {
                 c.position
             }),
             Series::gauge("consumer_lag", "Stored events after the position.", |c| {
                 c.lag
             }),
+            Series::counter(
+                "consumer_evicted_total",
+                "Events the caps evicted before the consumer acknowledged them.",
+                |c| c.evicted,
+            ),
             Series::gauge(
                 "consumer_oldest_unacked_age_ms",
                 "Age of the oldest event read and not acknowledged.",
@@ -547,16 +553,22 @@ pub struct SinkMetrics {
     pub last_error: Option<String>,
 }
 
-/// An active subscription's counters, in [`MetricsSnapshot`](crate::MetricsSnapshot).
+/// A registered consumer's counters (subscribers, `drain_to` sinks, retired sinks;
+/// sinks of the spool are in [`SinkMetrics`]), in
+/// [`MetricsSnapshot`](crate::MetricsSnapshot), whether a subscription is open or not.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ConsumerMetrics {
     /// The consumer's name.
     pub name: String,
+    /// Whether a subscription of it is open now.
+    pub open: bool,
     /// The last `seq` it acknowledged.
     pub position: SeqNo,
-    /// The last `seq` it has read.
+    /// The last `seq` it has read (its position when no subscription is open).
     pub read: SeqNo,
+    /// Events the caps evicted before it acknowledged them, since the spool opened.
+    pub evicted: u64,
     /// Stored events after its position.
     pub lag: u64,
     /// Age of the oldest event read and not acknowledged since the last ack that

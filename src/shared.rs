@@ -30,6 +30,9 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     /// The open subscriptions, by consumer name.
     pub(crate) subscriptions: Mutex<HashMap<String, Arc<SubState>>>,
+    /// Per consumer that is not a sink: events the caps evicted before it acknowledged
+    /// them.
+    evicted: Mutex<HashMap<String, u64>>,
     /// How often application threads yield before they sleep waiting for the writer.
     pub(crate) caller_yields: u32,
 }
@@ -48,6 +51,7 @@ impl Shared {
             requeues: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             subscriptions: Mutex::new(HashMap::new()),
+            evicted: Mutex::new(HashMap::new()),
             caller_yields,
         }
     }
@@ -88,9 +92,21 @@ impl Shared {
 
     /// Counts events the caps evicted before `consumer` had them.
     pub(crate) fn evicted_unsent(&self, consumer: &str, n: u64) {
-        if let Some(sink) = self.sinks.iter().find(|s| s.name == consumer) {
-            sink.evicted_unsent.fetch_add(n, Relaxed);
+        match self.sinks.iter().find(|s| s.name == consumer) {
+            Some(sink) => {
+                sink.evicted_unsent.fetch_add(n, Relaxed);
+            }
+            None => {
+                let mut evicted = self.evicted.lock().unwrap_or_else(PoisonError::into_inner);
+                *evicted.entry(consumer.to_owned()).or_default() += n;
+            }
         }
+    }
+
+    /// Events the caps evicted before `consumer` (not a sink) acknowledged them.
+    pub(crate) fn evicted_for(&self, consumer: &str) -> u64 {
+        let evicted = self.evicted.lock().unwrap_or_else(PoisonError::into_inner);
+        evicted.get(consumer).copied().unwrap_or(0)
     }
 
     /// Hands a failure no caller sees to the user's `on_error` hook. A panic in the
@@ -121,8 +137,10 @@ impl SubState {
         let since = self.unacked_since_ms.load(Relaxed);
         ConsumerMetrics {
             name: name.to_owned(),
+            open: true,
             position: acked,
             read: self.read.load(Relaxed),
+            evicted: 0,
             lag: lag(acked, first_seq, last_seq),
             oldest_unacked_age_ms: crate::time::age_ms(since),
         }

@@ -461,3 +461,26 @@ fn a_failed_subscribe_registers_nothing() -> TestResult {
     assert_eq!(spool.consumers()?, []);
     Ok(())
 }
+
+/// `metrics()` shows every registered consumer, open subscription or not, with what
+/// the caps evicted before it acknowledged it.
+#[test]
+fn metrics_cover_every_consumer_and_what_the_caps_took_from_it() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let spool = Spool::builder(&path).max_events(5).open()?;
+    spool.seek("reporting", SeekPosition::Beginning)?; // registered, never subscribed
+    let _open = spool.subscribe("live", SeekPosition::Beginning)?;
+    spool.append_batch((0..10).map(numbered).collect())?;
+    let m = spool.metrics();
+    let names: Vec<(&str, bool, u64, u64)> = m
+        .consumers
+        .iter()
+        .map(|c| (c.name.as_str(), c.open, c.lag, c.evicted))
+        .collect();
+    assert_eq!(names, [("live", true, 5, 5), ("reporting", false, 5, 5)]);
+    assert!(
+        m.to_prometheus()
+            .contains("eventspool_consumer_evicted_total{consumer=\"reporting\"} 5")
+    );
+    Ok(())
+}

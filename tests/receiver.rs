@@ -1,12 +1,16 @@
-//! The examples' webhook receiver (`examples/support/receiver.rs`, run by `cargo run
-//! --example receiver`): it serves several sinks at once and refuses requests whose
-//! signature does not verify.
+//! The webhook receivers of the examples: the one the quickstart and the bench run
+//! (`examples/support/receiver.rs`) and the standalone one users copy
+//! (`examples/receiver.rs`). Each serves several sinks at once and refuses requests
+//! whose signature does not verify.
 
 #![allow(clippy::duplicate_mod)] // the receiver brings its own copy of common/http.rs
 
 mod common;
 #[path = "../examples/support/receiver.rs"]
 mod receiver;
+#[allow(dead_code)] // its `main`
+#[path = "../examples/receiver.rs"]
+mod standalone;
 
 use std::time::Duration;
 
@@ -79,5 +83,48 @@ fn a_request_signed_with_another_secret_is_refused() -> TestResult {
     assert_eq!(wrong[0].last_status, Some(401));
     assert!(spool.dead_letters("right", 10)?.is_empty());
     spool.close(Duration::from_secs(10))?;
+    Ok(())
+}
+
+/// The standalone receiver example: four signed sinks at once get everything through,
+/// a sink with another secret is refused (401) and dead-letters.
+#[test]
+fn the_standalone_receiver_verifies_and_serves_sinks_at_once() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let secret = SigningSecret::generate()?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}/webhook", listener.local_addr()?);
+    let verifier = eventspool::Verifier::new(secret.clone());
+    std::thread::spawn(move || standalone::serve(listener, verifier, false));
+    let mut builder = Spool::builder(&path);
+    for i in 0..4 {
+        builder = builder.sink(
+            WebhookSink::new(format!("signed-{i}"), &url)
+                .signing_secret(&secret.to_whsec())
+                .max_retries(None),
+        );
+    }
+    let stranger = SigningSecret::generate()?.to_whsec();
+    let spool = builder
+        .sink(
+            WebhookSink::new("stranger", &url)
+                .signing_secret(&stranger)
+                .backoff(Backoff::exponential(
+                    Duration::from_millis(1),
+                    Duration::from_millis(5),
+                )),
+        )
+        .open()?;
+    spool.append_batch((0..200).map(numbered).collect())?;
+    wait_until(
+        Duration::from_secs(60),
+        "every signed sink delivered",
+        || {
+            let m = spool.metrics();
+            m.sinks[..4].iter().all(|s| s.delivered == 200) && m.dead_letters == 200
+        },
+    );
+    let dead = spool.dead_letters("stranger", 1)?;
+    assert_eq!(dead[0].last_status, Some(401));
     Ok(())
 }

@@ -13,9 +13,10 @@ use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use crate::config::{Overflow, SpoolConfig};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventQuery, SeqNo, StoredEvent};
-use crate::metrics::MetricsSnapshot;
+use crate::metrics::{ConsumerMetrics, MetricsSnapshot};
 use crate::reply::{self, Gone};
 use crate::shared::Shared;
+use crate::store::ConsumerKind;
 use crate::store::{self, Op, ReaderPool};
 use crate::time::deadline;
 use crate::writer::{self, Msg};
@@ -349,7 +350,8 @@ impl Spool {
         (self.inner.pool).read(|c| store::query(c, &self.inner.spool_id, query))
     }
 
-    /// A copy of the counters, with one entry per sink and per open subscription.
+    /// A copy of the counters, with one entry per sink and per other registered consumer
+    /// (it reads the consumers from the file; the rest is in memory).
     ///
     /// ```
     /// use eventspool::{Event, Spool};
@@ -374,15 +376,36 @@ impl Spool {
             .iter()
             .map(|s| s.snapshot(first, last))
             .collect();
+        // Every registered consumer but the sinks, from the file (a read that fails
+        // leaves out the ones without an open subscription), open ones live.
+        let registered = self.consumers().unwrap_or_default();
         let subscriptions = shared
             .subscriptions
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        snapshot.consumers = subscriptions
+        let mut consumers: Vec<ConsumerMetrics> = subscriptions
             .iter()
             .map(|(name, state)| state.metrics(name, first, last))
             .collect();
-        snapshot.consumers.sort_by(|a, b| a.name.cmp(&b.name));
+        for c in registered {
+            if c.kind != ConsumerKind::Sink && !subscriptions.contains_key(&c.name) {
+                consumers.push(ConsumerMetrics {
+                    name: c.name,
+                    open: false,
+                    position: c.position,
+                    read: c.position,
+                    evicted: 0,
+                    lag: c.lag,
+                    oldest_unacked_age_ms: c.oldest_unacked_age_ms,
+                });
+            }
+        }
+        drop(subscriptions);
+        for c in &mut consumers {
+            c.evicted = shared.evicted_for(&c.name);
+        }
+        consumers.sort_by(|a, b| a.name.cmp(&b.name));
+        snapshot.consumers = consumers;
         snapshot
     }
 
