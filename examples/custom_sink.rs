@@ -77,10 +77,12 @@ impl Sink for JsonLines {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
+    // The lines go where you say (the first argument), else to ./audit.jsonl, which
+    // stays after the example ends; the spool itself lives in a temporary directory.
     let target = std::env::args()
         .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dir.path().join("audit.jsonl"));
+        .map_or_else(|| PathBuf::from("audit.jsonl"), PathBuf::from);
+    let _ = std::fs::remove_file(&target); // a new spool: the file starts over too
     let spool = Spool::builder(dir.path().join("events.db"))
         .sink(JsonLines {
             path: target.clone(),

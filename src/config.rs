@@ -28,6 +28,9 @@ pub const MAX_BATCH_SIZE: usize = 1 << 20;
 /// Largest [`SpoolConfig::channel_capacity`]: 4 194 304 messages (the channel is
 /// allocated whole when the spool opens, ~0.6 GB at this size).
 pub const MAX_CHANNEL_CAPACITY: usize = 1 << 22;
+/// Default for [`SpoolConfig::reader_wait_ms`]: a read waits up to 30 s for a pooled
+/// connection.
+pub const DEFAULT_READER_WAIT: Duration = Duration::from_secs(30);
 /// Default for [`SpoolConfig::reader_pool_size`]: 4 reader connections.
 pub const DEFAULT_READER_POOL_SIZE: u32 = 4;
 
@@ -126,6 +129,10 @@ pub struct SpoolConfig {
     /// Number of pooled reader connections for queries.
     #[serde(default = "default_reader_pool_size")]
     pub reader_pool_size: u32,
+    /// How long a read waits for a pooled connection when all are in use, in ms, before
+    /// it fails with [`crate::Error::Timeout`].
+    #[serde(default = "default_reader_wait_ms")]
+    pub reader_wait_ms: u64,
     /// Open what the file holds even when commits were lost with its write-ahead log
     /// after a crash (see [`crate::Error::WalLost`]): the loss is
     /// logged, and every `seq` the lost commits may have used is skipped (an upper
@@ -309,6 +316,9 @@ fn default_channel_capacity() -> usize {
 fn default_reader_pool_size() -> u32 {
     DEFAULT_READER_POOL_SIZE
 }
+fn default_reader_wait_ms() -> u64 {
+    crate::time::millis(DEFAULT_READER_WAIT)
+}
 
 fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
     u64::deserialize(d).map(Duration::from_millis)
@@ -330,6 +340,7 @@ impl SpoolConfig {
             overflow: Overflow::Block,
             durability: Durability::Normal,
             reader_pool_size: DEFAULT_READER_POOL_SIZE,
+            reader_wait_ms: default_reader_wait_ms(),
             accept_lost_wal: false,
             sinks: Vec::new(),
         }

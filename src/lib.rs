@@ -78,8 +78,8 @@ mod config;
 mod delivery;
 mod error;
 mod event;
+pub mod guide;
 mod metrics;
-pub mod performance;
 mod reply;
 mod shared;
 mod sink;
@@ -91,8 +91,8 @@ mod writer;
 
 pub use config::{
     DEFAULT_BATCH_SIZE, DEFAULT_CHANNEL_CAPACITY, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENTS, DEFAULT_READER_POOL_SIZE, Durability,
-    MAX_BATCH_SIZE, MAX_CHANNEL_CAPACITY, Overflow, SpoolConfig, WebhookConfig,
+    DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENTS, DEFAULT_READER_POOL_SIZE, DEFAULT_READER_WAIT,
+    Durability, MAX_BATCH_SIZE, MAX_CHANNEL_CAPACITY, Overflow, SpoolConfig, WebhookConfig,
 };
 pub use error::{DeliveryError, Error, Result, StorageError};
 pub use event::{DEFAULT_QUERY_LIMIT, Event, EventQuery, SeqNo, StoredEvent};
@@ -106,6 +106,11 @@ pub use sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, MAX_SINK_BATCH, Si
 pub use spool::{CloseReport, DEFAULT_CLOSE_TIMEOUT, Spool, SpoolBuilder, Undelivered};
 pub use store::{ConsumerInfo, ConsumerKind, DeadLetter, SeekPosition};
 pub use subscribe::Subscription;
+
+/// The README's code blocks, run as doc tests: its tour runs as written.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,7 @@ use crate::config::Durability;
 /// How often a caller on an application thread (`append`, `flush`, a consumer's `ack`)
 /// yields its CPU, looking for its answer, before it sleeps: a caller still awake when
 /// the commit ends costs no wake-up. None under [`Durability::Full`], where a commit
-/// waits for an `fsync` (the figures: [`crate::performance`]).
+/// waits for an `fsync` (the figures: [`crate::guide::performance`]).
 pub(crate) fn caller_yields(durability: Durability) -> u32 {
     match durability {
         Durability::Normal => 100,

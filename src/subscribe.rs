@@ -37,6 +37,10 @@ const READ_AHEAD: usize = 512;
 /// Reading does not acknowledge: call [`ack`](Subscription::ack) with the last `seq`
 /// handled; after a restart the consumer resumes after its last ack. Only one
 /// subscription per consumer name may be open at a time; dropping it frees the name.
+/// A consumer group here is one reader with a durable position, not a set of readers
+/// sharing the load as on Kafka: to spread the work, hand the events read to threads
+/// of your own, or deliver through a sink with concurrency
+/// ([`Order::PerKey`](crate::Order::PerKey)).
 ///
 /// ```
 /// use std::time::Duration;

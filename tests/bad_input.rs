@@ -308,3 +308,15 @@ fn a_bad_secret_is_named_once() -> TestResult {
     );
     Ok(())
 }
+
+/// The README's configuration example is a valid configuration.
+#[test]
+fn the_readme_config_is_valid() -> TestResult {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))?;
+    let start = readme.find("```toml\n").expect("a TOML block") + "```toml\n".len();
+    let end = start + readme[start..].find("```").expect("its end");
+    let config: eventspool::SpoolConfig = toml::from_str(&readme[start..end])?;
+    config.validate()?;
+    assert_eq!(config.sinks[0].order, eventspool::Order::PerKey);
+    Ok(())
+}

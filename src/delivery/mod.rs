@@ -51,7 +51,7 @@ pub(crate) struct Control {
 /// through the writer: under [`Durability::Normal`] yes, sparing two thread wake-ups
 /// per request. Under [`Durability::Full`] every commit waits for an `fsync`, and an
 /// acknowledgement that joins the writer's next transaction shares its `fsync`
-/// ([`crate::performance`]).
+/// ([`crate::guide::performance`]).
 pub(crate) fn acks_directly(durability: Durability) -> bool {
     durability == Durability::Normal
 }

@@ -19,7 +19,7 @@ use super::{PROGRESS_RETRY, spent};
 
 /// The most events a reader reads per query (a batch's worth when batches are
 /// larger); it holds one such read ready for the worker, beside what the worker holds.
-/// Small, so a read ends within the request it overlaps ([`crate::performance`]).
+/// Small, so a read ends within the request it overlaps ([`crate::guide::performance`]).
 pub(super) const READ_AHEAD: usize = 100;
 
 /// The most rows a sink's reader reads per query.

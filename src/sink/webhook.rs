@@ -315,7 +315,7 @@ impl WebhookSink {
 
 /// Resolves the host on the worker's thread: ureq's own resolver, when a timeout covers
 /// resolution, starts a thread per request, which costs more than a whole request to a
-/// receiver nearby ([`crate::performance`]). The system resolver has timeouts of its
+/// receiver nearby ([`crate::guide::performance`]). The system resolver has timeouts of its
 /// own, and an IP address is not looked up at all.
 #[derive(Debug, Default)]
 struct InlineResolver(DefaultResolver);

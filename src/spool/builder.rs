@@ -173,11 +173,18 @@ impl SpoolBuilder {
     }
 
     /// Pooled reader connections for queries and subscriptions (each sink gets one more
-    /// of its own). A read waits for a free one up to 30 s, then fails with
-    /// [`Error::Timeout`](crate::Error::Timeout): raise this if many threads read at
-    /// once. Defaults to 4.
+    /// of its own). A read waits for a free one up to [`reader_wait`](Self::reader_wait),
+    /// then fails with [`Error::Timeout`](crate::Error::Timeout): raise this if many
+    /// threads read at once. Defaults to 4.
     pub fn reader_pool_size(mut self, n: u32) -> Self {
         self.config.reader_pool_size = n;
+        self
+    }
+
+    /// How long a read waits for a pooled connection when all are in use. Defaults to
+    /// 30 s ([`DEFAULT_READER_WAIT`](crate::DEFAULT_READER_WAIT)).
+    pub fn reader_wait(mut self, wait: Duration) -> Self {
+        self.config.reader_wait_ms = crate::time::millis(wait);
         self
     }
 

@@ -118,6 +118,7 @@ impl Spool {
         let pool = ReaderPool::new(
             &path,
             config.reader_pool_size.saturating_add(sinks.len() as u32),
+            Duration::from_millis(config.reader_wait_ms),
         )?;
         let (tx, rx) = bounded(config.channel_capacity);
         let (stop_tx, stop_rx) = bounded(0);

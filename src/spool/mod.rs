@@ -300,7 +300,8 @@ impl Spool {
     /// Number of events in the file.
     ///
     /// # Errors
-    /// [`Error::Storage`] if the file cannot be read; [`Error::Timeout`] if every reader connection stayed busy for 30 s.
+    /// [`Error::Storage`] if the file cannot be read; [`Error::Timeout`] if every reader
+    /// connection stayed busy for the reader wait (see [`SpoolBuilder::reader_wait`]).
     pub fn len(&self) -> Result<u64> {
         let stored = self.inner.pool.read(store::bounds)?;
         Ok(stored.first.map_or(0, |f| stored.last + 1 - f))

@@ -14,9 +14,6 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Error, Result, Storage};
 
-/// How long `get` waits for a connection when all of them are in use.
-const WAIT: Duration = Duration::from_secs(30);
-
 /// Read-only connections to one spool file, opened on demand up to a maximum and kept
 /// for reuse. Cheap to clone: all clones share the connections.
 #[derive(Clone)]
@@ -27,6 +24,8 @@ pub(crate) struct ReaderPool {
 struct Shared {
     path: PathBuf,
     max: usize,
+    /// How long `get` waits for a connection when all of them are in use.
+    wait: Duration,
     state: Mutex<State>,
     /// Signalled when a connection is given back (or an open failed).
     returned: Condvar,
@@ -69,12 +68,13 @@ impl Shared {
 impl ReaderPool {
     /// A pool of at most `max` connections to `path`, with one opened now so that a
     /// file that cannot be read fails here.
-    pub(crate) fn new(path: &Path, max: u32) -> Result<ReaderPool> {
+    pub(crate) fn new(path: &Path, max: u32, wait: Duration) -> Result<ReaderPool> {
         let first = open(path)?;
         Ok(ReaderPool {
             shared: Arc::new(Shared {
                 path: path.to_owned(),
                 max: (max as usize).max(1),
+                wait,
                 state: Mutex::new(State {
                     idle: vec![first],
                     open: 1,
@@ -89,10 +89,10 @@ impl ReaderPool {
     ///
     /// # Errors
     /// [`Error::Storage`] if a new connection cannot be opened; [`Error::Timeout`] when
-    /// none was given back within 30 s.
+    /// none was given back within the pool's wait.
     pub(crate) fn get(&self) -> Result<Pooled<'_>> {
         let pool = &*self.shared;
-        let deadline = Instant::now() + WAIT;
+        let deadline = crate::time::deadline(pool.wait);
         let mut state = pool.lock();
         loop {
             if let Some(conn) = state.idle.pop() {
@@ -118,7 +118,7 @@ impl ReaderPool {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::Timeout { waited: WAIT });
+                return Err(Error::Timeout { waited: pool.wait });
             }
             state = pool
                 .returned

@@ -781,7 +781,7 @@ fn glob_escape(prefix: &str) -> String {
 }
 
 /// The id of an event stored without one: `"<spool id>-<seq>"`, built at every read,
-/// sized once and without `format!` (it costs every read: [`crate::performance`]).
+/// sized once and without `format!` (it costs every read: [`crate::guide::performance`]).
 fn default_id(spool_id: &str, seq: SeqNo) -> String {
     use std::fmt::Write as _;
     let mut id = String::with_capacity(spool_id.len() + 21);
@@ -851,7 +851,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = SpoolConfig::new(dir.path().join("spool.db"));
         let _writer = super::super::open_writer(&config).unwrap();
-        let pool = super::super::ReaderPool::new(&config.path, 1).unwrap();
+        let pool = super::super::ReaderPool::new(&config.path, 1, Duration::from_secs(1)).unwrap();
         let conn = pool.get().unwrap();
         for (after, limit) in [(0, 100), (5, 100), (9, 1)] {
             read_after(&conn, "spool", after, limit).unwrap();

@@ -22,7 +22,7 @@ use super::file_gone::Gone;
 /// Every this many cursor commits by sink workers ([`Db::commit_cursor`]), the one that
 /// commits the last copies the WAL into the database itself, holding the connection,
 /// so the next commit starts the WAL over: the checkpointer's passes, beside a steady
-/// stream of commits, never end with all of it copied ([`crate::performance`]). Only
+/// stream of commits, never end with all of it copied ([`crate::guide::performance`]). Only
 /// when no event came in meanwhile (then the writer's own limit bounds the WAL).
 pub(super) const ACK_CHECKPOINT: u64 = 1024;
 
