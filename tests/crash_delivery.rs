@@ -47,6 +47,22 @@ fn child(path: &str, url: &str, run: &str, progress: &str, commit_every: usize) 
     unreachable!()
 }
 
+/// Kills `child` with SIGKILL once the receiver has `requests` requests.
+fn kill_9_after(
+    child: &mut std::process::Child,
+    server: &Server,
+    requests: usize,
+) -> std::io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.requests().len() < requests {
+        assert!(child.try_wait()?.is_none(), "child exited early");
+        assert!(Instant::now() < deadline, "no deliveries from the child");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill()?; // SIGKILL
+    child.wait().map(drop)
+}
+
 fn seqs_of(r: &Request) -> Vec<u64> {
     let body = r.json();
     body.as_array()
@@ -106,15 +122,7 @@ fn kill_rounds(test: &str, commit_every: usize) -> TestResult {
             .env(vars[3], &progress)
             .stdout(std::process::Stdio::null())
             .spawn()?;
-        let target = before + 20 + round * 37;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while server.requests().len() < target {
-            assert!(child.try_wait()?.is_none(), "child exited early");
-            assert!(Instant::now() < deadline, "no deliveries from the child");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        child.kill()?; // SIGKILL
-        child.wait()?;
+        kill_9_after(&mut child, &server, before + 20 + round * 37)?;
 
         let parent_run = format!("parent-{round}");
         let spool = Spool::builder(&path)
@@ -244,15 +252,7 @@ fn kill_9_with_per_key_concurrency_replays_at_most_the_window() -> TestResult {
             .env(vars[2], &run)
             .stdout(std::process::Stdio::null())
             .spawn()?;
-        let target = before + 200 + round * 97;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while server.requests().len() < target {
-            assert!(child.try_wait()?.is_none(), "child exited early");
-            assert!(Instant::now() < deadline, "no deliveries from the child");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        child.kill()?; // SIGKILL
-        child.wait()?;
+        kill_9_after(&mut child, &server, before + 200 + round * 97)?;
         let cursor: u64 = rusqlite::Connection::open(&path)?.query_row(
             "SELECT acked FROM consumers WHERE name = 'keys'",
             [],
