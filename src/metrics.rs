@@ -37,6 +37,10 @@ pub(crate) struct Counters {
     pub(crate) abandoned: AtomicU64,
     pub(crate) pending_retry: AtomicU64,
     pub(crate) stored_events: AtomicU64,
+    /// The lowest stored seq, kept by the writer itself: deriving it from `last_seq`
+    /// and `stored_events`, two loads the writer changes one after the other, could
+    /// read a new count with an old last seq.
+    pub(crate) first_stored: AtomicU64,
     pub(crate) stored_bytes: AtomicU64,
     pub(crate) last_seq: AtomicU64,
     pub(crate) dead_letters: AtomicU64,
@@ -47,7 +51,7 @@ pub(crate) struct Counters {
 impl Counters {
     /// The lowest stored seq (one past `last_seq` when nothing is stored).
     pub(crate) fn first_seq(&self) -> u64 {
-        self.last_seq.load(Ordering::Relaxed) + 1 - self.stored_events.load(Ordering::Relaxed)
+        self.first_stored.load(Ordering::Relaxed)
     }
 
     /// Events handed over that have reached a final count (all but the in-flight ones).

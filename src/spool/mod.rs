@@ -368,10 +368,7 @@ impl Spool {
     pub fn metrics(&self) -> MetricsSnapshot {
         let shared = &self.inner.shared;
         let mut snapshot = shared.counters.snapshot(self.inner.tx.len());
-        let (first, last) = (
-            snapshot.last_seq + 1 - snapshot.stored_events,
-            snapshot.last_seq,
-        );
+        let (first, last) = (shared.counters.first_seq(), snapshot.last_seq);
         snapshot.sinks = shared
             .sinks
             .iter()

@@ -200,6 +200,7 @@ impl Writer {
         self.first_seq = kept.first_seq;
         self.stored_bytes = kept.stored_bytes;
         let c = &self.shared.counters;
+        c.first_stored.store(self.first_seq, Relaxed);
         c.last_seq.store(self.next_seq - 1, Relaxed);
         c.stored_events
             .store(self.next_seq - self.first_seq, Relaxed);

@@ -127,6 +127,7 @@ impl Writer {
     ) -> Self {
         let c = &shared.counters;
         c.last_seq.store(state.last_seq, Relaxed);
+        c.first_stored.store(state.first_seq, Relaxed);
         c.stored_events
             .store(state.last_seq + 1 - state.first_seq, Relaxed);
         c.stored_bytes.store(state.stored_bytes, Relaxed);
