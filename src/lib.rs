@@ -57,8 +57,13 @@
 //! # Ok::<(), eventspool::Error>(())
 //! ```
 //!
-//! Webhooks are added on the builder with [`WebhookSink`]; see
-//! `examples/quickstart.rs` for delivery through a receiver outage.
+//! Webhooks are added on the builder with [`WebhookSink`] (one request in flight, or
+//! many with [`Order::PerKey`] / [`Order::Unordered`]); see `examples/quickstart.rs` for
+//! delivery through a receiver outage, and `examples/receiver.rs` with
+//! `examples/send.rs` for a receiver that checks signatures.
+//!
+//! The [`guide`] holds the rest: every guarantee with the test that holds it, how the
+//! whole is tortured and fuzzed, and the performance figures with their commands.
 //!
 //! ## Guarantees
 //! - `append` returning `Ok(seq)` means committed; `emit` never loses an event
