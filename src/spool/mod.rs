@@ -287,7 +287,8 @@ impl Spool {
     ///
     /// Idempotent: later calls return the first call's report; `emit`/`append` then
     /// fail with [`Error::Closed`]. Queries keep working on a closed spool. Once it
-    /// returns, no thread of the spool is left.
+    /// returns, no thread of the spool is left (unless a sink is inside a request that
+    /// outlasts the timeout by more than 200 ms: that thread ends with the request).
     ///
     /// # Errors
     /// [`Error::Timeout`] if not everything was committed in time: the rest is
