@@ -255,7 +255,8 @@ pub const DEFAULT_QUERY_LIMIT: usize = 1000;
 ///     .limit(100);
 /// assert_eq!(q.limit, 100);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct EventQuery {
     /// Only events with `timestamp_ms >= since_ms`.

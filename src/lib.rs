@@ -75,10 +75,12 @@
 //!   batch in flight (or, with [`WebhookSink::commit_every`]`(n)`, the last `n`). An
 //!   event is deleted once every sink and consumer acknowledged it.
 //! - Bad input gets an [`enum@Error`], never a panic, and never touches what is stored.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
 
+#[cfg(feature = "capi")]
+pub mod capi;
 mod config;
 mod delivery;
 mod error;

@@ -102,7 +102,7 @@ impl Counters {
 /// The counters balance: `emitted = committed + filtered + dropped_overflow + rejected
 /// + abandoned + in flight`, where in flight is what sits in the channel or in the
 /// writer's current batch (0 after [`Spool::flush`](crate::Spool::flush) returns).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct MetricsSnapshot {
     /// Events handed to `emit`, `append` or `append_batch`.
@@ -496,7 +496,7 @@ impl SinkCounters {
 ///
 /// They balance: every event committed after the sink was registered is `delivered`,
 /// `dead_lettered`, `evicted_unsent`, `filtered`, or still in `lag`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct SinkMetrics {
     /// The sink's name.
@@ -560,7 +560,7 @@ pub struct SinkMetrics {
 /// A registered consumer's counters (subscribers, `drain_to` sinks, retired sinks;
 /// sinks of the spool are in [`SinkMetrics`]), in
 /// [`MetricsSnapshot`](crate::MetricsSnapshot), whether a subscription is open or not.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ConsumerMetrics {
     /// The consumer's name.

@@ -354,6 +354,7 @@ impl WebhookSink {
         let plain = https
             && match error {
                 ureq::Error::Io(e) => e.kind() == std::io::ErrorKind::UnexpectedEof,
+                #[cfg(feature = "tls")]
                 ureq::Error::Rustls(_) => true,
                 _ => false,
             };
@@ -476,6 +477,12 @@ impl Sink for WebhookSink {
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(format!(
                 "sink {name}: URL must be http:// or https:// with a host, not {}",
+                self.shown
+            ));
+        }
+        if !cfg!(feature = "tls") && uri.scheme_str() == Some("https") {
+            return Err(format!(
+                "sink {name}: https needs the `tls` feature, which this build leaves out: {}",
                 self.shown
             ));
         }

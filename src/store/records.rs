@@ -22,7 +22,8 @@ pub enum SeekPosition {
 
 /// What a registered consumer is. Sinks and consumers share one namespace: a name
 /// that is a sink of the spool cannot be used through the consumer APIs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ConsumerKind {
     /// A sink the spool was opened with: only its deliveries move its cursor.
@@ -69,7 +70,7 @@ impl std::fmt::Display for ConsumerKind {
 }
 
 /// What `Spool::consumers` reports of one consumer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ConsumerInfo {
     /// The consumer's name.
@@ -85,7 +86,7 @@ pub struct ConsumerInfo {
 }
 
 /// An event a sink gave up on, with why.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 #[non_exhaustive]
 pub struct DeadLetter {
     /// The event as it was stored.
