@@ -90,3 +90,123 @@ fn a_c_program_uses_every_call_and_gets_clear_errors() -> common::TestResult {
     spool.close(std::time::Duration::from_secs(5))?;
     Ok(())
 }
+
+/// Whether `cc -fsanitize=address` builds and runs a program here; the reason if not.
+fn address_sanitizer(dir: &std::path::Path) -> Result<(), String> {
+    let probe = dir.join("probe.c");
+    std::fs::write(&probe, "int main(void) { return 0; }\n").map_err(|e| e.to_string())?;
+    let program = dir.join("probe");
+    let built = std::process::Command::new(capi::cc())
+        .args(["-fsanitize=address", "-o"])
+        .arg(&program)
+        .arg(&probe)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !built.status.success() {
+        return Err(String::from_utf8_lossy(&built.stderr).into_owned());
+    }
+    let ran = std::process::Command::new(&program)
+        .output()
+        .map_err(|e| e.to_string())?;
+    match ran.status.success() {
+        true => Ok(()),
+        false => Err(String::from_utf8_lossy(&ran.stderr).into_owned()),
+    }
+}
+
+#[test]
+fn open_emit_query_subscribe_close_cycles_under_address_sanitizer() -> common::TestResult {
+    let dir = tempfile::tempdir()?;
+    if let Err(reason) = address_sanitizer(dir.path()) {
+        println!("SKIPPED: the compiler has no AddressSanitizer runtime here: {reason}");
+        return Ok(());
+    }
+    let program = dir.path().join("capi_test_asan");
+    let flags = ["-fsanitize=address", "-fno-omit-frame-pointer"];
+    capi::compile(capi::library(), &[c_source("capi_test.c")], &program, &flags);
+    let output = std::process::Command::new(&program)
+        .arg(dir.path())
+        .arg("5")
+        // Leaks are errors (LeakSanitizer runs at exit); any report fails the run.
+        .env("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1:exitcode=23")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && !stderr.contains("Sanitizer"),
+        "under AddressSanitizer ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("all ok: 5 cycles"), "{stdout}");
+    Ok(())
+}
+
+#[test]
+fn kill_9_of_a_c_program_mid_append_loses_no_acknowledged_seq() -> common::TestResult {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir()?;
+    let program = dir.path().join("crash_append");
+    capi::compile(capi::library(), &[c_source("crash_append.c")], &program, &[]);
+    let path = dir.path().join("events.db");
+    let mut rng = common::Rng::seeded();
+    let mut acknowledged = Vec::new();
+    for _ in 0..5 {
+        let mut child = std::process::Command::new(&program)
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        let wanted = 20 + rng.below(500) as usize;
+        for _ in 0..wanted {
+            let line = lines.next().expect("the child appends until killed")?;
+            acknowledged.push(line.parse::<u64>()?);
+        }
+        child.kill()?; // SIGKILL, mid-append
+        // Seqs printed before the kill landed were acknowledged too.
+        for line in lines {
+            acknowledged.push(line?.parse::<u64>()?);
+        }
+        child.wait()?;
+    }
+    let spool = eventspool::Spool::open(&path)?;
+    let stored: std::collections::HashSet<u64> = common::all_events(&spool)
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    let lost: Vec<u64> = acknowledged
+        .iter()
+        .copied()
+        .filter(|seq| !stored.contains(seq))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged but gone after kill -9: {lost:?}");
+    assert!(acknowledged.windows(2).all(|w| w[0] < w[1]), "seqs go up across restarts");
+    println!("{} acknowledged seqs, all there after 5 kills", acknowledged.len());
+    spool.close(std::time::Duration::from_secs(5))?;
+    Ok(())
+}
+
+#[test]
+fn the_c_example_delivers_to_a_webhook_linked_statically() -> common::TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = common::http::Server::start();
+    let program = dir.path().join("example");
+    let example = root().join("examples/c/example.c");
+    capi::compile_static(capi::library(), &[example], &program);
+    let spool = dir.path().join("example.db");
+    let out = run(
+        &program,
+        &[server.url().as_ref(), spool.as_os_str()],
+    );
+    println!("{out}");
+    assert!(out.contains("order.paid committed as seq 11"), "{out}");
+    assert!(out.contains("billing read 11 events"), "{out}");
+    assert!(out.contains("orders-hook delivered 11 events"), "{out}");
+    let seqs: Vec<u64> = server
+        .requests()
+        .iter()
+        .flat_map(|r| r.json().as_array().cloned().unwrap_or_default())
+        .map(|e| e["seq"].as_u64().unwrap_or_default())
+        .collect();
+    assert_eq!(seqs, (1..=11).collect::<Vec<_>>(), "the receiver got each event in order");
+    Ok(())
+}
