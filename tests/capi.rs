@@ -15,11 +15,21 @@ fn generated_header() -> String {
     let dir = root().join("src/capi");
     let config = cbindgen::Config::from_file(dir.join("cbindgen.toml")).expect("cbindgen.toml");
     let mut builder = cbindgen::Builder::new().with_config(config);
-    for file in ["status.rs", "mod.rs", "args.rs", "spool.rs", "subscription.rs", "sink.rs"] {
+    for file in [
+        "status.rs",
+        "mod.rs",
+        "args.rs",
+        "spool.rs",
+        "subscription.rs",
+        "sink.rs",
+    ] {
         builder = builder.with_src(dir.join(file));
     }
     let mut header = Vec::new();
-    builder.generate().expect("cbindgen parses src/capi").write(&mut header);
+    builder
+        .generate()
+        .expect("cbindgen parses src/capi")
+        .write(&mut header);
     String::from_utf8(header).expect("UTF-8")
 }
 
@@ -123,7 +133,12 @@ fn open_emit_query_subscribe_close_cycles_under_address_sanitizer() -> common::T
     }
     let program = dir.path().join("capi_test_asan");
     let flags = ["-fsanitize=address", "-fno-omit-frame-pointer"];
-    capi::compile(capi::library(), &[c_source("capi_test.c")], &program, &flags);
+    capi::compile(
+        capi::library(),
+        &[c_source("capi_test.c")],
+        &program,
+        &flags,
+    );
     let output = std::process::Command::new(&program)
         .arg(dir.path())
         .arg("5")
@@ -146,7 +161,12 @@ fn kill_9_of_a_c_program_mid_append_loses_no_acknowledged_seq() -> common::TestR
     use std::io::BufRead;
     let dir = tempfile::tempdir()?;
     let program = dir.path().join("crash_append");
-    capi::compile(capi::library(), &[c_source("crash_append.c")], &program, &[]);
+    capi::compile(
+        capi::library(),
+        &[c_source("crash_append.c")],
+        &program,
+        &[],
+    );
     let path = dir.path().join("events.db");
     let mut rng = common::Rng::seeded();
     let mut acknowledged = Vec::new();
@@ -169,18 +189,25 @@ fn kill_9_of_a_c_program_mid_append_loses_no_acknowledged_seq() -> common::TestR
         child.wait()?;
     }
     let spool = eventspool::Spool::open(&path)?;
-    let stored: std::collections::HashSet<u64> = common::all_events(&spool)
-        .iter()
-        .map(|e| e.seq)
-        .collect();
+    let stored: std::collections::HashSet<u64> =
+        common::all_events(&spool).iter().map(|e| e.seq).collect();
     let lost: Vec<u64> = acknowledged
         .iter()
         .copied()
         .filter(|seq| !stored.contains(seq))
         .collect();
-    assert!(lost.is_empty(), "acknowledged but gone after kill -9: {lost:?}");
-    assert!(acknowledged.windows(2).all(|w| w[0] < w[1]), "seqs go up across restarts");
-    println!("{} acknowledged seqs, all there after 5 kills", acknowledged.len());
+    assert!(
+        lost.is_empty(),
+        "acknowledged but gone after kill -9: {lost:?}"
+    );
+    assert!(
+        acknowledged.windows(2).all(|w| w[0] < w[1]),
+        "seqs go up across restarts"
+    );
+    println!(
+        "{} acknowledged seqs, all there after 5 kills",
+        acknowledged.len()
+    );
     spool.close(std::time::Duration::from_secs(5))?;
     Ok(())
 }
@@ -193,10 +220,7 @@ fn the_c_example_delivers_to_a_webhook_linked_statically() -> common::TestResult
     let example = root().join("examples/c/example.c");
     capi::compile_static(capi::library(), &[example], &program);
     let spool = dir.path().join("example.db");
-    let out = run(
-        &program,
-        &[server.url().as_ref(), spool.as_os_str()],
-    );
+    let out = run(&program, &[server.url().as_ref(), spool.as_os_str()]);
     println!("{out}");
     assert!(out.contains("order.paid committed as seq 11"), "{out}");
     assert!(out.contains("billing read 11 events"), "{out}");
@@ -207,6 +231,56 @@ fn the_c_example_delivers_to_a_webhook_linked_statically() -> common::TestResult
         .flat_map(|r| r.json().as_array().cloned().unwrap_or_default())
         .map(|e| e["seq"].as_u64().unwrap_or_default())
         .collect();
-    assert_eq!(seqs, (1..=11).collect::<Vec<_>>(), "the receiver got each event in order");
+    assert_eq!(
+        seqs,
+        (1..=11).collect::<Vec<_>>(),
+        "the receiver got each event in order"
+    );
+    Ok(())
+}
+
+/// Runs `python3` with the ctypes module on its path and the freshly built library.
+fn python(args: &[&str]) -> String {
+    let output = std::process::Command::new("python3")
+        .args(args)
+        .current_dir(root())
+        .env("EVENTSPOOL_LIB", &capi::library().shared)
+        .output()
+        .expect("python3 runs (every machine here has it; install it if this one does not)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "python3 {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    format!("{stdout}{stderr}")
+}
+
+#[test]
+fn the_python_wrapper_works_end_to_end() {
+    let out = python(&["-m", "unittest", "-v", "tests/python/test_eventspool.py"]);
+    println!("{out}");
+    assert!(out.contains("Ran 5 tests"), "{out}");
+    assert!(out.contains("OK"), "{out}");
+}
+
+#[test]
+fn the_python_example_runs() -> common::TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("example.db");
+    let out = python(&["examples/python/example.py", path.to_str().expect("UTF-8")]);
+    println!("{out}");
+    for line in [
+        "order.paid committed as seq 11",
+        "billing read 12 events",
+        "ledger received 11 events, seqs 1..11",
+        "dead letters of ledger: ['the ledger refuses fraud (permanent)']",
+        "closed",
+    ] {
+        assert!(
+            out.contains(line),
+            "the example did not print {line:?}:\n{out}"
+        );
+    }
     Ok(())
 }

@@ -47,7 +47,14 @@ pub fn build(extra: &[&str]) -> CLibrary {
     }
     let output = command
         .current_dir(root())
-        .args(["rustc", "--lib", "--features", "capi", "--crate-type", "cdylib,staticlib"])
+        .args([
+            "rustc",
+            "--lib",
+            "--features",
+            "capi",
+            "--crate-type",
+            "cdylib,staticlib",
+        ])
         .args(["--message-format", "json-render-diagnostics"])
         .args(extra)
         .output()
@@ -63,8 +70,7 @@ pub fn build(extra: &[&str]) -> CLibrary {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if message["reason"] != "compiler-artifact" || message["target"]["name"] != "eventspool"
-        {
+        if message["reason"] != "compiler-artifact" || message["target"]["name"] != "eventspool" {
             continue;
         }
         for file in message["filenames"].as_array().into_iter().flatten() {
