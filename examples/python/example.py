@@ -27,7 +27,8 @@ def to_ledger(events):
 
 
 path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(tempfile.mkdtemp(), "events.db")
-sinks = [Sink("ledger", to_ledger, batch=10, max_retries=3, backoff_min_ms=10)]
+# One event per call: a refusal dead-letters the whole batch it came in.
+sinks = [Sink("ledger", to_ledger, batch=1, max_retries=3, backoff_min_ms=10)]
 with Spool(path, {"max_bytes": 64 << 20}, sinks=sinks) as spool:
     spool.seek("billing", "last_acknowledged")  # registered first, so the events wait for it
     for i in range(10):
