@@ -1,6 +1,6 @@
 //! The benchmark harness: `cargo run --release --example bench [-- --quick]`
-//! (`--ingest`, `--delivery`, `--consume`, `--open` or `--concurrency` for only those
-//! figures).
+//! (`--ingest`, `--delivery`, `--consume`, `--open`, `--concurrency` or `--capi` for only
+//! those figures).
 //!
 //! Every figure is printed next to a baseline measured in the same run (raw rusqlite
 //! batched inserts, and a naive autocommit-per-event loop), because the machines this
@@ -8,6 +8,10 @@
 
 #[path = "support/receiver.rs"]
 mod support;
+
+#[allow(dead_code)] // the tests use more of it
+#[path = "../tests/common/capi.rs"]
+mod capi;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -814,6 +818,106 @@ fn opening(d: &std::path::Path, s: &Scale) {
     println!("| `Spool::open` | {ours:.2} | {:.2}× |", ours / raw);
 }
 
+/// Runs the C bench program (`examples/c/bench.c`): events/s of `mode` from C.
+fn c_bench(program: &std::path::Path, path: &std::path::Path, n: u64, mode: &str) -> f64 {
+    let out = std::process::Command::new(program)
+        .arg(path)
+        .arg(n.to_string())
+        .arg(mode)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ns: u64 = text.split_whitespace().nth(4).unwrap().parse().unwrap();
+    rate(n, Duration::from_nanos(ns))
+}
+
+/// `emit` through the Python wrapper (ctypes) until `flush` returns: events/s.
+fn python_bench(library: &std::path::Path, path: &std::path::Path, n: u64) -> f64 {
+    let script = format!(
+        "import sys, time; sys.path.insert(0, 'examples/python'); import eventspool\n\
+         s = eventspool.Spool(sys.argv[1], {{'max_bytes': 2**64 - 1}})\n\
+         data = [{{'n': i, 'pad': 'x' * 230}} for i in range({n})]\n\
+         t = time.perf_counter()\n\
+         for d in data: s.emit('bench.event', d)\n\
+         s.flush()\n\
+         print(time.perf_counter() - t); s.close()"
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .arg(path)
+        .env("EVENTSPOOL_LIB", library)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let secs: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    n as f64 / secs
+}
+
+/// The library's file stripped of symbols and debug info, in KiB.
+fn stripped_kib(library: &std::path::Path, dir: &std::path::Path, name: &str) -> u64 {
+    let copy = dir.join(name);
+    let status = std::process::Command::new("strip")
+        .arg("-o")
+        .arg(&copy)
+        .arg(library)
+        .status()
+        .unwrap();
+    assert!(status.success(), "strip failed");
+    std::fs::metadata(copy).unwrap().len() / 1024
+}
+
+/// The C API against the same calls from Rust, alternating, and the library's size
+/// with and without TLS.
+fn c_api(d: &std::path::Path, s: &Scale) {
+    let library = capi::build(&["--release"]);
+    let program = d.join("c-bench");
+    let source = capi::root().join("examples/c/bench.c");
+    capi::compile(&library, &[source], &program, &["-O2"]);
+    let (mut rust, mut c) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        rust.push(emit_throughput(d, &format!("rust-emit{round}.db"), s.emit));
+        c.push(c_bench(&program, &d.join(format!("c-emit{round}.db")), s.emit, "emit"));
+    }
+    let (rust_emit, c_emit) = (median(&mut rust), median(&mut c));
+    let appends = s.append[0].1;
+    let (mut rust, mut c) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        let dir = d.join(format!("append{round}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        rust.push(append_throughput(&dir, 1, appends).0);
+        c.push(c_bench(&program, &dir.join("c.db"), appends, "append"));
+    }
+    let (rust_append, c_append) = (median(&mut rust), median(&mut c));
+    let python = python_bench(&library.shared, &d.join("python.db"), s.emit / 10);
+    println!("| `emit` until `flush`, 1 thread (median of 3, alternating) | events/s | vs Rust |");
+    println!("|---|---:|---:|");
+    println!("| Rust `Spool::emit` (`Event::from_json`) | {rust_emit:.0} | 1.00× |");
+    println!("| C `eventspool_emit` | {c_emit:.0} | {:.2}× |", c_emit / rust_emit);
+    println!(
+        "| Python `Spool.emit` (ctypes, {} events, `json.dumps` included) | {python:.0} | {:.2}× |",
+        s.emit / 10,
+        python / rust_emit
+    );
+    println!(
+        "| Rust `Spool::append`, 1 thread, {appends} events | {rust_append:.0} | 1.00× |"
+    );
+    println!(
+        "| C `eventspool_append`, 1 thread | {c_append:.0} | {:.2}× |",
+        c_append / rust_append
+    );
+    let with_tls = stripped_kib(&library.shared, d, "with-tls.so");
+    let without = capi::build(&["--release", "--no-default-features"]);
+    let without_tls = stripped_kib(&without.shared, d, "without-tls.so");
+    capi::build(&["--release"]); // leave target/release/ as the default build has it
+    println!();
+    println!(
+        "Stripped `libeventspool.so`: {with_tls} KiB with the default features, \
+         {without_tls} KiB without `tls` (`--no-default-features --features capi`)"
+    );
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -834,6 +938,7 @@ fn main() {
     let ingest_only = args.iter().any(|a| a == "--ingest");
     let open_only = args.iter().any(|a| a == "--open");
     let concurrency_only = args.iter().any(|a| a == "--concurrency");
+    let capi_only = args.iter().any(|a| a == "--capi");
     let s = if quick { QUICK } else { FULL };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -857,6 +962,9 @@ fn main() {
     }
     if concurrency_only {
         return concurrency(d, &s);
+    }
+    if capi_only {
+        return c_api(d, &s);
     }
     let (mut bases, mut emits) = (Vec::new(), Vec::new());
     for round in 0..3 {
