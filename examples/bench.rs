@@ -818,18 +818,87 @@ fn opening(d: &std::path::Path, s: &Scale) {
     println!("| `Spool::open` | {ours:.2} | {:.2}× |", ours / raw);
 }
 
-/// Runs the C bench program (`examples/c/bench.c`): events/s of `mode` from C.
-fn c_bench(program: &std::path::Path, path: &std::path::Path, n: u64, mode: &str) -> f64 {
+/// How long `n` calls took on the caller's thread, and until `flush` returned.
+#[derive(Debug, Clone, Copy)]
+struct Timed {
+    calls: Duration,
+    until_flush: Duration,
+}
+
+/// Runs the C bench program (`examples/c/bench.c`) for `n` calls of `mode`.
+fn c_bench(program: &std::path::Path, path: &std::path::Path, n: u64, mode: &str) -> Timed {
     let out = std::process::Command::new(program)
         .arg(path)
         .arg(n.to_string())
         .arg(mode)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    let ns: u64 = text.split_whitespace().nth(4).unwrap().parse().unwrap();
-    rate(n, Duration::from_nanos(ns))
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let ns = |i: usize| Duration::from_nanos(words[i].parse().unwrap());
+    Timed {
+        calls: ns(4),
+        until_flush: ns(8),
+    }
+}
+
+/// The Rust side of [`c_bench`]: the same bodies, made before the clock starts.
+fn rust_bench(path: &std::path::Path, n: u64, mode: &str) -> Timed {
+    let spool = Spool::builder(path)
+        .max_bytes(u64::MAX)
+        .channel_capacity(1 << 20)
+        .open()
+        .unwrap();
+    let bodies: Vec<String> = (0..n).map(payload).collect();
+    let start = Instant::now();
+    match mode {
+        // As C hands them over: borrowed, so emit copies them.
+        "emit-borrowed" => {
+            for body in &bodies {
+                spool
+                    .emit(Event::from_json("bench.event", body.as_str()))
+                    .unwrap();
+            }
+        }
+        "append" => {
+            for body in bodies {
+                spool.append(Event::from_json("bench.event", body)).unwrap();
+            }
+        }
+        _ => {
+            for body in bodies {
+                spool.emit(Event::from_json("bench.event", body)).unwrap();
+            }
+        }
+    }
+    let calls = start.elapsed();
+    spool.flush(Duration::from_secs(600)).unwrap();
+    Timed {
+        calls,
+        until_flush: start.elapsed(),
+    }
+}
+
+/// Alternates Rust and C `rounds` times; the median of each pair's C/Rust ratio of
+/// `measure` (a rate: higher is better), with the medians of the rates themselves.
+fn alternate(
+    rounds: usize,
+    mut rust: impl FnMut(usize) -> f64,
+    mut c: impl FnMut(usize) -> f64,
+) -> (f64, f64, f64) {
+    let (mut rs, mut cs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (r, c) = (rust(round), c(round));
+        ratios.push(c / r);
+        rs.push(r);
+        cs.push(c);
+    }
+    (median(&mut rs), median(&mut cs), median(&mut ratios))
 }
 
 /// `emit` through the Python wrapper (ctypes) until `flush` returns: events/s.
@@ -850,7 +919,11 @@ fn python_bench(library: &std::path::Path, path: &std::path::Path, n: u64) -> f6
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let secs: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     n as f64 / secs
 }
@@ -875,37 +948,60 @@ fn c_api(d: &std::path::Path, s: &Scale) {
     let program = d.join("c-bench");
     let source = capi::root().join("examples/c/bench.c");
     capi::compile(&library, &[source], &program, &["-O2"]);
-    let (mut rust, mut c) = (Vec::new(), Vec::new());
-    for round in 0..3 {
-        rust.push(emit_throughput(d, &format!("rust-emit{round}.db"), s.emit));
-        c.push(c_bench(&program, &d.join(format!("c-emit{round}.db")), s.emit, "emit"));
-    }
-    let (rust_emit, c_emit) = (median(&mut rust), median(&mut c));
+    let file = |kind: &str, round: usize| d.join(format!("{kind}{round}.db"));
+    // Below the channel's capacity: the calls never wait for the writer.
+    let calls = s.emit / 2;
+    let per_call = |t: Timed| calls as f64 / t.calls.as_secs_f64();
+    let (rust_calls, c_calls, calls_ratio) = alternate(
+        7,
+        |r| per_call(rust_bench(&file("rust-calls", r), calls, "emit")),
+        |r| per_call(c_bench(&program, &file("c-calls", r), calls, "emit")),
+    );
+    let (rust_borrowed, _, borrowed_ratio) = alternate(
+        7,
+        |r| {
+            per_call(rust_bench(
+                &file("rust-borrowed", r),
+                calls,
+                "emit-borrowed",
+            ))
+        },
+        |r| per_call(c_bench(&program, &file("c-calls2", r), calls, "emit")),
+    );
+    let flushed = |n: u64| move |t: Timed| n as f64 / t.until_flush.as_secs_f64();
+    let (rust_emit, c_emit, emit_ratio) = alternate(
+        5,
+        |r| flushed(s.emit)(rust_bench(&file("rust-emit", r), s.emit, "emit")),
+        |r| flushed(s.emit)(c_bench(&program, &file("c-emit", r), s.emit, "emit")),
+    );
     let appends = s.append[0].1;
-    let (mut rust, mut c) = (Vec::new(), Vec::new());
-    for round in 0..3 {
-        let dir = d.join(format!("append{round}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        rust.push(append_throughput(&dir, 1, appends).0);
-        c.push(c_bench(&program, &dir.join("c.db"), appends, "append"));
-    }
-    let (rust_append, c_append) = (median(&mut rust), median(&mut c));
+    let (rust_append, c_append, append_ratio) = alternate(
+        5,
+        |r| flushed(appends)(rust_bench(&file("rust-append", r), appends, "append")),
+        |r| flushed(appends)(c_bench(&program, &file("c-append", r), appends, "append")),
+    );
     let python = python_bench(&library.shared, &d.join("python.db"), s.emit / 10);
-    println!("| `emit` until `flush`, 1 thread (median of 3, alternating) | events/s | vs Rust |");
-    println!("|---|---:|---:|");
-    println!("| Rust `Spool::emit` (`Event::from_json`) | {rust_emit:.0} | 1.00× |");
-    println!("| C `eventspool_emit` | {c_emit:.0} | {:.2}× |", c_emit / rust_emit);
     println!(
-        "| Python `Spool.emit` (ctypes, {} events, `json.dumps` included) | {python:.0} | {:.2}× |",
+        "| 1 thread, Rust and C alternating | Rust events/s | C events/s | C / Rust (median of pairs) |"
+    );
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| `emit` calls, {calls} events (room in the channel; 7 pairs) | {rust_calls:.0} | {c_calls:.0} | {calls_ratio:.2}× |"
+    );
+    println!(
+        "| `emit` calls, Rust borrowing the JSON as C does (it is copied), 7 pairs | {rust_borrowed:.0} | | {borrowed_ratio:.2}× |"
+    );
+    println!(
+        "| `emit` until `flush`, {} events (5 pairs) | {rust_emit:.0} | {c_emit:.0} | {emit_ratio:.2}× |",
+        s.emit
+    );
+    println!(
+        "| `append`, {appends} events (5 pairs) | {rust_append:.0} | {c_append:.0} | {append_ratio:.2}× |"
+    );
+    println!(
+        "| Python `Spool.emit` until `flush` (ctypes, `json.dumps` included), {} events | | {python:.0} | {:.2}× |",
         s.emit / 10,
         python / rust_emit
-    );
-    println!(
-        "| Rust `Spool::append`, 1 thread, {appends} events | {rust_append:.0} | 1.00× |"
-    );
-    println!(
-        "| C `eventspool_append`, 1 thread | {c_append:.0} | {:.2}× |",
-        c_append / rust_append
     );
     let with_tls = stripped_kib(&library.shared, d, "with-tls.so");
     let without = capi::build(&["--release", "--no-default-features"]);

@@ -244,7 +244,8 @@ fn size_of(data: &str, event_type: &str, optional: [Option<&str>; 3]) -> u64 {
 pub const DEFAULT_QUERY_LIMIT: usize = 1000;
 
 /// A query over the stored events: every condition set must hold; results come in
-/// `seq` order.
+/// `seq` order. It deserializes (serde) from its field names, each optional, as the C
+/// API's `eventspool_query` takes it: `{"event_types": ["order.*"], "limit": 100}`.
 ///
 /// ```
 /// use eventspool::EventQuery;

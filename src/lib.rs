@@ -22,6 +22,7 @@
 //!    (readers for len, query, subscriptions, dead letters), records.rs (what it stores)
 //!  subscribe.rs: consumer groups    shared.rs: what the threads share with the handle
 //!  metrics.rs: counters and snapshots    error.rs, event.rs, config.rs, time.rs: below all
+//!  capi/ (feature `capi`): the C API over spool/ and subscribe.rs, above everything
 //! ```
 //!
 //! ## A tour
@@ -61,6 +62,10 @@
 //! many with [`Order::PerKey`] / [`Order::Unordered`]); see `examples/quickstart.rs` for
 //! delivery through a receiver outage, and `examples/receiver.rs` with
 //! `examples/send.rs` for a receiver that checks signatures.
+//!
+//! C, C++ and Python programs use the same spool through the C API (feature `capi`,
+//! module `capi`, header `src/capi/eventspool.h`); `examples/c/` and
+//! `examples/python/` show both.
 //!
 //! The [`guide`] holds the rest: every guarantee with the test that holds it, how the
 //! whole is tortured and fuzzed, and the performance figures with their commands.

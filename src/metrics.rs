@@ -102,6 +102,8 @@ impl Counters {
 /// The counters balance: `emitted = committed + filtered + dropped_overflow + rejected
 /// + abandoned + in flight`, where in flight is what sits in the channel or in the
 /// writer's current batch (0 after [`Spool::flush`](crate::Spool::flush) returns).
+///
+/// Serializes (serde) with its field names, as the C API's `eventspool_metrics_json` does.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct MetricsSnapshot {

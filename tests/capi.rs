@@ -284,3 +284,29 @@ fn the_python_example_runs() -> common::TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn the_header_compiles_as_cpp_and_links() -> common::TestResult {
+    let dir = tempfile::tempdir()?;
+    let program = dir.path().join("header_check");
+    let library = capi::library();
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let status = std::process::Command::new(cxx)
+        .args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(capi::include_dir())
+        .arg(c_source("header_check.cpp"))
+        .arg("-o")
+        .arg(&program)
+        .arg("-L")
+        .arg(&library.dir)
+        .arg(format!("-Wl,-rpath,{}", library.dir.display()))
+        .args(["-leventspool", "-lpthread", "-ldl", "-lm"])
+        .status()?;
+    assert!(status.success(), "c++ failed on the header");
+    let out = run(&program, &[]);
+    assert!(
+        out.contains("EVENTSPOOL_INVALID_ARGUMENT spool handle is NULL"),
+        "{out}"
+    );
+    Ok(())
+}

@@ -533,6 +533,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn https_needs_the_tls_feature_and_says_so() {
+        let https = WebhookSink::new("hook", "https://example.test/hook").check();
+        if cfg!(feature = "tls") {
+            assert!(https.is_ok(), "{https:?}");
+        } else {
+            let message = https.unwrap_err();
+            assert!(
+                message.contains("https needs the `tls` feature"),
+                "{message}"
+            );
+        }
+        assert!(
+            WebhookSink::new("hook", "http://example.test/hook")
+                .check()
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn statuses_follow_the_delivery_rules() {
         assert!(classify(204, None, "u").is_ok());
         for retryable in [408, 429, 500, 503] {
