@@ -242,4 +242,4 @@
 //!
 //! The stripped `libeventspool.so` (x86-64, release): 5 403 KiB with the default
 //! features, 3 804 KiB without `tls` (`--no-default-features --features capi`: no rustls,
-//! no ring, plain `http://` webhooks only). The bundled SQLite is about 1.5 MiB of it.
+//! no ring, plain `http://` webhooks only).
