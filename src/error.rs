@@ -155,7 +155,8 @@ impl fmt::Display for Error {
             Error::Timeout { waited } => write!(f, "timed out: gave up after {waited:?}"),
             Error::Locked(p) => write!(
                 f,
-                "spool locked: another process or handle owns {}",
+                "spool locked: another process or handle owns {} (it holds the lock file {}.lock)",
+                p.display(),
                 p.display()
             ),
             Error::NotASpool(p) => {

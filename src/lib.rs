@@ -91,6 +91,7 @@ mod delivery;
 mod error;
 mod event;
 pub mod guide;
+mod inspect;
 mod metrics;
 mod reply;
 mod shared;
@@ -108,6 +109,7 @@ pub use config::{
 };
 pub use error::{DeliveryError, Error, Result, StorageError};
 pub use event::{DEFAULT_QUERY_LIMIT, Event, EventQuery, SeqNo, StoredEvent};
+pub use inspect::{CheckReport, Inspector, MovedEvent, Problem, RepairReport, SpoolStat, repair};
 pub use metrics::{ConsumerMetrics, MetricsSnapshot, SinkMetrics};
 pub use sink::http_date::parse_retry_after;
 pub use sink::order::{Concurrency, DEFAULT_WINDOW, Order};
@@ -116,7 +118,7 @@ pub use sink::signing::{DEFAULT_TOLERANCE, SigningSecret, Verifier, VerifyError,
 pub use sink::webhook::{DEFAULT_WEBHOOK_TIMEOUT, WebhookSink};
 pub use sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, MAX_SINK_BATCH, Sink, key_of};
 pub use spool::{CloseReport, DEFAULT_CLOSE_TIMEOUT, Spool, SpoolBuilder, Undelivered};
-pub use store::{ConsumerInfo, ConsumerKind, DeadLetter, SeekPosition};
+pub use store::{ConsumerInfo, ConsumerKind, DeadLetter, DeadLetterSummary, SeekPosition};
 pub use subscribe::Subscription;
 
 /// The README's code blocks, run as doc tests: its tour runs as written.

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::http::Server;
@@ -196,47 +195,6 @@ fn a_file_replaced_while_open_is_left_alone_and_saved_beside_it() -> TestResult 
     let saved = Spool::open(&rescued)?;
     assert_eq!(numbers(&saved), (0..10).collect::<Vec<_>>());
     Ok(())
-}
-
-/// Child: commits 10 events and copies them into the file, holds a read transaction
-/// open so the next 10 stay in the WAL only, commits them, says so, and waits to be
-/// killed.
-fn wal_child(path: &Path) -> ! {
-    let spool = spool_with(path, 10).expect("first 10");
-    let reader = rusqlite::Connection::open(path).expect("reader");
-    reader
-        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-        .expect("checkpoint");
-    reader
-        .execute_batch("BEGIN; SELECT count(*) FROM events;")
-        .expect("read transaction");
-    for n in 10..20 {
-        spool.append(numbered(n)).expect("next 10");
-    }
-    std::fs::write(beside(path, ".ready"), b"ready").expect("ready file");
-    loop {
-        std::thread::park();
-    }
-}
-
-/// Runs [`wal_child`] in a child process (this binary, re-invoked for `test` alone) and
-/// kills it with SIGKILL once its last 10 commits are in the WAL only.
-fn crash_with_commits_in_the_wal(test: &str) -> (tempfile::TempDir, PathBuf) {
-    if let Ok(path) = std::env::var("EVENTSPOOL_WAL_CHILD") {
-        wal_child(Path::new(&path));
-    }
-    let (dir, path) = temp_spool();
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", test, "--nocapture"])
-        .env("EVENTSPOOL_WAL_CHILD", &path)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("child");
-    let ready = beside(&path, ".ready");
-    wait_until(T, "the child committed 20 events", || ready.exists());
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reaped");
-    (dir, path)
 }
 
 #[test]

@@ -49,7 +49,7 @@ pub(super) fn create_private(path: &Path) -> Result<File> {
 }
 
 /// Refuses a file that is not SQLite before SQLite may touch it.
-pub(super) fn check_header(path: &Path) -> Result<()> {
+pub(crate) fn check_header(path: &Path) -> Result<()> {
     let mut file =
         File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
     let mut header = [0u8; 100];
@@ -77,7 +77,7 @@ pub(super) fn check_header(path: &Path) -> Result<()> {
 ///
 /// The layout read is SQLite's WAL-index header (two copies of 48 bytes in native byte
 /// order, then the checkpoint info), documented in SQLite's `wal.c`.
-pub(super) fn lost_seqs(path: &Path) -> Option<u64> {
+pub(crate) fn lost_seqs(path: &Path) -> Option<u64> {
     const WAL_INDEX_VERSION: u32 = 3_007_000;
     // A row is at least its 2-byte cell pointer, a length, the rowid, and a record
     // header of one byte per column.

@@ -17,9 +17,9 @@ mod records;
 mod sql;
 
 pub(crate) use file::*;
-pub(crate) use pool::ReaderPool;
+pub(crate) use pool::{ReaderPool, open_file_only, open_reader};
 pub(crate) use records::*;
-pub use records::{ConsumerInfo, ConsumerKind, DeadLetter, SeekPosition};
+pub use records::{ConsumerInfo, ConsumerKind, DeadLetter, DeadLetterSummary, SeekPosition};
 pub(crate) use sql::*;
 
 /// Opens the writer's connection. The guards first, before SQLite touches the file: it

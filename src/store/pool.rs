@@ -69,7 +69,7 @@ impl ReaderPool {
     /// A pool of at most `max` connections to `path`, with one opened now so that a
     /// file that cannot be read fails here.
     pub(crate) fn new(path: &Path, max: u32, wait: Duration) -> Result<ReaderPool> {
-        let first = open(path)?;
+        let first = open_reader(path)?;
         Ok(ReaderPool {
             shared: Arc::new(Shared {
                 path: path.to_owned(),
@@ -104,7 +104,7 @@ impl ReaderPool {
             if state.open < pool.max {
                 state.open += 1;
                 drop(state);
-                return match open(&pool.path) {
+                return match open_reader(&pool.path) {
                     Ok(conn) => Ok(Pooled {
                         conn: Some(conn),
                         pool,
@@ -158,7 +158,7 @@ impl ReaderPool {
 }
 
 /// Opens a read-only connection with the readers' settings.
-fn open(path: &Path) -> Result<Connection> {
+pub(crate) fn open_reader(path: &Path) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).storage()?;
     conn.busy_timeout(super::BUSY_TIMEOUT).storage()?;
@@ -167,4 +167,25 @@ fn open(path: &Path) -> Result<Connection> {
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
         .storage()?;
     Ok(conn)
+}
+
+/// Opens the database file alone, read-only and immutable: SQLite neither reads nor
+/// writes `<path>-wal` and `<path>-shm` (for a file whose WAL was lost: its `-shm`
+/// is the evidence, which any other connection would reset).
+pub(crate) fn open_file_only(path: &Path) -> Result<Connection> {
+    let text = path.to_str().ok_or_else(|| {
+        Error::InvalidConfig(format!("the path is not UTF-8: {}", path.display()))
+    })?;
+    let mut uri = String::from("file:");
+    for c in text.chars() {
+        match c {
+            '%' | '?' | '#' => uri.push_str(&format!("%{:02X}", c as u32)),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    Connection::open_with_flags(uri, flags).storage()
 }

@@ -261,3 +261,39 @@ pub(crate) struct Behind {
     pub(crate) consumer: String,
     pub(crate) acked: SeqNo,
 }
+
+/// What the tables hold, counted row by row (see `sql::tally`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tally {
+    pub(crate) events: u64,
+    pub(crate) event_bytes: u64,
+    pub(crate) dead_letters: u64,
+    pub(crate) dead_letter_bytes: u64,
+    /// The timestamps of the lowest and highest stored seq.
+    pub(crate) oldest_ms: Option<i64>,
+    pub(crate) newest_ms: Option<i64>,
+}
+
+/// The size of the file in pages, as SQLite counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pages {
+    pub(crate) size: u64,
+    pub(crate) count: u64,
+    pub(crate) free: u64,
+}
+
+/// The dead letters of one sink, summed up.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct DeadLetterSummary {
+    /// The sink (or consumer) they belong to.
+    pub sink: String,
+    /// How many.
+    pub count: u64,
+    /// Their bytes, as the caps count them.
+    pub bytes: u64,
+    /// How many are marked for redelivery.
+    pub requeued: u64,
+    /// When the oldest failed, in ms since the epoch.
+    pub oldest_failed_at_ms: Option<i64>,
+}

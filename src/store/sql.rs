@@ -2,13 +2,16 @@
 //! writer's statements, the readers' queries, and the decoding of rows.
 //!
 //! Tables:
-//! - `events(seq, id, type, source, subject, ts, size, data)`: the stored events, always
-//!   one contiguous range of `seq`. `id` is NULL when the spool derives it from `seq`.
+//! - `events(seq, id, type, source, subject, ts, size, data)`: the stored events, one
+//!   contiguous range of `seq` but for damaged rows [`repair`] moved out. `id` is NULL
+//!   when the spool derives it from `seq`.
 //! - `state`: one row with the spool's random id, the highest `seq` ever assigned (so
 //!   `seq` is never reused, even after every event was deleted), the stored bytes, and
 //!   the dead letters' count and bytes.
 //! - `consumers(name, kind, acked)`: durable cursors of sinks and subscribers.
 //! - `dead_letters`: what sinks gave up on, with attempts, last error and size.
+//! - `meta(key, value)`: what the last owner opened the file with (`durability`,
+//!   `opened_at_ms`, `opened_by_pid`), for `Inspector::stat`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -20,7 +23,7 @@ use crate::config::SpoolConfig;
 use crate::error::{Error, Result, Storage, StorageError};
 use crate::event::{Event, EventQuery, SeqNo, StoredEvent};
 
-use super::records::{Behind, Bounds, Rows};
+use super::records::{Behind, Bounds, DeadLetterSummary, Pages, Rows, Tally};
 use super::records::{
     ConsumerInfo, ConsumerKind, Corrupt, DeadLetter, DeadLetterBook, Decoded, Op, SeekPosition,
     StartAt, StoreState, evicted_in,
@@ -88,6 +91,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     requeued    INTEGER NOT NULL DEFAULT 0,
     size        INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (sink, seq)
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 ";
 
@@ -364,13 +371,9 @@ fn at_open(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
     }
 }
 
-/// Opens the writer's connection to a file the guards let through (see
-/// [`super::open_writer`]): validates it, then sets WAL and the schema, skipping `lost`
-/// seqs. A file that fails validation is not modified.
-pub(crate) fn open_writer(config: &SpoolConfig, lost: Option<u64>) -> Result<Opened> {
-    let path = config.path.as_path();
-    let conn = Connection::open(path).map_err(at_open(path))?;
-    conn.busy_timeout(BUSY_TIMEOUT).storage()?;
+/// Checks that `conn`'s file is a spool this build understands, reading only: returns
+/// its schema version, 0 for a new, empty file. A file that is not is not modified.
+pub(crate) fn validate(conn: &Connection, path: &Path) -> Result<i64> {
     let app_id: i64 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
         .map_err(at_open(path))?;
@@ -381,11 +384,8 @@ pub(crate) fn open_writer(config: &SpoolConfig, lost: Option<u64>) -> Result<Ope
     let tables: i64 = conn
         .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
         .map_err(at_open(path))?;
-    if app_id == 0 {
-        if tables > 0 {
-            return Err(Error::NotASpool(path.to_owned()));
-        }
-    } else if app_id != APPLICATION_ID {
+    let ours = app_id == APPLICATION_ID || (app_id == 0 && tables == 0);
+    if !ours {
         return Err(Error::NotASpool(path.to_owned()));
     }
     if version > SCHEMA_VERSION {
@@ -395,6 +395,17 @@ pub(crate) fn open_writer(config: &SpoolConfig, lost: Option<u64>) -> Result<Ope
             supported: SCHEMA_VERSION,
         });
     }
+    Ok(version)
+}
+
+/// Opens the writer's connection to a file the guards let through (see
+/// [`super::open_writer`]): validates it, then sets WAL and the schema, skipping `lost`
+/// seqs. A file that fails validation is not modified.
+pub(crate) fn open_writer(config: &SpoolConfig, lost: Option<u64>) -> Result<Opened> {
+    let path = config.path.as_path();
+    let conn = Connection::open(path).map_err(at_open(path))?;
+    conn.busy_timeout(BUSY_TIMEOUT).storage()?;
+    let version = validate(&conn, path)?;
 
     let (journal_mode, synchronous) = configure(&conn, config).map_err(at_open(path))?;
     // In the transaction that opens the file, so the skip is durable before anything
@@ -406,6 +417,8 @@ pub(crate) fn open_writer(config: &SpoolConfig, lost: Option<u64>) -> Result<Ope
         )
     });
     let migrate = if version == 1 { MIGRATE_FROM_1 } else { "" };
+    // What `Inspector::stat` shows of the last owner.
+    let (durability, now, pid) = (&synchronous, crate::time::now_ms(), std::process::id());
     conn.execute_batch(&format!(
         "BEGIN IMMEDIATE;
          {migrate}
@@ -413,6 +426,10 @@ pub(crate) fn open_writer(config: &SpoolConfig, lost: Option<u64>) -> Result<Ope
          INSERT OR IGNORE INTO state (one, spool_id, last_seq, stored_bytes)
              VALUES (0, lower(hex(randomblob(8))), 0, 0);
          {skip_lost}
+         INSERT OR REPLACE INTO meta (key, value) VALUES
+             ('durability', '{durability}'),
+             ('opened_at_ms', '{now}'),
+             ('opened_by_pid', '{pid}');
          PRAGMA application_id = {APPLICATION_ID};
          PRAGMA user_version = {SCHEMA_VERSION};
          COMMIT;"
@@ -448,7 +465,7 @@ fn configure(conn: &Connection, config: &SpoolConfig) -> rusqlite::Result<(Strin
     Ok((journal_mode, synchronous))
 }
 
-fn load_state(conn: &Connection) -> rusqlite::Result<StoreState> {
+pub(crate) fn load_state(conn: &Connection) -> rusqlite::Result<StoreState> {
     let (spool_id, last_seq, stored_bytes, dead_count, dead_bytes): (String, i64, i64, i64, i64) =
         conn.query_row(
             "SELECT spool_id, last_seq, stored_bytes, dead_count, dead_bytes
@@ -839,6 +856,137 @@ fn decode(row: &rusqlite::Row<'_>, spool_id: &str) -> rusqlite::Result<Decoded> 
         })
     };
     Ok(fields().map_err(|reason| Corrupt { seq, reason }))
+}
+
+/// What the last owner wrote in `meta` (nothing for a file from before the table).
+pub(crate) fn meta(conn: &Connection) -> rusqlite::Result<Vec<(String, String)>> {
+    let has_table: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'meta'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_table {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare("SELECT key, value FROM meta ORDER BY key")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+/// The file's schema version (`PRAGMA user_version`).
+pub(crate) fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+}
+
+/// What the tables hold, counted row by row, to compare with the state row.
+pub(crate) fn tally(conn: &Connection) -> rusqlite::Result<Tally> {
+    let (events, event_bytes): (i64, i64) = conn.query_row(
+        "SELECT count(*), coalesce(sum(size), 0) FROM events",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let (dead_letters, dead_letter_bytes): (i64, i64) = conn.query_row(
+        "SELECT count(*), coalesce(sum(size), 0) FROM dead_letters",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let times = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, Option<i64>>(0));
+    Ok(Tally {
+        events: events as u64,
+        event_bytes: event_bytes as u64,
+        dead_letters: dead_letters as u64,
+        dead_letter_bytes: dead_letter_bytes as u64,
+        oldest_ms: times("SELECT ts FROM events ORDER BY seq LIMIT 1")?,
+        newest_ms: times("SELECT ts FROM events ORDER BY seq DESC LIMIT 1")?,
+    })
+}
+
+/// The dead letters of each sink: how many, their bytes, how many are requeued, and
+/// when the oldest failed.
+pub(crate) fn dead_letter_summary(conn: &Connection) -> rusqlite::Result<Vec<DeadLetterSummary>> {
+    let mut stmt = conn.prepare(
+        "SELECT sink, count(*), coalesce(sum(size), 0), sum(requeued), min(failed_at)
+         FROM dead_letters GROUP BY sink ORDER BY sink",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(DeadLetterSummary {
+            sink: r.get(0)?,
+            count: r.get::<_, i64>(1)? as u64,
+            bytes: r.get::<_, i64>(2)? as u64,
+            requeued: r.get::<_, i64>(3)? as u64,
+            oldest_failed_at_ms: r.get(4)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// The file's size as SQLite counts it (pages in use and free), without the WAL.
+pub(crate) fn pages(conn: &Connection) -> rusqlite::Result<Pages> {
+    let get = |pragma: &str| conn.pragma_query_value(None, pragma, |r| r.get::<_, i64>(0));
+    Ok(Pages {
+        size: get("page_size")? as u64,
+        count: get("page_count")? as u64,
+        free: get("freelist_count")? as u64,
+    })
+}
+
+/// SQLite's own check of the file's structure: what it found, empty when all is well.
+pub(crate) fn integrity_check(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+    let lines = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    let lines: Vec<String> = lines.collect::<rusqlite::Result<_>>()?;
+    Ok(lines.into_iter().filter(|l| l != "ok").collect())
+}
+
+/// Moves the damaged row `seq` to the dead letters of every consumer that has not
+/// passed it (copied as it is stored, with `reason`), then deletes it. Returns the
+/// consumers it went to.
+pub(crate) fn move_damaged(
+    tx: &Transaction<'_>,
+    seq: SeqNo,
+    reason: &str,
+) -> rusqlite::Result<Vec<String>> {
+    let error = format!("damaged in the file, moved by repair: {reason}");
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO dead_letters (sink, seq, id, type, source, subject, ts, data, attempts,
+             last_status, last_error, failed_at, size)
+         SELECT c.name, e.seq, e.id, e.type, e.source, e.subject, e.ts, e.data, 0, NULL, ?2,
+             ?3, e.size
+         FROM events e JOIN consumers c ON c.acked < e.seq WHERE e.seq = ?1
+         ON CONFLICT (sink, seq) DO NOTHING
+         RETURNING sink",
+    )?;
+    let rows = stmt.query_map(params![int(seq), error, crate::time::now_ms()], |r| {
+        r.get(0)
+    })?;
+    let to = rows.collect::<rusqlite::Result<Vec<String>>>()?;
+    tx.prepare_cached("DELETE FROM events WHERE seq = ?1")?
+        .execute([int(seq)])?;
+    Ok(to)
+}
+
+/// Sets the state row's totals to what the tables hold.
+pub(crate) fn recount(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "UPDATE state SET
+             last_seq = max(last_seq, (SELECT coalesce(max(seq), 0) FROM events)),
+             stored_bytes = (SELECT coalesce(sum(size), 0) FROM events),
+             dead_count = (SELECT count(*) FROM dead_letters),
+             dead_bytes = (SELECT coalesce(sum(size), 0) FROM dead_letters)
+         WHERE one = 0",
+    )
+}
+
+/// Moves back every cursor past the highest seq assigned; returns the cursors moved,
+/// with where they were.
+pub(crate) fn clamp_cursors(tx: &Transaction<'_>) -> rusqlite::Result<Vec<(String, SeqNo)>> {
+    let last: i64 = tx.query_row("SELECT last_seq FROM state WHERE one = 0", [], |r| r.get(0))?;
+    let mut ahead = tx.prepare("SELECT name, acked FROM consumers WHERE acked > ?1")?;
+    let moved = ahead
+        .query_map([last], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    tx.execute("UPDATE consumers SET acked = ?1 WHERE acked > ?1", [last])?;
+    Ok(moved)
 }
 
 #[cfg(test)]

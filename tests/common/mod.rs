@@ -167,3 +167,51 @@ pub fn logged(needle: &str) -> Vec<String> {
         .cloned()
         .collect()
 }
+
+/// Child: commits 10 events and copies them into the file, holds a read transaction
+/// open so the next 10 stay in the WAL only, commits them, says so, and waits to be
+/// killed.
+pub fn wal_child(path: &Path) -> ! {
+    let spool = Spool::open(path).expect("open");
+    for n in 0..10 {
+        spool.append(numbered(n)).expect("first 10");
+    }
+    let reader = rusqlite::Connection::open(path).expect("reader");
+    reader
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        .expect("checkpoint");
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM events;")
+        .expect("read transaction");
+    for n in 10..20 {
+        spool.append(numbered(n)).expect("next 10");
+    }
+    std::fs::write(beside(path, ".ready"), b"ready").expect("ready file");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Runs [`wal_child`] in a child process (this binary, re-invoked for `test` alone) and
+/// kills it with SIGKILL once its last 10 commits are in the WAL only.
+pub fn crash_with_commits_in_the_wal(test: &str) -> (tempfile::TempDir, PathBuf) {
+    if let Ok(path) = std::env::var("EVENTSPOOL_WAL_CHILD") {
+        wal_child(Path::new(&path));
+    }
+    let (dir, path) = temp_spool();
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", test, "--nocapture"])
+        .env("EVENTSPOOL_WAL_CHILD", &path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("child");
+    let ready = beside(&path, ".ready");
+    wait_until(
+        Duration::from_secs(20),
+        "the child committed 20 events",
+        || ready.exists(),
+    );
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    (dir, path)
+}
