@@ -322,8 +322,9 @@ fn export_import_round_trip_keeps_events_order_and_ids_and_reports_bad_lines() -
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    import.stdin.take().expect("piped").write_all(&lines)?;
+    let fed = import.stdin.take().expect("piped").write_all(&lines);
     let out = import.wait_with_output()?;
+    fed?;
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -371,11 +372,13 @@ fn tail_follow_prints_new_commits_as_they_come() -> TestResult {
     let (_dir, path) = temp_spool();
     let spool = Spool::open(&path)?;
     spool.append(numbered(0))?;
-    let mut tail = eventspool()
-        .args(["tail", "-f", "--json", p(&path)])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut lines = BufReader::new(tail.stdout.take().expect("piped")).lines();
+    let mut tail = Reaped(
+        eventspool()
+            .args(["tail", "-f", "--json", p(&path)])
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
+    let mut lines = BufReader::new(tail.0.stdout.take().expect("piped")).lines();
     let first: StoredEvent = serde_json::from_str(&lines.next().expect("a line")?)?;
     assert_eq!(first.seq, 1);
     for n in 1..5 {
@@ -385,8 +388,7 @@ fn tail_follow_prints_new_commits_as_they_come() -> TestResult {
         let event: StoredEvent = serde_json::from_str(&lines.next().expect("followed")?)?;
         assert_eq!(event.seq, seq);
     }
-    tail.kill()?;
-    tail.wait()?;
+    drop(tail);
     spool.close(T)?;
     Ok(())
 }
@@ -402,13 +404,44 @@ fn forward_config(dir: &Path, path: &Path, url: &str) -> std::path::PathBuf {
     config
 }
 
-fn forward(config: &Path) -> Child {
-    eventspool()
+/// A child process that is killed and reaped when the test ends, however it ends.
+struct Reaped(Child);
+
+impl Reaped {
+    /// Waits for it to end: its status and what it wrote on stderr.
+    fn finish(&mut self) -> (std::process::ExitStatus, String) {
+        let status = self.0.wait().expect("wait");
+        let mut err = String::new();
+        if let Some(mut pipe) = self.0.stderr.take() {
+            std::io::Read::read_to_string(&mut pipe, &mut err).expect("stderr");
+        }
+        (status, err)
+    }
+
+    fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([name, &self.0.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill {name}");
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn forward(config: &Path) -> Reaped {
+    let child = eventspool()
         .args(["forward", "--config", p(config)])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn forward")
+        .expect("spawn forward");
+    Reaped(child)
 }
 
 fn event_line(n: u64) -> String {
@@ -442,7 +475,7 @@ fn forward_delivers_every_line_in_order_and_closes_on_sigterm() -> TestResult {
     let server = Server::start();
     let config = forward_config(dir.path(), &path, &server.url());
     let mut child = forward(&config);
-    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdin = child.0.stdin.take().expect("piped");
     let lines: String = (0..10_000).map(event_line).collect();
     stdin.write_all(lines.as_bytes())?;
     // Read beside the running forwarder: it owns the file.
@@ -458,16 +491,9 @@ fn forward_delivers_every_line_in_order_and_closes_on_sigterm() -> TestResult {
     assert!(fails(&["check", p(&path), "--repair"]).contains("locked"));
     assert!(fails(&["import", p(&path), "/dev/null"]).contains("locked"));
 
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()?;
-    assert!(term.success());
-    let out = child.wait_with_output()?;
-    assert!(
-        out.status.success(),
-        "forward ended badly: {}",
-        text(&out.stderr)
-    );
+    child.signal("-TERM");
+    let (status, err) = child.finish();
+    assert!(status.success(), "forward ended badly: {err}");
     drop(stdin);
     assert_eq!(
         received(&server),
@@ -484,12 +510,12 @@ fn forward_killed_mid_stream_loses_nothing_it_committed() -> TestResult {
     let server = Server::with_script(|_| common::http::Reply::status(503)); // holds the backlog
     let config = forward_config(dir.path(), &path, &server.url());
     let mut child = forward(&config);
-    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdin = child.0.stdin.take().expect("piped");
     let lines: String = (0..5_000).map(event_line).collect();
     stdin.write_all(lines.as_bytes())?;
     wait_until(T, "some lines committed", || committed(&path) >= 2_000);
-    child.kill()?; // SIGKILL, mid-stream
-    child.wait()?;
+    child.signal("-KILL"); // mid-stream
+    child.finish();
     drop(stdin);
     // The file a kill -9 left: readable, healthy, holding what was committed.
     let seen = committed(&path);
@@ -531,7 +557,7 @@ fn forward_reads_lines_from_a_unix_socket_named_in_the_config() -> TestResult {
         ),
     );
     std::fs::write(&config, with_socket)?;
-    let child = forward(&config);
+    let mut child = forward(&config);
     wait_until(T, "the socket is listening", || {
         std::os::unix::net::UnixStream::connect(&socket).is_ok()
     });
@@ -541,11 +567,9 @@ fn forward_reads_lines_from_a_unix_socket_named_in_the_config() -> TestResult {
         connection.write_all(lines.as_bytes())?;
     }
     wait_until(T, "1 000 lines committed", || committed(&path) == 1_000);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()?;
-    let out = child.wait_with_output()?;
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    child.signal("-TERM");
+    let (status, err) = child.finish();
+    assert!(status.success(), "{err}");
     let mut got = received(&server);
     got.sort_unstable();
     assert_eq!(got, (0..1000).collect::<Vec<_>>());
