@@ -161,6 +161,56 @@ impl MetricsSnapshot {
     /// ```
     pub fn to_prometheus(&self) -> String {
         let mut out = String::new();
+        let mut last = "";
+        self.samples(&mut |sample| {
+            let name = sample.name;
+            if name != last {
+                let kind = match sample.kind {
+                    Kind::Counter => "counter",
+                    Kind::Gauge => "gauge",
+                };
+                let _ = writeln!(out, "# HELP eventspool_{name} {}", sample.help);
+                let _ = writeln!(out, "# TYPE eventspool_{name} {kind}");
+                last = name;
+            }
+            let _ = match sample.label {
+                Some((key, value)) => writeln!(
+                    out,
+                    "eventspool_{name}{{{key}=\"{}\"}} {}",
+                    label(value),
+                    sample.value
+                ),
+                None => writeln!(out, "eventspool_{name} {}", sample.value),
+            };
+        });
+        out
+    }
+
+    /// Records every counter and gauge through the [`metrics`](https://docs.rs/metrics)
+    /// facade (feature `metrics`), named as [`to_prometheus`](Self::to_prometheus) names
+    /// them (`eventspool_committed_total`, `eventspool_sink_lag{sink="audit"}`), so any
+    /// `metrics` exporter shows them. [`SpoolBuilder::record_metrics`] calls it on a
+    /// timer.
+    ///
+    /// [`SpoolBuilder::record_metrics`]: crate::SpoolBuilder::record_metrics
+    #[cfg(feature = "metrics")]
+    pub fn record(&self) {
+        self.samples(&mut |sample| {
+            let name = format!("eventspool_{}", sample.name);
+            let labels: Vec<metrics::Label> = sample
+                .label
+                .map(|(key, value)| metrics::Label::new(key, value.to_owned()))
+                .into_iter()
+                .collect();
+            match sample.kind {
+                Kind::Counter => metrics::counter!(name, labels).absolute(sample.value as u64),
+                Kind::Gauge => metrics::gauge!(name, labels).set(sample.value),
+            }
+        });
+    }
+
+    /// Every value of the snapshot, metric by metric (the labelled ones item by item).
+    fn samples<'a>(&'a self, each: &mut dyn FnMut(Sample<'a>)) {
         let counters = [
             ("emitted_total", "Events handed to the spool.", self.emitted),
             ("committed_total", "Events committed.", self.committed),
@@ -194,7 +244,7 @@ impl MetricsSnapshot {
             ("batches_total", "Committed batches.", self.batches),
         ];
         for (name, help, value) in counters {
-            metric(&mut out, name, help, "counter", value as f64);
+            each(Sample::plain(name, help, Kind::Counter, value as f64));
         }
         let gauges = [
             (
@@ -239,7 +289,7 @@ impl MetricsSnapshot {
             ),
         ];
         for (name, help, value) in gauges {
-            metric(&mut out, name, help, "gauge", value);
+            each(Sample::plain(name, help, Kind::Gauge, value));
         }
         let per_consumer: [Series<ConsumerMetrics>; 4] = [
             Series::gauge("consumer_position", "Last seq acknowledged.", |c| {
@@ -260,7 +310,7 @@ impl MetricsSnapshot {
             ),
         ];
         labelled(
-            &mut out,
+            each,
             "consumer",
             &self.consumers,
             |c| &c.name,
@@ -346,17 +396,46 @@ impl MetricsSnapshot {
                 |s| s.rate_limit_waits,
             ),
         ];
-        labelled(&mut out, "sink", &self.sinks, |s| &s.name, &per_sink);
-        out
+        labelled(each, "sink", &self.sinks, |s| &s.name, &per_sink);
     }
 }
 
-/// Renders one series per item for each metric, labelled `key="<item name>"`; nothing
-/// when there are no items.
+/// Whether a metric only goes up (from the spool's open) or goes up and down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One value of one metric: what `to_prometheus` prints on a line and `record` hands
+/// to the facade.
+struct Sample<'a> {
+    /// The name after `eventspool_`.
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    /// The label that tells the items of a labelled metric apart.
+    label: Option<(&'static str, &'a str)>,
+    value: f64,
+}
+
+impl Sample<'_> {
+    fn plain(name: &'static str, help: &'static str, kind: Kind, value: f64) -> Self {
+        Sample {
+            name,
+            help,
+            kind,
+            label: None,
+            value,
+        }
+    }
+}
+
+/// A metric with one value per item (sink or consumer), labelled with its name.
 struct Series<T> {
     name: &'static str,
     help: &'static str,
-    kind: &'static str,
+    kind: Kind,
     value: fn(&T) -> u64,
 }
 
@@ -365,7 +444,7 @@ impl<T> Series<T> {
         Series {
             name,
             help,
-            kind: "counter",
+            kind: Kind::Counter,
             value,
         }
     }
@@ -374,33 +453,29 @@ impl<T> Series<T> {
         Series {
             name,
             help,
-            kind: "gauge",
+            kind: Kind::Gauge,
             value,
         }
     }
 }
 
-fn labelled<T>(
-    out: &mut String,
-    key: &str,
-    items: &[T],
+/// Each series for every item, labelled `key="<item name>"`; nothing without items.
+fn labelled<'a, T>(
+    each: &mut dyn FnMut(Sample<'a>),
+    key: &'static str,
+    items: &'a [T],
     name_of: fn(&T) -> &str,
     metrics: &[Series<T>],
 ) {
-    if items.is_empty() {
-        return;
-    }
     for series in metrics {
-        let name = series.name;
-        let _ = writeln!(out, "# HELP eventspool_{name} {}", series.help);
-        let _ = writeln!(out, "# TYPE eventspool_{name} {}", series.kind);
         for item in items {
-            let _ = writeln!(
-                out,
-                "eventspool_{name}{{{key}=\"{}\"}} {}",
-                label(name_of(item)),
-                (series.value)(item)
-            );
+            each(Sample {
+                name: series.name,
+                help: series.help,
+                kind: series.kind,
+                label: Some((key, name_of(item))),
+                value: (series.value)(item) as f64,
+            });
         }
     }
 }
@@ -411,12 +486,6 @@ fn label(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
-}
-
-fn metric(out: &mut String, name: &str, help: &str, kind: &str, value: f64) {
-    let _ = writeln!(out, "# HELP eventspool_{name} {help}");
-    let _ = writeln!(out, "# TYPE eventspool_{name} {kind}");
-    let _ = writeln!(out, "eventspool_{name} {value}");
 }
 
 /// A sink's live counters.

@@ -41,6 +41,9 @@ pub struct SpoolBuilder {
     pub(super) filter: Option<Filter>,
     pub(super) on_error: Option<ErrorHook>,
     pub(super) sinks: Vec<Box<dyn Sink>>,
+    /// How often to record the metrics through the `metrics` facade, if at all.
+    #[cfg(feature = "metrics")]
+    pub(super) record_every: Option<Duration>,
 }
 
 impl fmt::Debug for SpoolBuilder {
@@ -214,6 +217,18 @@ impl SpoolBuilder {
     /// name resumes from its cursor in the file.
     pub fn sink(mut self, sink: impl Sink + 'static) -> Self {
         self.sinks.push(Box::new(sink));
+        self
+    }
+
+    /// Records the spool's counters and gauges through the [`metrics`](https://docs.rs/metrics)
+    /// facade every `every`, and once more at close, on a thread of its own (feature
+    /// `metrics`); the names are those of
+    /// [`MetricsSnapshot::to_prometheus`](crate::MetricsSnapshot::to_prometheus).
+    /// Defaults to never: call [`MetricsSnapshot::record`](crate::MetricsSnapshot::record)
+    /// yourself instead, if you like.
+    #[cfg(feature = "metrics")]
+    pub fn record_metrics(mut self, every: Duration) -> Self {
+        self.record_every = Some(every);
         self
     }
 

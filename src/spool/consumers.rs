@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::event::SeqNo;
-use crate::shared::SubState;
+use crate::shared::{Shared, SubState};
 use crate::sink::Sink;
-use crate::store::{self, ConsumerInfo, ConsumerKind, DeadLetter, Op, SeekPosition, StartAt};
+use crate::store::{
+    self, ConsumerInfo, ConsumerKind, DeadLetter, Op, ReaderPool, SeekPosition, StartAt,
+};
 use crate::subscribe::{Reservation, SubParts, Subscription};
 use crate::writer::CursorCommits;
 
@@ -123,13 +125,7 @@ impl Spool {
     /// # Errors
     /// As [`len`](Spool::len).
     pub fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
-        let mut consumers = self.inner.pool.read(store::consumers)?;
-        for c in &mut consumers {
-            if c.kind == ConsumerKind::Sink && !self.inner.shared.is_sink(&c.name) {
-                c.kind = ConsumerKind::RetiredSink;
-            }
-        }
-        Ok(consumers)
+        consumers_of(&self.inner.shared, &self.inner.pool)
     }
 
     /// Unregisters the consumer `name`, releasing the events it held back. Returns
@@ -425,4 +421,16 @@ impl Drain<'_> {
         self.batches = 0;
         Ok(())
     }
+}
+
+/// The consumers registered in the file, a sink that is not one of `shared`'s marked
+/// retired.
+pub(super) fn consumers_of(shared: &Shared, pool: &ReaderPool) -> Result<Vec<ConsumerInfo>> {
+    let mut consumers = pool.read(store::consumers)?;
+    for c in &mut consumers {
+        if c.kind == ConsumerKind::Sink && !shared.is_sink(&c.name) {
+            c.kind = ConsumerKind::RetiredSink;
+        }
+    }
+    Ok(consumers)
 }

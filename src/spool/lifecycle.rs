@@ -37,6 +37,9 @@ pub(super) struct Lifecycle {
     draining: Arc<AtomicBool>,
     /// What the first `close` reported, for the later ones.
     report: CloseReport,
+    /// Records the metrics on a timer (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    recorder: Option<super::recorder::Recorder>,
 }
 
 /// What a successful [`Spool::close`] left for the next start: the sinks that had not
@@ -108,9 +111,17 @@ impl Spool {
             filter,
             on_error,
             sinks,
+            #[cfg(feature = "metrics")]
+            record_every,
         } = builder;
         config.validate()?;
         crate::sink::check_all(sinks.iter().map(|s| &**s))?;
+        #[cfg(feature = "metrics")]
+        if record_every.is_some_and(|every| every.is_zero()) {
+            return Err(Error::InvalidConfig(
+                "record_metrics needs an interval above zero".into(),
+            ));
+        }
         let path = config.path.clone();
         store::make_parent(&path)?;
         let lock = store::lock(&path)?;
@@ -174,6 +185,8 @@ impl Spool {
                     stop_workers: Some(stop_workers),
                     draining: control.draining.clone(),
                     report: CloseReport::default(),
+                    #[cfg(feature = "metrics")]
+                    recorder: None,
                 }),
             }),
         };
@@ -200,6 +213,17 @@ impl Spool {
                 .spawn(move || worker.run())
                 .map_err(|e| Error::io("cannot spawn a sink thread", e))?;
             spool.inner.lock_lifecycle().workers.push(handle);
+        }
+        #[cfg(feature = "metrics")]
+        if let Some(every) = record_every {
+            let inner = &spool.inner;
+            let recorder = super::recorder::Recorder::start(
+                every,
+                inner.shared.clone(),
+                inner.tx.clone(),
+                inner.pool.clone(),
+            )?;
+            inner.lock_lifecycle().recorder = Some(recorder);
         }
         spool.warn_of_retired_sinks();
         Ok(spool)
@@ -260,6 +284,10 @@ impl Inner {
             }
         }
 
+        #[cfg(feature = "metrics")]
+        if let Some(recorder) = lifecycle.recorder.take() {
+            recorder.stop();
+        }
         // Readers first: the writer's connection, closing last, removes the WAL.
         self.pool.close_idle();
         let stopped = if committed {

@@ -24,9 +24,12 @@ use crate::writer::{self, Msg};
 mod builder;
 mod consumers;
 mod lifecycle;
+#[cfg(feature = "metrics")]
+mod recorder;
 
 use builder::Filter;
 pub use builder::SpoolBuilder;
+use consumers::consumers_of;
 use lifecycle::Lifecycle;
 pub use lifecycle::{CloseReport, DEFAULT_CLOSE_TIMEOUT, Undelivered};
 
@@ -103,6 +106,8 @@ impl Spool {
             filter: None,
             on_error: None,
             sinks: Vec::new(),
+            #[cfg(feature = "metrics")]
+            record_every: None,
         }
     }
 
@@ -367,45 +372,7 @@ impl Spool {
     /// # Ok::<(), eventspool::Error>(())
     /// ```
     pub fn metrics(&self) -> MetricsSnapshot {
-        let shared = &self.inner.shared;
-        let mut snapshot = shared.counters.snapshot(self.inner.tx.len());
-        let (first, last) = (shared.counters.first_seq(), snapshot.last_seq);
-        snapshot.sinks = shared
-            .sinks
-            .iter()
-            .map(|s| s.snapshot(first, last))
-            .collect();
-        // Every registered consumer but the sinks, from the file (a read that fails
-        // leaves out the ones without an open subscription), open ones live.
-        let registered = self.consumers().unwrap_or_default();
-        let subscriptions = shared
-            .subscriptions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut consumers: Vec<ConsumerMetrics> = subscriptions
-            .iter()
-            .map(|(name, state)| state.metrics(name, first, last))
-            .collect();
-        for c in registered {
-            if c.kind != ConsumerKind::Sink && !subscriptions.contains_key(&c.name) {
-                consumers.push(ConsumerMetrics {
-                    name: c.name,
-                    open: false,
-                    position: c.position,
-                    read: c.position,
-                    evicted: 0,
-                    lag: c.lag,
-                    oldest_unacked_age_ms: c.oldest_unacked_age_ms,
-                });
-            }
-        }
-        drop(subscriptions);
-        for c in &mut consumers {
-            c.evicted = shared.evicted_for(&c.name);
-        }
-        consumers.sort_by(|a, b| a.name.cmp(&b.name));
-        snapshot.consumers = consumers;
-        snapshot
+        snapshot(&self.inner.shared, &self.inner.tx, &self.inner.pool)
     }
 
     /// The journal mode in force on the writer connection: `"wal"`.
@@ -476,4 +443,47 @@ impl Inner {
     fn call(&self, op: Op) -> Result<u64> {
         writer::call(&self.tx, op, self.shared.caller_yields)
     }
+}
+
+/// The counters of the spool whose threads share `shared`, for [`Spool::metrics`] and
+/// the metrics recorder.
+pub(crate) fn snapshot(shared: &Shared, tx: &Sender<Msg>, pool: &ReaderPool) -> MetricsSnapshot {
+    let mut snapshot = shared.counters.snapshot(tx.len());
+    let (first, last) = (shared.counters.first_seq(), snapshot.last_seq);
+    snapshot.sinks = shared
+        .sinks
+        .iter()
+        .map(|s| s.snapshot(first, last))
+        .collect();
+    // Every registered consumer but the sinks, from the file (a read that fails
+    // leaves out the ones without an open subscription), open ones live.
+    let registered = consumers_of(shared, pool).unwrap_or_default();
+    let subscriptions = shared
+        .subscriptions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let mut consumers: Vec<ConsumerMetrics> = subscriptions
+        .iter()
+        .map(|(name, state)| state.metrics(name, first, last))
+        .collect();
+    for c in registered {
+        if c.kind != ConsumerKind::Sink && !subscriptions.contains_key(&c.name) {
+            consumers.push(ConsumerMetrics {
+                name: c.name,
+                open: false,
+                position: c.position,
+                read: c.position,
+                evicted: 0,
+                lag: c.lag,
+                oldest_unacked_age_ms: c.oldest_unacked_age_ms,
+            });
+        }
+    }
+    drop(subscriptions);
+    for c in &mut consumers {
+        c.evicted = shared.evicted_for(&c.name);
+    }
+    consumers.sort_by(|a, b| a.name.cmp(&b.name));
+    snapshot.consumers = consumers;
+    snapshot
 }
