@@ -202,7 +202,8 @@ fn print_check(report: &CheckReport) {
         println!("healthy");
         return;
     }
-    println!("{} problems:", report.problems.len());
+    let n = report.problems.len();
+    println!("{n} problem{}:", if n == 1 { "" } else { "s" });
     for problem in &report.problems {
         println!("  {problem}");
     }
