@@ -73,7 +73,7 @@ pub struct SpoolStat {
     /// The dead letters of each sink.
     pub dead_letters_by_sink: Vec<DeadLetterSummary>,
     /// Every sink and consumer, with its cursor, lag and the age of the oldest event
-    /// it has not acknowledged. Sinks read as [`ConsumerKind::Sink`]: the file does
+    /// it has not acknowledged. Sinks read as [`ConsumerKind::Sink`](crate::ConsumerKind::Sink): the file does
     /// not know which its owner still runs.
     pub consumers: Vec<ConsumerInfo>,
 }
