@@ -22,6 +22,7 @@
 //!    (readers for len, query, subscriptions, dead letters), records.rs (what it stores)
 //!  subscribe.rs: consumer groups    shared.rs: what the threads share with the handle
 //!  metrics.rs: counters and snapshots    error.rs, event.rs, config.rs, time.rs: below all
+//!  inspect.rs: reading a file beside its owner, check and repair (the CLI's ground)
 //!  capi/ (feature `capi`): the C API over spool/ and subscribe.rs, above everything
 //! ```
 //!
