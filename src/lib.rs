@@ -115,6 +115,8 @@ pub use metrics::{ConsumerMetrics, MetricsSnapshot, SinkMetrics};
 pub use sink::http_date::parse_retry_after;
 pub use sink::order::{Concurrency, DEFAULT_WINDOW, Order};
 pub use sink::payload::Content;
+#[cfg(feature = "redis")]
+pub use sink::redis::{DEFAULT_REDIS_BATCH, DEFAULT_REDIS_TIMEOUT, RedisSink};
 pub use sink::signing::{DEFAULT_TOLERANCE, SigningSecret, Verifier, VerifyError, verify};
 pub use sink::webhook::{DEFAULT_WEBHOOK_TIMEOUT, WebhookSink};
 pub use sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, MAX_SINK_BATCH, Sink, key_of};

@@ -316,7 +316,7 @@ impl MetricsSnapshot {
             |c| &c.name,
             &per_consumer,
         );
-        let per_sink: [Series<SinkMetrics>; 20] = [
+        let per_sink: [Series<SinkMetrics>; 21] = [
             Series::counter(
                 "sink_delivered_total",
                 "Events acknowledged by the sink.",
@@ -394,6 +394,11 @@ impl MetricsSnapshot {
                 "sink_rate_limit_waits_total",
                 "Requests that waited for the rate limit.",
                 |s| s.rate_limit_waits,
+            ),
+            Series::counter(
+                "sink_already_delivered_total",
+                "Re-sent events the destination recognised as delivered before.",
+                |s| s.already_delivered,
             ),
         ];
         labelled(each, "sink", &self.sinks, |s| &s.name, &per_sink);
@@ -517,6 +522,7 @@ pub(crate) struct SinkCounters {
     pub(crate) expired: AtomicU64,
     pub(crate) window_full_waits: AtomicU64,
     pub(crate) rate_limit_waits: AtomicU64,
+    pub(crate) already_delivered: AtomicU64,
 }
 
 impl SinkCounters {
@@ -554,6 +560,7 @@ impl SinkCounters {
             expired: r(&self.expired),
             window_full_waits: r(&self.window_full_waits),
             rate_limit_waits: r(&self.rate_limit_waits),
+            already_delivered: r(&self.already_delivered),
             last_error: self
                 .last_error
                 .lock()
@@ -624,6 +631,10 @@ pub struct SinkMetrics {
     pub window_full_waits: u64,
     /// Requests that waited for the rate limit.
     pub rate_limit_waits: u64,
+    /// Events the destination already had when they were delivered again (re-sends
+    /// after a crash or a failed attempt that it recognised by their seq or id), among
+    /// `delivered`. Only sinks that can tell count them (the broker sinks).
+    pub already_delivered: u64,
     /// The last delivery error.
     pub last_error: Option<String>,
 }

@@ -84,6 +84,8 @@ impl Retrier {
             Ok(()) => {
                 c.backoff_ms.store(0, Relaxed);
                 c.delivered.fetch_add(events.len() as u64, Relaxed);
+                let again = caught(|| sink.take_already_delivered()).unwrap_or(0);
+                c.already_delivered.fetch_add(again, Relaxed);
                 return Step::Delivered;
             }
             Err(e) => e,

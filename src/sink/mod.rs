@@ -9,7 +9,11 @@ use order::{Concurrency, DEFAULT_WINDOW, Order};
 pub(crate) mod http_date;
 pub(crate) mod order;
 pub(crate) mod payload;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 pub(crate) mod signing;
+#[cfg(feature = "redis")]
+pub(crate) mod template;
 pub(crate) mod webhook;
 
 /// Default for [`Sink::max_retries`]: 20 retries, then the events are dead-lettered.
@@ -134,6 +138,14 @@ pub trait Sink: Send {
     /// share a key).
     fn key(&self, event: &StoredEvent) -> u64 {
         key_of(event.subject.as_deref().unwrap_or_default())
+    }
+
+    /// How many events of the last successful `deliver` the destination already had:
+    /// re-sends it recognised (by an explicit stream id, a message id, an idempotent
+    /// producer), counted in the sink's `already_delivered`; taking it resets it.
+    /// Defaults to 0 (a sink that cannot tell).
+    fn take_already_delivered(&mut self) -> u64 {
+        0
     }
 
     /// Another sink like this one, for a request thread of its own; `None` (the

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod brokers;
 pub mod capi;
 pub mod delivery;
 pub mod http;

@@ -1,0 +1,305 @@
+//! [`RedisSink`] (feature `redis`): events into Redis Streams with `XADD`, each exactly
+//! once, in seq order, by entry ids made of the event's seq.
+
+use std::time::Duration;
+
+use crate::error::DeliveryError;
+use crate::event::{StoredEvent, type_matches};
+use crate::sink::template::Template;
+use crate::sink::webhook::shown_url;
+use crate::sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, MAX_SINK_BATCH, Sink};
+
+/// Default for [`RedisSink::batch`]: 100 events per round trip.
+pub const DEFAULT_REDIS_BATCH: usize = 100;
+/// Default for [`RedisSink::timeout`]: 10 s to connect, and for each round trip.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Adds a batch's entries in order, in one round trip, stopping at the first error
+/// that is not a re-send: an entry whose id is not above its stream's last was added
+/// before (counted, skipped). Stopping keeps a later entry from landing ahead of one
+/// that failed, which could then never be added (its id would be below the last).
+/// KEYS: the stream of each entry. ARGV: the MAXLEN (or ""), then for each entry its
+/// id, its number of field/value arguments, and those.
+const ADD_BATCH: &str = r#"
+local maxlen = ARGV[1]
+local added, again, at = 0, 0, 2
+for i = 1, #KEYS do
+    local id, n = ARGV[at], tonumber(ARGV[at + 1])
+    local command = {'XADD', KEYS[i]}
+    if maxlen ~= '' then
+        command[#command + 1] = 'MAXLEN'
+        command[#command + 1] = '~'
+        command[#command + 1] = maxlen
+    end
+    command[#command + 1] = id
+    for j = 1, n do
+        command[#command + 1] = ARGV[at + 1 + j]
+    end
+    at = at + 2 + n
+    local reply = redis.pcall(unpack(command))
+    if type(reply) == 'table' and reply.err then
+        if string.find(reply.err, 'equal or smaller', 1, true) then
+            again = again + 1
+        else
+            return {added, again, reply.err}
+        end
+    else
+        added = added + 1
+    end
+end
+return {added, again, ''}
+"#;
+
+/// Forwards events to Redis Streams with `XADD`, on Redis's blocking client.
+///
+/// Each event becomes an entry whose id is `<seq>-1` and whose fields are `id`,
+/// `type`, `timestamp_ms`, `data` (the JSON text), and `subject` / `source` when set.
+/// Because ids must grow, a re-sent event (the batch in flight at a crash, or one
+/// retried after a failure) is refused by Redis as not newer than the stream's last
+/// entry: the sink counts it in `already_delivered` and goes on, so **each event is in
+/// the stream exactly once, in seq order**, whatever crashes or outages happen on
+/// either side. That asks one thing of you: nothing else adds to the stream (one
+/// spool per stream key; with a key per type, one spool per key), and the stream is
+/// not deleted while events may still be re-sent. The entry ids are seqs, not times.
+///
+/// A batch goes in one round trip (a script that adds the entries in order and stops
+/// at the first failure), so events go out one batch in flight at a time, in seq
+/// order ([`Order::Total`](crate::Order::Total)).
+///
+/// ```
+/// use eventspool::RedisSink;
+///
+/// let sink = RedisSink::new("orders", "redis://127.0.0.1:6379/0", "events.{type}")
+///     .batch(500)
+///     .max_len(1_000_000); // MAXLEN ~ trimming
+/// ```
+pub struct RedisSink {
+    name: String,
+    url: String,
+    shown: String,
+    stream: Result<Template, String>,
+    batch: usize,
+    commit_every: usize,
+    max_len: Option<u64>,
+    timeout: Duration,
+    max_retries: Option<u32>,
+    backoff: Backoff,
+    event_types: Vec<String>,
+    script: redis::Script,
+    connection: Option<redis::Connection>,
+    already_delivered: u64,
+}
+
+impl std::fmt::Debug for RedisSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSink")
+            .field("name", &self.name)
+            .field("url", &self.shown)
+            .field("stream", &self.stream)
+            .field("batch", &self.batch)
+            .field("max_len", &self.max_len)
+            .field("connected", &self.connection.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisSink {
+    /// A sink named `name` (its cursor's key) adding to the stream `stream` (`{type}`
+    /// in it stands for the event's type) on the server at `url`
+    /// (`redis://[user:password@]host:port/db`). Checked at `open`.
+    pub fn new(name: impl Into<String>, url: impl Into<String>, stream: &str) -> Self {
+        let url = url.into();
+        RedisSink {
+            name: name.into(),
+            shown: shown_url(&url),
+            url,
+            stream: Template::new(stream),
+            batch: DEFAULT_REDIS_BATCH,
+            commit_every: 1,
+            max_len: None,
+            timeout: DEFAULT_REDIS_TIMEOUT,
+            max_retries: DEFAULT_MAX_RETRIES,
+            backoff: DEFAULT_BACKOFF,
+            event_types: Vec::new(),
+            script: redis::Script::new(ADD_BATCH),
+            connection: None,
+            already_delivered: 0,
+        }
+    }
+
+    /// Events per round trip, at most [`MAX_SINK_BATCH`]. Defaults to
+    /// [`DEFAULT_REDIS_BATCH`].
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n;
+        self
+    }
+
+    /// After how many round trips the sink's cursor is committed (see
+    /// [`Sink::commit_every`]): a crash re-sends at most that many batches, which the
+    /// stream recognises. Defaults to 1.
+    pub fn commit_every(mut self, n: usize) -> Self {
+        self.commit_every = n;
+        self
+    }
+
+    /// Trims each stream to about `n` entries as it adds (`MAXLEN ~ n`). Defaults to
+    /// no trimming.
+    pub fn max_len(mut self, n: u64) -> Self {
+        self.max_len = Some(n);
+        self
+    }
+
+    /// How long connecting, and each round trip, may take. Defaults to
+    /// [`DEFAULT_REDIS_TIMEOUT`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Retries before events are dead-lettered; `None` retries forever. Defaults to
+    /// [`DEFAULT_MAX_RETRIES`].
+    pub fn max_retries(mut self, n: Option<u32>) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// The wait between retries. Defaults to [`DEFAULT_BACKOFF`].
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Only events of these types (a trailing `*` matches a prefix). Defaults to all.
+    pub fn event_types<I, S>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.event_types = types.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// A new connection, with the timeout on every read and write.
+    fn connect(&self) -> Result<redis::Connection, DeliveryError> {
+        let failed =
+            |e: redis::RedisError| DeliveryError::retryable(format!("connecting to {}: {e}", self.shown));
+        let client = redis::Client::open(self.url.as_str()).map_err(failed)?;
+        let timeout = crate::time::bounded(self.timeout);
+        let connection = client.get_connection_with_timeout(timeout).map_err(failed)?;
+        connection.set_read_timeout(Some(timeout)).map_err(failed)?;
+        connection.set_write_timeout(Some(timeout)).map_err(failed)?;
+        Ok(connection)
+    }
+}
+
+/// The fields of an event's entry, as `XADD` arguments.
+fn fields(event: &StoredEvent) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        ("id", event.id.clone()),
+        ("type", event.event_type.clone()),
+        ("timestamp_ms", event.timestamp_ms.to_string()),
+        ("data", event.data.get().to_owned()),
+    ];
+    if let Some(subject) = &event.subject {
+        fields.push(("subject", subject.clone()));
+    }
+    if let Some(source) = &event.source {
+        fields.push(("source", source.clone()));
+    }
+    fields
+}
+
+/// Whether Redis refusing an entry may pass: full memory, a loading or read-only
+/// server, a busy script. A wrong type at the key, a refused permission or a bad
+/// argument will not.
+fn retryable(message: &str) -> bool {
+    ["OOM", "LOADING", "READONLY", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"]
+        .iter()
+        .any(|code| message.starts_with(code))
+}
+
+impl Sink for RedisSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn deliver(&mut self, events: &[StoredEvent]) -> Result<(), DeliveryError> {
+        let stream = self.stream.clone().map_err(DeliveryError::permanent)?;
+        // Kept only when the round trip succeeds: after a failure, a new one.
+        let mut connection = match self.connection.take() {
+            Some(connection) => connection,
+            None => self.connect()?,
+        };
+        let mut invocation = self.script.prepare_invoke();
+        invocation.arg(self.max_len.map_or(String::new(), |n| n.to_string()));
+        for event in events {
+            let fields = fields(event);
+            invocation
+                .key(stream.render(event).as_ref())
+                .arg(format!("{}-1", event.seq))
+                .arg(fields.len() * 2);
+            for (field, value) in fields {
+                invocation.arg(field).arg(value);
+            }
+        }
+        let shown = &self.shown;
+        let (added, again, error): (u64, u64, String) = invocation
+            .invoke(&mut connection)
+            .map_err(|e| DeliveryError::retryable(format!("XADD to {shown}: {e}")))?;
+        self.connection = Some(connection);
+        if error.is_empty() {
+            self.already_delivered += again;
+            return Ok(());
+        }
+        let message = format!(
+            "XADD to {shown}, stream {}: seq {} refused ({added} added before it): {error}",
+            stream.as_str(),
+            events[(added + again) as usize].seq
+        );
+        match retryable(&error) {
+            true => Err(DeliveryError::retryable(message)),
+            false => Err(DeliveryError::permanent(message)),
+        }
+    }
+
+    fn take_already_delivered(&mut self) -> u64 {
+        std::mem::take(&mut self.already_delivered)
+    }
+
+    fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    fn commit_every(&self) -> usize {
+        self.commit_every
+    }
+
+    fn max_retries(&self) -> Option<u32> {
+        self.max_retries
+    }
+
+    fn backoff(&self) -> Backoff {
+        self.backoff
+    }
+
+    fn accepts(&self, event_type: &str) -> bool {
+        self.event_types.is_empty() || self.event_types.iter().any(|p| type_matches(p, event_type))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let name = &self.name;
+        if let Err(e) = &self.stream {
+            return Err(format!("sink {name}: {e}"));
+        }
+        if let Err(e) = redis::Client::open(self.url.as_str()) {
+            return Err(format!("sink {name}: invalid Redis URL {}: {e}", self.shown));
+        }
+        if !(1..=MAX_SINK_BATCH).contains(&self.batch) {
+            return Err(format!("sink {name}: batch must be 1 to {MAX_SINK_BATCH}"));
+        }
+        if self.timeout.is_zero() {
+            return Err(format!("sink {name}: timeout must be more than zero"));
+        }
+        self.backoff.check().map_err(|e| format!("sink {name}: {e}"))
+    }
+}
