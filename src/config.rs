@@ -8,6 +8,8 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::sink::order::{Concurrency, DEFAULT_WINDOW, Order};
 use crate::sink::payload::Content;
+#[cfg(feature = "redis")]
+use crate::sink::redis::RedisSink;
 use crate::sink::webhook::{DEFAULT_WEBHOOK_TIMEOUT, WebhookSink};
 use crate::sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES};
 
@@ -144,6 +146,107 @@ pub struct SpoolConfig {
     /// Webhooks to deliver to.
     #[serde(default)]
     pub sinks: Vec<WebhookConfig>,
+    /// Redis streams to forward to (feature `redis`).
+    #[cfg(feature = "redis")]
+    #[serde(default)]
+    pub redis: Vec<RedisConfig>,
+}
+
+/// A Redis Streams sink in a [`SpoolConfig`] (feature `redis`); every field but `name`,
+/// `url` and `stream` has the default of the matching [`RedisSink`] setter.
+///
+/// ```
+/// let config: eventspool::SpoolConfig = toml::from_str(r#"
+///     path = "events.db"
+///     [[redis]]
+///     name = "orders"
+///     url = "redis://127.0.0.1:6379/0"
+///     stream = "events.{type}"
+///     max_len = 1000000
+/// "#).unwrap();
+/// assert_eq!(config.redis[0].batch, eventspool::DEFAULT_REDIS_BATCH);
+/// ```
+#[cfg(feature = "redis")]
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// The sink's name (the key of its cursor).
+    pub name: String,
+    /// `redis://[user:password@]host:port/db`. Only its host and port are ever shown.
+    pub url: String,
+    /// The stream key; `{type}` in it stands for the event's type.
+    pub stream: String,
+    /// Events per round trip.
+    #[serde(default = "default_redis_batch")]
+    pub batch: usize,
+    /// Round trips per cursor commit.
+    #[serde(default = "default_commit_every")]
+    pub commit_every: usize,
+    /// Trim each stream to about this many entries (`MAXLEN ~`).
+    #[serde(default)]
+    pub max_len: Option<u64>,
+    /// Connect and round-trip timeout in ms.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries before dead-lettering; `null` retries forever.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: Option<u32>,
+    /// First backoff ceiling in ms.
+    #[serde(default = "default_backoff_min_ms")]
+    pub backoff_min_ms: u64,
+    /// Longest backoff in ms.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// Only these event types (a trailing `*` matches a prefix); empty: all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+}
+
+#[cfg(feature = "redis")]
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("name", &self.name)
+            .field("url", &crate::sink::webhook::shown_url(&self.url))
+            .field("stream", &self.stream)
+            .field("batch", &self.batch)
+            .field("commit_every", &self.commit_every)
+            .field("max_len", &self.max_len)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_retries", &self.max_retries)
+            .field("event_types", &self.event_types)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "redis")]
+impl RedisConfig {
+    /// The [`RedisSink`] this entry describes.
+    pub fn to_sink(&self) -> RedisSink {
+        let mut sink = RedisSink::new(&self.name, &self.url, &self.stream)
+            .batch(self.batch)
+            .commit_every(self.commit_every)
+            .timeout(Duration::from_millis(self.timeout_ms))
+            .max_retries(self.max_retries)
+            .backoff(Backoff::exponential(
+                Duration::from_millis(self.backoff_min_ms),
+                Duration::from_millis(self.backoff_max_ms),
+            ))
+            .event_types(self.event_types.iter().cloned());
+        if let Some(n) = self.max_len {
+            sink = sink.max_len(n);
+        }
+        sink
+    }
+}
+
+#[cfg(feature = "redis")]
+fn default_redis_batch() -> usize {
+    crate::sink::redis::DEFAULT_REDIS_BATCH
+}
+#[cfg(feature = "redis")]
+fn default_redis_timeout_ms() -> u64 {
+    crate::time::millis(crate::sink::redis::DEFAULT_REDIS_TIMEOUT)
 }
 
 /// A webhook in a [`SpoolConfig`]; every field but `name` and `url` has the default of
@@ -343,6 +446,8 @@ impl SpoolConfig {
             reader_wait_ms: default_reader_wait_ms(),
             accept_lost_wal: false,
             sinks: Vec::new(),
+            #[cfg(feature = "redis")]
+            redis: Vec::new(),
         }
     }
 
@@ -381,8 +486,20 @@ impl SpoolConfig {
         if self.max_file_bytes.is_some_and(|b| b < 64 << 10) {
             return bad("max_file_bytes must be at least 64 KiB");
         }
-        let sinks: Vec<WebhookSink> = self.sinks.iter().map(WebhookConfig::to_sink).collect();
-        crate::sink::check_all(sinks.iter().map(|s| s as &dyn crate::sink::Sink))
+        crate::sink::check_all(self.configured_sinks().iter().map(|s| &**s))
+    }
+
+    /// Every sink the configuration describes, webhooks first.
+    pub(crate) fn configured_sinks(&self) -> Vec<Box<dyn crate::sink::Sink>> {
+        let mut sinks: Vec<Box<dyn crate::sink::Sink>> = Vec::new();
+        for webhook in &self.sinks {
+            sinks.push(Box::new(webhook.to_sink()));
+        }
+        #[cfg(feature = "redis")]
+        for redis in &self.redis {
+            sinks.push(Box::new(redis.to_sink()));
+        }
+        sinks
     }
 
     /// The cap on dead letters' bytes: `max_dead_letter_bytes`, else `max_bytes`.

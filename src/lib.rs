@@ -103,6 +103,8 @@ mod subscribe;
 mod time;
 mod writer;
 
+#[cfg(feature = "redis")]
+pub use config::RedisConfig;
 pub use config::{
     DEFAULT_BATCH_SIZE, DEFAULT_CHANNEL_CAPACITY, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_BYTES,
     DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENTS, DEFAULT_READER_POOL_SIZE, DEFAULT_READER_WAIT,

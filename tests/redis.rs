@@ -68,7 +68,11 @@ fn sink(url: &str) -> RedisSink {
 /// Each of `0..n` once, in order, with ids `<seq>-1` from `first_seq`.
 fn assert_exactly_once(entries: &[Entry], n: u64, first_seq: u64) {
     let numbers: Vec<u64> = entries.iter().map(|e| e.n).collect();
-    assert_eq!(numbers, (0..n).collect::<Vec<_>>(), "each event once, in order");
+    assert_eq!(
+        numbers,
+        (0..n).collect::<Vec<_>>(),
+        "each event once, in order"
+    );
     for (i, entry) in entries.iter().enumerate() {
         assert_eq!(entry.id, format!("{}-1", first_seq + i as u64));
     }
@@ -79,7 +83,9 @@ fn ten_thousand_events_land_in_the_stream_once_each_in_order() -> TestResult {
     let dir = tempfile::tempdir()?;
     let broker = Broker::redis(dir.path());
     let path = dir.path().join("events.db");
-    let spool = Spool::builder(&path).sink(sink(&broker.redis_url())).open()?;
+    let spool = Spool::builder(&path)
+        .sink(sink(&broker.redis_url()))
+        .open()?;
     for n in 0..10_000 {
         spool.emit(numbered(n))?;
     }
@@ -104,12 +110,18 @@ fn a_stream_per_type_and_trimming() -> TestResult {
         let kind = if n % 2 == 0 { "even" } else { "odd" };
         spool.emit(eventspool::Event::new(kind, serde_json::json!({"n": n})))?;
     }
-    wait_until(T, "300 delivered", || spool.metrics().sinks[0].delivered == 300);
+    wait_until(T, "300 delivered", || {
+        spool.metrics().sinks[0].delivered == 300
+    });
     let even = entries(&url, "ev.even");
     assert!(even.iter().all(|e| e.n % 2 == 0));
     assert!(entries(&url, "ev.odd").iter().all(|e| e.n % 2 == 1));
     // MAXLEN ~ trims whole nodes: about 10, never all 150.
-    assert!(even.len() < 150 && even.last().map(|e| e.n) == Some(298), "{}", even.len());
+    assert!(
+        even.len() < 150 && even.last().map(|e| e.n) == Some(298),
+        "{}",
+        even.len()
+    );
     spool.close(T)?;
     Ok(())
 }
@@ -120,7 +132,10 @@ fn a_refusal_that_will_not_pass_is_dead_lettered_with_redis_words() -> TestResul
     let broker = Broker::redis(dir.path());
     let url = broker.redis_url();
     let client = redis::Client::open(url.as_str())?;
-    let _: () = redis::cmd("SET").arg("taken").arg("a string").query(&mut client.get_connection()?)?;
+    let _: () = redis::cmd("SET")
+        .arg("taken")
+        .arg("a string")
+        .query(&mut client.get_connection()?)?;
     let spool = Spool::builder(dir.path().join("events.db"))
         .sink(RedisSink::new("redis", &url, "taken"))
         .open()?;
@@ -129,7 +144,11 @@ fn a_refusal_that_will_not_pass_is_dead_lettered_with_redis_words() -> TestResul
         spool.dead_letters("redis", 10).is_ok_and(|d| !d.is_empty())
     });
     let letter = &spool.dead_letters("redis", 10)?[0];
-    assert!(letter.last_error.contains("WRONGTYPE"), "{}", letter.last_error);
+    assert!(
+        letter.last_error.contains("WRONGTYPE"),
+        "{}",
+        letter.last_error
+    );
     spool.close(T)?;
     Ok(())
 }
@@ -173,7 +192,9 @@ fn kill_9_while_delivering_then_restart_each_event_once_and_resends_counted() ->
         .env("EVENTSPOOL_REDIS_CHILD_URL", &url)
         .stdout(Stdio::null())
         .spawn()?;
-    wait_until(T, "the child delivered some", || stream_len(&url, "events") >= 3_000);
+    wait_until(T, "the child delivered some", || {
+        stream_len(&url, "events") >= 3_000
+    });
     child.kill()?; // SIGKILL, mid-delivery
     child.wait()?;
     let in_stream = stream_len(&url, "events");
@@ -182,15 +203,26 @@ fn kill_9_while_delivering_then_restart_each_event_once_and_resends_counted() ->
         .into_iter()
         .find(|c| c.name == "redis")
         .map_or(0, |c| c.position);
-    assert!(cursor <= in_stream, "the cursor never runs ahead of the stream");
+    assert!(
+        cursor <= in_stream,
+        "the cursor never runs ahead of the stream"
+    );
 
     let spool = Spool::builder(&path).sink(sink(&url)).open()?;
-    wait_until(T, "the rest delivered", || stream_len(&url, "events") == 20_000
-        && spool.metrics().sinks[0].lag == 0);
+    wait_until(T, "the rest delivered", || {
+        stream_len(&url, "events") == 20_000 && spool.metrics().sinks[0].lag == 0
+    });
     assert_exactly_once(&entries(&url, "events"), 20_000, 1);
     let again = spool.metrics().sinks[0].already_delivered;
-    assert_eq!(again, in_stream - cursor, "every re-send was recognised and counted");
-    assert!(again > 0, "the kill left batches the cursor did not cover: {in_stream} {cursor}");
+    assert_eq!(
+        again,
+        in_stream - cursor,
+        "every re-send was recognised and counted"
+    );
+    assert!(
+        again > 0,
+        "the kill left batches the cursor did not cover: {in_stream} {cursor}"
+    );
     spool.close(T)?;
     Ok(())
 }
@@ -200,7 +232,9 @@ fn the_server_restarted_mid_stream_delivery_resumes_nothing_lost_nothing_twice()
     let dir = tempfile::tempdir()?;
     let mut broker = Broker::redis(dir.path());
     let url = broker.redis_url();
-    let spool = Spool::builder(dir.path().join("events.db")).sink(sink(&url)).open()?;
+    let spool = Spool::builder(dir.path().join("events.db"))
+        .sink(sink(&url))
+        .open()?;
     for n in 0..3_000 {
         spool.emit(numbered(n))?;
     }
@@ -213,9 +247,49 @@ fn the_server_restarted_mid_stream_delivery_resumes_nothing_lost_nothing_twice()
         spool.metrics().sinks[0].failures_retryable > 0
     });
     broker.start();
-    wait_until(T, "all 6 000 delivered", || spool.metrics().sinks[0].delivered >= 6_000
-        && spool.metrics().sinks[0].lag == 0);
+    wait_until(T, "all 6 000 delivered", || {
+        spool.metrics().sinks[0].delivered >= 6_000 && spool.metrics().sinks[0].lag == 0
+    });
     assert_exactly_once(&entries(&url, "events"), 6_000, 1);
     spool.close(T)?;
+    Ok(())
+}
+
+#[test]
+fn configured_from_toml_like_the_webhooks() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::redis(dir.path());
+    let text = format!(
+        "path = {:?}\n[[redis]]\nname = \"orders\"\nurl = {:?}\nstream = \"cfg.{{type}}\"\nbatch = 7\n",
+        dir.path().join("events.db"),
+        broker.redis_url()
+    );
+    let config: eventspool::SpoolConfig = toml::from_str(&text)?;
+    assert!(
+        !format!("{config:?}").contains("/0\""),
+        "the URL is shown as host and port"
+    );
+    let spool = Spool::from_config(&config)?;
+    for n in 0..20 {
+        spool.emit(numbered(n))?;
+    }
+    wait_until(T, "20 delivered", || {
+        spool.metrics().sinks[0].delivered == 20
+    });
+    assert_eq!(entries(&broker.redis_url(), "cfg.test.numbered").len(), 20);
+    spool.close(T)?;
+
+    let mut bad = config.clone();
+    bad.redis[0].url = "http://not-redis".into();
+    let err = bad.validate().unwrap_err();
+    assert!(err.to_string().contains("invalid Redis URL"), "{err}");
+    bad.redis[0].url = broker.redis_url();
+    bad.redis[0].stream = "x.{subject}".into();
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("placeholder")
+    );
     Ok(())
 }

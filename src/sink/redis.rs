@@ -181,13 +181,18 @@ impl RedisSink {
 
     /// A new connection, with the timeout on every read and write.
     fn connect(&self) -> Result<redis::Connection, DeliveryError> {
-        let failed =
-            |e: redis::RedisError| DeliveryError::retryable(format!("connecting to {}: {e}", self.shown));
+        let failed = |e: redis::RedisError| {
+            DeliveryError::retryable(format!("connecting to {}: {e}", self.shown))
+        };
         let client = redis::Client::open(self.url.as_str()).map_err(failed)?;
         let timeout = crate::time::bounded(self.timeout);
-        let connection = client.get_connection_with_timeout(timeout).map_err(failed)?;
+        let connection = client
+            .get_connection_with_timeout(timeout)
+            .map_err(failed)?;
         connection.set_read_timeout(Some(timeout)).map_err(failed)?;
-        connection.set_write_timeout(Some(timeout)).map_err(failed)?;
+        connection
+            .set_write_timeout(Some(timeout))
+            .map_err(failed)?;
         Ok(connection)
     }
 }
@@ -213,9 +218,17 @@ fn fields(event: &StoredEvent) -> Vec<(&'static str, String)> {
 /// server, a busy script. A wrong type at the key, a refused permission or a bad
 /// argument will not.
 fn retryable(message: &str) -> bool {
-    ["OOM", "LOADING", "READONLY", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"]
-        .iter()
-        .any(|code| message.starts_with(code))
+    [
+        "OOM",
+        "LOADING",
+        "READONLY",
+        "BUSY",
+        "MASTERDOWN",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+    ]
+    .iter()
+    .any(|code| message.starts_with(code))
 }
 
 impl Sink for RedisSink {
@@ -292,7 +305,10 @@ impl Sink for RedisSink {
             return Err(format!("sink {name}: {e}"));
         }
         if let Err(e) = redis::Client::open(self.url.as_str()) {
-            return Err(format!("sink {name}: invalid Redis URL {}: {e}", self.shown));
+            return Err(format!(
+                "sink {name}: invalid Redis URL {}: {e}",
+                self.shown
+            ));
         }
         if !(1..=MAX_SINK_BATCH).contains(&self.batch) {
             return Err(format!("sink {name}: batch must be 1 to {MAX_SINK_BATCH}"));
@@ -300,6 +316,8 @@ impl Sink for RedisSink {
         if self.timeout.is_zero() {
             return Err(format!("sink {name}: timeout must be more than zero"));
         }
-        self.backoff.check().map_err(|e| format!("sink {name}: {e}"))
+        self.backoff
+            .check()
+            .map_err(|e| format!("sink {name}: {e}"))
     }
 }

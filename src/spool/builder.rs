@@ -98,9 +98,7 @@ impl SpoolBuilder {
     pub fn from_config(config: &SpoolConfig) -> Self {
         let mut builder = Spool::builder(&config.path);
         builder.config = config.clone();
-        for webhook in &config.sinks {
-            builder = builder.sink(webhook.to_sink());
-        }
+        builder.sinks.extend(config.configured_sinks());
         builder
     }
 

@@ -75,8 +75,20 @@ impl Broker {
     pub fn redis(dir: &Path) -> Broker {
         let port = free_port();
         let args = [
-            "--port", &port.to_string(), "--bind", "127.0.0.1", "--dir", &dir.display().to_string(),
-            "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no",
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &dir.display().to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--daemonize",
+            "no",
         ];
         Broker::new(
             program("redis-server", "redis-server"),
@@ -90,7 +102,13 @@ impl Broker {
     pub fn nats(dir: &Path) -> Broker {
         let port = free_port();
         let args = [
-            "-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", &dir.display().to_string(),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-js",
+            "-sd",
+            &dir.display().to_string(),
         ];
         Broker::new(
             program("nats-server", "nats-server"),
@@ -110,9 +128,11 @@ impl Broker {
             .expect("start the broker");
         self.child = Some(child);
         let port = self.port;
-        wait_until(Duration::from_secs(20), "the broker takes connections", || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        wait_until(
+            Duration::from_secs(20),
+            "the broker takes connections",
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
     }
 
     /// Stops the process with SIGTERM and waits for it to end.
