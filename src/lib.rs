@@ -115,6 +115,8 @@ pub use event::{DEFAULT_QUERY_LIMIT, Event, EventQuery, SeqNo, StoredEvent};
 pub use inspect::{CheckReport, Inspector, MovedEvent, Problem, RepairReport, SpoolStat, repair};
 pub use metrics::{ConsumerMetrics, MetricsSnapshot, SinkMetrics};
 pub use sink::http_date::parse_retry_after;
+#[cfg(feature = "nats")]
+pub use sink::nats::{DEFAULT_NATS_BATCH, DEFAULT_NATS_TIMEOUT, NatsSink};
 pub use sink::order::{Concurrency, DEFAULT_WINDOW, Order};
 pub use sink::payload::Content;
 #[cfg(feature = "redis")]

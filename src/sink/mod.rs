@@ -7,12 +7,14 @@ use crate::event::StoredEvent;
 use order::{Concurrency, DEFAULT_WINDOW, Order};
 
 pub(crate) mod http_date;
+#[cfg(feature = "nats")]
+pub(crate) mod nats;
 pub(crate) mod order;
 pub(crate) mod payload;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 pub(crate) mod signing;
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "nats"))]
 pub(crate) mod template;
 pub(crate) mod webhook;
 

@@ -5,6 +5,7 @@ pub mod brokers;
 pub mod capi;
 pub mod delivery;
 pub mod http;
+pub mod nats;
 pub mod sinks;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,411 @@
+//! A small blocking NATS client, written by hand: the `nats` crate's blocking client is
+//! deprecated and the maintained `async-nats` needs tokio. It speaks the documented
+//! client protocol (INFO, CONNECT with headers, HPUB, SUB, MSG/HMSG, PING/PONG,
+//! +OK/-ERR) over one TCP connection, and does one thing: publish a batch to
+//! JetStream, pipelined, then collect the publish acknowledgements. A failure leaves
+//! the connection unusable: the sink makes a new one (that is its reconnect).
+
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+/// Where and how to connect, from a `nats://[user:password@|token@]host[:port]` URL.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Server {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "nats://{}:{}", self.host, self.port) // never the credentials
+    }
+}
+
+impl Server {
+    /// Reads a URL; says what is wrong with one that is not a NATS URL.
+    pub(crate) fn parse(url: &str) -> Result<Server, String> {
+        let rest = url
+            .strip_prefix("nats://")
+            .ok_or_else(|| "the URL must start with nats://".to_owned())?;
+        let (credentials, address) = match rest.rsplit_once('@') {
+            Some((credentials, address)) => (Some(credentials), address),
+            None => (None, rest),
+        };
+        let address = address.trim_end_matches('/');
+        let (host, port) = match address.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse()
+                    .map_err(|_| format!("the port {port:?} is not a number"))?,
+            ),
+            None => (address, 4222),
+        };
+        if host.is_empty() {
+            return Err("the URL has no host".into());
+        }
+        let (mut user, mut password, mut token) = (None, None, None);
+        match credentials.map(|c| c.split_once(':')) {
+            Some(Some((u, p))) => (user, password) = (Some(u.to_owned()), Some(p.to_owned())),
+            Some(None) => token = credentials.map(str::to_owned),
+            None => {}
+        }
+        Ok(Server {
+            host: host.to_owned(),
+            port,
+            user,
+            password,
+            token,
+        })
+    }
+}
+
+/// What the server says of itself first.
+#[derive(Debug, Deserialize)]
+struct Info {
+    #[serde(default)]
+    headers: bool,
+    #[serde(default)]
+    tls_required: bool,
+    #[serde(default = "default_max_payload")]
+    max_payload: usize,
+}
+
+fn default_max_payload() -> usize {
+    1 << 20
+}
+
+/// A message to publish with JetStream's de-duplication id.
+#[derive(Debug)]
+pub(crate) struct Publish<'a> {
+    pub(crate) subject: &'a str,
+    pub(crate) msg_id: &'a str,
+    /// The id of the message before it on the same subject in this batch: JetStream
+    /// refuses it if that one is not the stream's last, so a failure mid-batch cannot
+    /// let a later message land ahead of it.
+    pub(crate) expect_last: Option<&'a str>,
+    pub(crate) payload: &'a [u8],
+}
+
+/// JetStream's answer to one publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ack {
+    /// Stored; `duplicate` when the stream had it already (by its msg id).
+    Stored { duplicate: bool },
+    /// No stream listens on the subject (the server answered 503, no responders).
+    NoResponders,
+    /// The stream refused it.
+    Refused {
+        code: u16,
+        err_code: u32,
+        description: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+struct AckBody {
+    #[serde(default)]
+    duplicate: bool,
+    #[serde(default)]
+    error: Option<AckError>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AckError {
+    #[serde(default)]
+    code: u16,
+    #[serde(default)]
+    err_code: u32,
+    #[serde(default)]
+    description: String,
+}
+
+/// A connection to a NATS server, subscribed to an inbox of its own for the
+/// acknowledgements.
+pub(crate) struct Client {
+    reader: BufReader<TcpStream>,
+    writer: BufWriter<TcpStream>,
+    inbox: String,
+    max_payload: usize,
+    timeout: Duration,
+}
+
+const SID: &str = "1";
+
+/// An inbox subject no other client picks: `_INBOX.` and 16 random hex digits.
+fn inbox_name() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        // No OS randomness: the time and the process are unique enough for an inbox.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = (nanos ^ u64::from(std::process::id()) << 32).to_le_bytes();
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("_INBOX.{hex}")
+}
+
+fn broken(what: impl Into<String>) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.into())
+}
+
+impl Client {
+    /// Connects, says who it is, and subscribes to its inbox; every read and write
+    /// waits at most `timeout`.
+    pub(crate) fn connect(
+        server: &Server,
+        name: &str,
+        timeout: Duration,
+    ) -> std::io::Result<Client> {
+        let address = (server.host.as_str(), server.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| broken(format!("{} resolves to no address", server.host)))?;
+        let stream = TcpStream::connect_timeout(&address, timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let mut client = Client {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: BufWriter::new(stream),
+            inbox: inbox_name(),
+            max_payload: default_max_payload(),
+            timeout,
+        };
+        let line = client.line()?;
+        let info = line
+            .strip_prefix("INFO ")
+            .ok_or_else(|| broken(format!("not a NATS server: it said {line:?}")))?;
+        let info: Info = serde_json::from_str(info).map_err(|e| broken(format!("INFO: {e}")))?;
+        if info.tls_required {
+            return Err(broken(
+                "the server requires TLS, which this client does not speak",
+            ));
+        }
+        if !info.headers {
+            return Err(broken(
+                "the server does not support headers (NATS 2.2 or newer needed)",
+            ));
+        }
+        client.max_payload = info.max_payload;
+        let connect = serde_json::json!({
+            "verbose": false, "pedantic": false, "headers": true, "no_responders": true,
+            "lang": "rust-eventspool", "version": env!("CARGO_PKG_VERSION"), "name": name,
+            "user": server.user, "pass": server.password, "auth_token": server.token,
+        });
+        write!(
+            client.writer,
+            "CONNECT {connect}\r\nPING\r\nSUB {}.* {SID}\r\n",
+            client.inbox
+        )?;
+        client.writer.flush()?;
+        loop {
+            match client.line()?.as_str() {
+                "PONG" => return Ok(client),
+                "PING" => client.pong()?,
+                "+OK" => {}
+                other if other.starts_with("INFO ") => {}
+                other => {
+                    return Err(broken(format!(
+                        "the server refused the connection: {other}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The largest payload the server takes.
+    pub(crate) fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Publishes `messages` in one write, then reads their acknowledgements, in order.
+    pub(crate) fn publish_all(&mut self, messages: &[Publish<'_>]) -> std::io::Result<Vec<Ack>> {
+        for (i, m) in messages.iter().enumerate() {
+            let mut headers = format!("NATS/1.0\r\nNats-Msg-Id: {}\r\n", m.msg_id);
+            if let Some(last) = m.expect_last {
+                headers.push_str(&format!("Nats-Expected-Last-Msg-Id: {last}\r\n"));
+            }
+            headers.push_str("\r\n");
+            let total = headers.len() + m.payload.len();
+            write!(
+                self.writer,
+                "HPUB {} {}.{i} {} {total}\r\n{headers}",
+                m.subject,
+                self.inbox,
+                headers.len()
+            )?;
+            self.writer.write_all(m.payload)?;
+            self.writer.write_all(b"\r\n")?;
+        }
+        self.writer.flush()?;
+        let mut acks: Vec<Option<Ack>> = vec![None; messages.len()];
+        let mut left = messages.len();
+        let deadline = Instant::now() + self.timeout;
+        while left > 0 {
+            if Instant::now() >= deadline {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "{left} of {} publish acknowledgements did not come",
+                        messages.len()
+                    ),
+                ));
+            }
+            let Some((reply, ack)) = self.message()? else {
+                continue;
+            };
+            let index = reply
+                .strip_prefix(&self.inbox)
+                .and_then(|r| r.strip_prefix('.'))
+                .and_then(|n| n.parse::<usize>().ok());
+            if let Some(slot) = index.and_then(|i| acks.get_mut(i))
+                && slot.is_none()
+            {
+                *slot = Some(ack);
+                left -= 1;
+            }
+        }
+        Ok(acks.into_iter().flatten().collect())
+    }
+
+    /// Reads the next protocol line (without its CRLF).
+    fn line(&mut self) -> std::io::Result<String> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ));
+        }
+        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+    }
+
+    fn pong(&mut self) -> std::io::Result<()> {
+        self.writer.write_all(b"PONG\r\n")?;
+        self.writer.flush()
+    }
+
+    /// Reads what the server sends until a message: its subject and what it says of a
+    /// publish; `None` for anything else (a PING answered, +OK, INFO).
+    fn message(&mut self) -> std::io::Result<Option<(String, Ack)>> {
+        let line = self.line()?;
+        let mut words = line.split(' ');
+        match words.next() {
+            Some("MSG") => {
+                // MSG <subject> <sid> [reply-to] <#bytes>
+                let parts: Vec<&str> = words.collect();
+                let size = parts
+                    .last()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| broken(line.clone()))?;
+                let payload = self.payload(size)?;
+                Ok(Some((parts[0].to_owned(), parse_ack(None, &payload))))
+            }
+            Some("HMSG") => {
+                // HMSG <subject> <sid> [reply-to] <#header bytes> <#total bytes>
+                let parts: Vec<&str> = words.collect();
+                let n = parts.len();
+                let (Some(header), Some(total)) = (
+                    parts
+                        .get(n.wrapping_sub(2))
+                        .and_then(|h| h.parse::<usize>().ok()),
+                    parts.last().and_then(|t| t.parse::<usize>().ok()),
+                ) else {
+                    return Err(broken(line.clone()));
+                };
+                let body = self.payload(total)?;
+                let (headers, payload) = body.split_at(header.min(body.len()));
+                let status = String::from_utf8_lossy(headers);
+                Ok(Some((
+                    parts[0].to_owned(),
+                    parse_ack(Some(&status), payload),
+                )))
+            }
+            Some("PING") => self.pong().map(|()| None),
+            Some("+OK" | "PONG" | "INFO") => Ok(None),
+            Some("-ERR") => Err(broken(format!("the server said {line}"))),
+            _ => Err(broken(format!("unexpected from the server: {line:?}"))),
+        }
+    }
+
+    /// Reads `size` bytes and the CRLF after them.
+    fn payload(&mut self, size: usize) -> std::io::Result<Vec<u8>> {
+        let mut payload = vec![0; size + 2];
+        self.reader.read_exact(&mut payload)?;
+        payload.truncate(size);
+        Ok(payload)
+    }
+}
+
+/// What a publish acknowledgement says: `status` is the header block of an HMSG
+/// (`NATS/1.0 503` when no stream listens), `payload` JetStream's JSON.
+fn parse_ack(status: Option<&str>, payload: &[u8]) -> Ack {
+    if status.is_some_and(|s| s.starts_with("NATS/1.0 503")) {
+        return Ack::NoResponders;
+    }
+    match serde_json::from_slice::<AckBody>(payload) {
+        Ok(AckBody { error: Some(e), .. }) => Ack::Refused {
+            code: e.code,
+            err_code: e.err_code,
+            description: e.description,
+        },
+        Ok(AckBody { duplicate, .. }) => Ack::Stored { duplicate },
+        Err(e) => Ack::Refused {
+            code: 0,
+            err_code: 0,
+            description: format!(
+                "not a JetStream acknowledgement ({e}): {}",
+                String::from_utf8_lossy(payload)
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_acknowledgements_are_read() {
+        let s = Server::parse("nats://me:secret@example.test:4333").unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("example.test", 4333));
+        assert_eq!(
+            format!("{s:?}"),
+            "nats://example.test:4333",
+            "no credentials shown"
+        );
+        assert_eq!(
+            Server::parse("nats://tok@h").unwrap().token.as_deref(),
+            Some("tok")
+        );
+        assert!(Server::parse("http://h").is_err());
+        assert!(Server::parse("nats://h:port").is_err());
+        assert!(Server::parse("nats://").is_err());
+        assert_eq!(
+            parse_ack(None, br#"{"stream":"E","seq":3,"duplicate":true}"#),
+            Ack::Stored { duplicate: true }
+        );
+        assert_eq!(
+            parse_ack(Some("NATS/1.0 503\r\n\r\n"), b""),
+            Ack::NoResponders
+        );
+        assert!(matches!(
+            parse_ack(
+                None,
+                br#"{"error":{"code":400,"err_code":10070,"description":"wrong last msg ID"}}"#
+            ),
+            Ack::Refused {
+                code: 400,
+                err_code: 10070,
+                ..
+            }
+        ));
+    }
+}

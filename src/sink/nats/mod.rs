@@ -1,0 +1,293 @@
+//! [`NatsSink`] (feature `nats`): events into NATS JetStream, each exactly once, by
+//! the `Nats-Msg-Id` header JetStream de-duplicates on; on a blocking client of our own
+//! ([`client`]).
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use crate::error::DeliveryError;
+use crate::event::{StoredEvent, type_matches};
+use crate::sink::template::Template;
+use crate::sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, MAX_SINK_BATCH, Sink};
+
+mod client;
+
+use client::{Ack, Client, Publish, Server};
+
+/// Default for [`NatsSink::batch`]: 100 publishes per round trip.
+pub const DEFAULT_NATS_BATCH: usize = 100;
+/// Default for [`NatsSink::timeout`]: 10 s to connect, and for a batch's
+/// acknowledgements.
+pub const DEFAULT_NATS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// JetStream's error code for a message whose `Nats-Expected-Last-Msg-Id` is not the
+/// stream's last: the one before it failed, and a retry of both mends it.
+const WRONG_LAST_MSG_ID: u32 = 10070;
+
+/// Forwards events to NATS JetStream: each event is published to its subject with the
+/// event's id in `Nats-Msg-Id`, and its publish acknowledgement awaited. JetStream
+/// drops a message whose id it saw within the stream's duplicate window (2 minutes by
+/// default) and acknowledges it as a duplicate: the sink counts those in
+/// `already_delivered`, so a batch re-sent after a crash, or after a failure, lands
+/// **exactly once, in seq order** — as long as it comes back within that window (set
+/// `duplicate_window` on the stream to how long your outages may last). The payload is
+/// the event as JSON, as a webhook gets it (`id`, `seq`, `type`, `source`, `subject`,
+/// `timestamp_ms`, `data`).
+///
+/// A batch is published in one write and its acknowledgements read together; within
+/// it, each message on the same subject as the one before names that one in
+/// `Nats-Expected-Last-Msg-Id`, so a refused message cannot be overtaken by the next.
+/// No stream on the subject (no responders) and JetStream being unavailable are
+/// retried; other refusals dead-letter the batch. User and password, or a token, come
+/// in the URL; TLS is not spoken (a server that requires it is refused with an error).
+///
+/// ```
+/// use eventspool::NatsSink;
+///
+/// let sink = NatsSink::new("orders", "nats://127.0.0.1:4222", "events.{type}").batch(200);
+/// ```
+pub struct NatsSink {
+    name: String,
+    server: Result<Server, String>,
+    subject: Result<Template, String>,
+    batch: usize,
+    commit_every: usize,
+    timeout: Duration,
+    max_retries: Option<u32>,
+    backoff: Backoff,
+    event_types: Vec<String>,
+    client: Option<Client>,
+    already_delivered: u64,
+}
+
+impl std::fmt::Debug for NatsSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSink")
+            .field("name", &self.name)
+            .field("server", &self.server)
+            .field("subject", &self.subject)
+            .field("batch", &self.batch)
+            .field("connected", &self.client.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsSink {
+    /// A sink named `name` (its cursor's key) publishing to `subject` (`{type}` in it
+    /// stands for the event's type) on the server at `url`
+    /// (`nats://[user:password@|token@]host[:port]`). Checked at `open`.
+    pub fn new(name: impl Into<String>, url: &str, subject: &str) -> Self {
+        NatsSink {
+            name: name.into(),
+            server: Server::parse(url),
+            subject: Template::new(subject),
+            batch: DEFAULT_NATS_BATCH,
+            commit_every: 1,
+            timeout: DEFAULT_NATS_TIMEOUT,
+            max_retries: DEFAULT_MAX_RETRIES,
+            backoff: DEFAULT_BACKOFF,
+            event_types: Vec::new(),
+            client: None,
+            already_delivered: 0,
+        }
+    }
+
+    /// Publishes per round trip, at most [`MAX_SINK_BATCH`]. Defaults to
+    /// [`DEFAULT_NATS_BATCH`].
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n;
+        self
+    }
+
+    /// After how many round trips the sink's cursor is committed (see
+    /// [`Sink::commit_every`]). Defaults to 1.
+    pub fn commit_every(mut self, n: usize) -> Self {
+        self.commit_every = n;
+        self
+    }
+
+    /// How long connecting, and waiting for a batch's acknowledgements, may take.
+    /// Defaults to [`DEFAULT_NATS_TIMEOUT`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Retries before events are dead-lettered; `None` retries forever. Defaults to
+    /// [`DEFAULT_MAX_RETRIES`].
+    pub fn max_retries(mut self, n: Option<u32>) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// The wait between retries. Defaults to [`DEFAULT_BACKOFF`].
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Only events of these types (a trailing `*` matches a prefix). Defaults to all.
+    pub fn event_types<I, S>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.event_types = types.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+/// Why `subject` cannot be published to, if it cannot: empty tokens, wildcards, spaces.
+fn bad_subject(subject: &str) -> Option<&'static str> {
+    if subject.split('.').any(str::is_empty) {
+        return Some("it has an empty token");
+    }
+    if subject.contains(['*', '>']) {
+        return Some("it has a wildcard");
+    }
+    if subject.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Some("it has white space");
+    }
+    None
+}
+
+/// Whether JetStream refusing a message may pass: unavailable, too busy, or one
+/// before it failed.
+fn retryable(code: u16, err_code: u32) -> bool {
+    err_code == WRONG_LAST_MSG_ID || matches!(code, 408 | 429 | 500..=599)
+}
+
+impl Sink for NatsSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn deliver(&mut self, events: &[StoredEvent]) -> Result<(), DeliveryError> {
+        let template = self
+            .subject
+            .as_ref()
+            .map_err(|e| DeliveryError::permanent(e.clone()))?;
+        let server = self
+            .server
+            .as_ref()
+            .map_err(|e| DeliveryError::permanent(e.clone()))?;
+        let subjects: Vec<Cow<'_, str>> = events.iter().map(|e| template.render(e)).collect();
+        for (event, subject) in events.iter().zip(&subjects) {
+            if let Some(why) = bad_subject(subject) {
+                return Err(DeliveryError::permanent(format!(
+                    "seq {}: cannot publish to {subject:?}: {why}",
+                    event.seq
+                )));
+            }
+        }
+        let payloads: Vec<Vec<u8>> = events
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<_, _>>()
+            .map_err(|e| DeliveryError::permanent(format!("events do not encode: {e}")))?;
+        let failed = |e: std::io::Error| DeliveryError::retryable(format!("{server:?}: {e}"));
+        let mut client = match self.client.take() {
+            Some(client) => client,
+            None => Client::connect(server, &self.name, crate::time::bounded(self.timeout))
+                .map_err(failed)?,
+        };
+        let mut messages = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            if payloads[i].len() > client.max_payload() {
+                return Err(DeliveryError::permanent(format!(
+                    "seq {}: {} bytes, more than the server's max_payload of {}",
+                    event.seq,
+                    payloads[i].len(),
+                    client.max_payload()
+                )));
+            }
+            let previous = i.checked_sub(1).filter(|&p| subjects[p] == subjects[i]);
+            messages.push(Publish {
+                subject: &subjects[i],
+                msg_id: &event.id,
+                expect_last: previous.map(|p| events[p].id.as_str()),
+                payload: &payloads[i],
+            });
+        }
+        let acks = client.publish_all(&messages).map_err(failed)?;
+        self.client = Some(client);
+        let mut again = 0;
+        for (ack, (event, subject)) in acks.iter().zip(events.iter().zip(&subjects)) {
+            let refused = |why: String| format!("seq {} to {subject}: {why}", event.seq);
+            match ack {
+                Ack::Stored { duplicate } => again += u64::from(*duplicate),
+                Ack::NoResponders => {
+                    return Err(DeliveryError::retryable(refused(
+                        "no JetStream stream takes this subject (no responders): create one".into(),
+                    ))
+                    .with_status(503));
+                }
+                Ack::Refused {
+                    code,
+                    err_code,
+                    description,
+                } => {
+                    let why = refused(format!(
+                        "JetStream refused it ({code}/{err_code}): {description}"
+                    ));
+                    return Err(match retryable(*code, *err_code) {
+                        true => DeliveryError::retryable(why),
+                        false => DeliveryError::permanent(why),
+                    });
+                }
+            }
+        }
+        self.already_delivered += again;
+        Ok(())
+    }
+
+    fn take_already_delivered(&mut self) -> u64 {
+        std::mem::take(&mut self.already_delivered)
+    }
+
+    fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    fn commit_every(&self) -> usize {
+        self.commit_every
+    }
+
+    fn max_retries(&self) -> Option<u32> {
+        self.max_retries
+    }
+
+    fn backoff(&self) -> Backoff {
+        self.backoff
+    }
+
+    fn accepts(&self, event_type: &str) -> bool {
+        self.event_types.is_empty() || self.event_types.iter().any(|p| type_matches(p, event_type))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let name = &self.name;
+        if let Err(e) = &self.server {
+            return Err(format!("sink {name}: invalid NATS URL: {e}"));
+        }
+        match &self.subject {
+            Err(e) => return Err(format!("sink {name}: {e}")),
+            Ok(t) if bad_subject(&t.as_str().replace("{type}", "t")).is_some() => {
+                return Err(format!(
+                    "sink {name}: {:?} is not a subject one can publish to",
+                    t.as_str()
+                ));
+            }
+            Ok(_) => {}
+        }
+        if !(1..=MAX_SINK_BATCH).contains(&self.batch) {
+            return Err(format!("sink {name}: batch must be 1 to {MAX_SINK_BATCH}"));
+        }
+        if self.timeout.is_zero() {
+            return Err(format!("sink {name}: timeout must be more than zero"));
+        }
+        self.backoff
+            .check()
+            .map_err(|e| format!("sink {name}: {e}"))
+    }
+}

@@ -1,0 +1,120 @@
+//! A few lines of the NATS protocol for the tests, apart from the library's client: to
+//! create JetStream streams and read back what was stored, as an independent reader.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+/// A connection that sends requests and reads their replies.
+pub struct Nats {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    next: u64,
+}
+
+/// A message as JetStream stored it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub stream_seq: u64,
+    pub subject: String,
+    /// The event the payload holds.
+    pub event: Value,
+}
+
+impl Nats {
+    pub fn connect(port: u16) -> std::io::Result<Nats> {
+        let writer = TcpStream::connect(("127.0.0.1", port))?;
+        writer.set_read_timeout(Some(Duration::from_secs(10)))?;
+        writer.set_nodelay(true)?;
+        let mut nats = Nats {
+            reader: BufReader::new(writer.try_clone()?),
+            writer,
+            next: 0,
+        };
+        nats.line()?; // INFO
+        nats.writer.write_all(
+            b"CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true}\r\n\
+              SUB _TEST.reply.* 1\r\nPING\r\n",
+        )?;
+        while nats.line()? != "PONG" {}
+        Ok(nats)
+    }
+
+    fn line(&mut self) -> std::io::Result<String> {
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        Ok(line.trim_end().to_owned())
+    }
+
+    /// Sends `payload` to `subject` and returns the reply's payload.
+    pub fn request(&mut self, subject: &str, payload: &Value) -> std::io::Result<Value> {
+        self.next += 1;
+        let reply = format!("_TEST.reply.{}", self.next);
+        let body = payload.to_string();
+        let request = format!("PUB {subject} {reply} {}\r\n{body}\r\n", body.len());
+        self.writer.write_all(request.as_bytes())?;
+        loop {
+            let line = self.line()?;
+            let words: Vec<&str> = line.split(' ').collect();
+            match words[0] {
+                "PING" => self.writer.write_all(b"PONG\r\n")?,
+                "MSG" | "HMSG" => {
+                    let size: usize = words.last().and_then(|n| n.parse().ok()).unwrap_or(0);
+                    let mut data = vec![0; size + 2];
+                    self.reader.read_exact(&mut data)?;
+                    data.truncate(size);
+                    if words[1] == reply {
+                        let header = if words[0] == "HMSG" {
+                            words[words.len() - 2].parse().unwrap_or(0)
+                        } else {
+                            0
+                        };
+                        return Ok(serde_json::from_slice(&data[header..]).unwrap_or(Value::Null));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Creates a file-backed stream `name` on `subjects`.
+    pub fn create_stream(&mut self, name: &str, subjects: &[&str]) -> std::io::Result<Value> {
+        let config = json!({"name": name, "subjects": subjects, "storage": "file",
+                            "duplicate_window": 120_000_000_000u64});
+        self.request(&format!("$JS.API.STREAM.CREATE.{name}"), &config)
+    }
+
+    /// How many messages stream `name` holds.
+    pub fn count(&mut self, name: &str) -> u64 {
+        self.request(&format!("$JS.API.STREAM.INFO.{name}"), &json!({}))
+            .ok()
+            .and_then(|info| info["state"]["messages"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Every message of stream `name`, in stream order.
+    pub fn messages(&mut self, name: &str) -> std::io::Result<Vec<Stored>> {
+        let info = self.request(&format!("$JS.API.STREAM.INFO.{name}"), &json!({}))?;
+        let last = info["state"]["last_seq"].as_u64().unwrap_or(0);
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            let got = self.request(
+                &format!("$JS.API.STREAM.MSG.GET.{name}"),
+                &json!({"seq": seq}),
+            )?;
+            let message = &got["message"];
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(message["data"].as_str().unwrap_or_default())
+                .unwrap_or_default();
+            out.push(Stored {
+                stream_seq: seq,
+                subject: message["subject"].as_str().unwrap_or_default().to_owned(),
+                event: serde_json::from_slice(&data).unwrap_or(Value::Null),
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,208 @@
+//! The NATS JetStream sink against a real `nats-server -js` started here (its store on
+//! disk): every event in the stream exactly once, in seq order, through `kill -9` of
+//! the delivering process and a restart of the server. Messages are read back through
+//! JetStream's API on a connection of the tests' own.
+#![cfg(feature = "nats")]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::brokers::Broker;
+use common::nats::Nats;
+use common::*;
+use eventspool::{Backoff, Inspector, NatsSink, Spool};
+
+const T: Duration = Duration::from_secs(60);
+
+fn sink(url: &str) -> NatsSink {
+    NatsSink::new("nats", url, "events.{type}")
+        .batch(100)
+        .max_retries(None)
+        .backoff(Backoff::exponential(
+            Duration::from_millis(5),
+            Duration::from_millis(100),
+        ))
+}
+
+/// A server with the stream `EVENTS` on `events.>`.
+fn server(dir: &std::path::Path) -> (Broker, Nats) {
+    let broker = Broker::nats(dir);
+    let mut nats = Nats::connect(broker.port).expect("connect");
+    let created = nats.create_stream("EVENTS", &["events.>"]).expect("create");
+    assert!(created.get("error").is_none(), "{created}");
+    (broker, nats)
+}
+
+/// Each of `0..n` once, in order, as the events' data and seqs from `first_seq`.
+fn assert_exactly_once(nats: &mut Nats, n: u64, first_seq: u64) {
+    let stored = nats.messages("EVENTS").expect("read back");
+    let numbers: Vec<u64> = stored
+        .iter()
+        .map(|m| m.event["data"]["n"].as_u64().expect("n"))
+        .collect();
+    assert_eq!(
+        numbers,
+        (0..n).collect::<Vec<_>>(),
+        "each event once, in order"
+    );
+    for (i, m) in stored.iter().enumerate() {
+        assert_eq!(m.event["seq"].as_u64(), Some(first_seq + i as u64));
+        assert_eq!(m.subject, "events.test.numbered");
+    }
+}
+
+#[test]
+fn ten_thousand_events_land_in_the_stream_once_each_in_order() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (broker, mut nats) = server(dir.path());
+    let spool = Spool::builder(dir.path().join("events.db"))
+        .sink(sink(&broker.nats_url()))
+        .open()?;
+    for n in 0..10_000 {
+        spool.emit(numbered(n))?;
+    }
+    wait_until(T, "10 000 delivered", || {
+        spool.metrics().sinks[0].delivered == 10_000
+    });
+    assert_exactly_once(&mut nats, 10_000, 1);
+    assert_eq!(spool.metrics().sinks[0].already_delivered, 0);
+    spool.close(T)?;
+    Ok(())
+}
+
+#[test]
+fn no_stream_is_retried_with_a_clear_error_until_one_is_made() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::nats(dir.path());
+    let spool = Spool::builder(dir.path().join("events.db"))
+        .sink(sink(&broker.nats_url()))
+        .open()?;
+    spool.append(numbered(0))?;
+    wait_until(T, "a failure", || {
+        spool.metrics().sinks[0].failures_retryable > 0
+    });
+    let error = spool.metrics().sinks[0]
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        error.contains("no JetStream stream takes this subject"),
+        "{error}"
+    );
+    let mut nats = Nats::connect(broker.port)?;
+    nats.create_stream("EVENTS", &["events.>"])?;
+    wait_until(T, "delivered once the stream exists", || {
+        spool.metrics().sinks[0].delivered == 1
+    });
+    assert_exactly_once(&mut nats, 1, 1);
+    spool.close(T)?;
+    Ok(())
+}
+
+/// Child: appends 20 000 events and publishes them, committing its cursor every 20
+/// batches (so a kill leaves batches in the stream that the cursor does not cover).
+fn delivering_child(path: &str, url: &str) -> ! {
+    let spool = Spool::builder(path)
+        .sink(sink(url).commit_every(20))
+        .open()
+        .expect("open");
+    spool
+        .append_batch((0..20_000).map(numbered).collect())
+        .expect("append");
+    loop {
+        std::thread::park();
+        let _ = &spool;
+    }
+}
+
+#[test]
+fn kill_9_while_delivering_then_restart_each_event_once_and_resends_counted() -> TestResult {
+    if let (Ok(path), Ok(url)) = (
+        std::env::var("EVENTSPOOL_NATS_CHILD_PATH"),
+        std::env::var("EVENTSPOOL_NATS_CHILD_URL"),
+    ) {
+        delivering_child(&path, &url);
+    }
+    let dir = tempfile::tempdir()?;
+    let (broker, mut nats) = server(dir.path());
+    let url = broker.nats_url();
+    let path = dir.path().join("events.db");
+    let mut child = Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "kill_9_while_delivering_then_restart_each_event_once_and_resends_counted",
+            "--nocapture",
+        ])
+        .env("EVENTSPOOL_NATS_CHILD_PATH", &path)
+        .env("EVENTSPOOL_NATS_CHILD_URL", &url)
+        .stdout(Stdio::null())
+        .spawn()?;
+    wait_until(T, "the child published some", || {
+        nats.count("EVENTS") >= 3_000
+    });
+    child.kill()?; // SIGKILL, mid-delivery
+    child.wait()?;
+    let in_stream = nats.count("EVENTS");
+    let cursor = Inspector::open(&path)?
+        .consumers()?
+        .into_iter()
+        .find(|c| c.name == "nats")
+        .map_or(0, |c| c.position);
+    assert!(
+        cursor <= in_stream,
+        "the cursor never runs ahead of the stream"
+    );
+
+    let spool = Spool::builder(&path).sink(sink(&url)).open()?;
+    wait_until(T, "the rest delivered", || {
+        spool.metrics().sinks[0].lag == 0 && nats.count("EVENTS") == 20_000
+    });
+    assert_exactly_once(&mut nats, 20_000, 1);
+    let again = spool.metrics().sinks[0].already_delivered;
+    assert_eq!(
+        again,
+        in_stream - cursor,
+        "every re-send was recognised and counted"
+    );
+    assert!(
+        again > 0,
+        "the kill left batches the cursor did not cover: {in_stream} {cursor}"
+    );
+    spool.close(T)?;
+    Ok(())
+}
+
+#[test]
+fn the_server_restarted_mid_stream_delivery_resumes_nothing_lost_nothing_twice() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (mut broker, nats) = server(dir.path());
+    drop(nats);
+    let url = broker.nats_url();
+    let spool = Spool::builder(dir.path().join("events.db"))
+        .sink(sink(&url))
+        .open()?;
+    for n in 0..3_000 {
+        spool.emit(numbered(n))?;
+    }
+    wait_until(T, "some delivered", || {
+        spool.metrics().sinks[0].delivered >= 1_000
+    });
+    broker.stop();
+    for n in 3_000..6_000 {
+        spool.emit(numbered(n))?;
+    }
+    wait_until(T, "a failure seen while the server is down", || {
+        spool.metrics().sinks[0].failures_retryable > 0
+    });
+    broker.start();
+    wait_until(T, "all 6 000 delivered", || {
+        let sink = &spool.metrics().sinks[0];
+        sink.delivered >= 6_000 && sink.lag == 0
+    });
+    let mut nats = Nats::connect(broker.port)?;
+    assert_exactly_once(&mut nats, 6_000, 1);
+    spool.close(T)?;
+    Ok(())
+}
