@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+#[cfg(feature = "nats")]
+use crate::sink::nats::NatsSink;
 use crate::sink::order::{Concurrency, DEFAULT_WINDOW, Order};
 use crate::sink::payload::Content;
 #[cfg(feature = "redis")]
@@ -150,6 +152,99 @@ pub struct SpoolConfig {
     #[cfg(feature = "redis")]
     #[serde(default)]
     pub redis: Vec<RedisConfig>,
+    /// NATS JetStream subjects to forward to (feature `nats`).
+    #[cfg(feature = "nats")]
+    #[serde(default)]
+    pub nats: Vec<NatsConfig>,
+}
+
+/// A NATS JetStream sink in a [`SpoolConfig`] (feature `nats`); every field but `name`,
+/// `url` and `subject` has the default of the matching [`NatsSink`] setter.
+///
+/// ```
+/// let config: eventspool::SpoolConfig = toml::from_str(r#"
+///     path = "events.db"
+///     [[nats]]
+///     name = "orders"
+///     url = "nats://app:secret@127.0.0.1:4222"
+///     subject = "events.{type}"
+/// "#).unwrap();
+/// assert_eq!(config.nats[0].batch, eventspool::DEFAULT_NATS_BATCH);
+/// assert!(!format!("{config:?}").contains("secret"));
+/// ```
+#[cfg(feature = "nats")]
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// The sink's name (the key of its cursor).
+    pub name: String,
+    /// `nats://[user:password@|token@]host[:port]`. Only its host and port are ever shown.
+    pub url: String,
+    /// The subject; `{type}` in it stands for the event's type.
+    pub subject: String,
+    /// Publishes per round trip.
+    #[serde(default = "default_nats_batch")]
+    pub batch: usize,
+    /// Round trips per cursor commit.
+    #[serde(default = "default_commit_every")]
+    pub commit_every: usize,
+    /// Connect and acknowledgement timeout in ms.
+    #[serde(default = "default_nats_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries before dead-lettering; `null` retries forever.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: Option<u32>,
+    /// First backoff ceiling in ms.
+    #[serde(default = "default_backoff_min_ms")]
+    pub backoff_min_ms: u64,
+    /// Longest backoff in ms.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// Only these event types (a trailing `*` matches a prefix); empty: all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+}
+
+#[cfg(feature = "nats")]
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("name", &self.name)
+            .field("url", &crate::sink::webhook::shown_url(&self.url))
+            .field("subject", &self.subject)
+            .field("batch", &self.batch)
+            .field("commit_every", &self.commit_every)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_retries", &self.max_retries)
+            .field("event_types", &self.event_types)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "nats")]
+impl NatsConfig {
+    /// The [`NatsSink`] this entry describes.
+    pub fn to_sink(&self) -> NatsSink {
+        NatsSink::new(&self.name, &self.url, &self.subject)
+            .batch(self.batch)
+            .commit_every(self.commit_every)
+            .timeout(Duration::from_millis(self.timeout_ms))
+            .max_retries(self.max_retries)
+            .backoff(Backoff::exponential(
+                Duration::from_millis(self.backoff_min_ms),
+                Duration::from_millis(self.backoff_max_ms),
+            ))
+            .event_types(self.event_types.iter().cloned())
+    }
+}
+
+#[cfg(feature = "nats")]
+fn default_nats_batch() -> usize {
+    crate::sink::nats::DEFAULT_NATS_BATCH
+}
+#[cfg(feature = "nats")]
+fn default_nats_timeout_ms() -> u64 {
+    crate::time::millis(crate::sink::nats::DEFAULT_NATS_TIMEOUT)
 }
 
 /// A Redis Streams sink in a [`SpoolConfig`] (feature `redis`); every field but `name`,
@@ -448,6 +543,8 @@ impl SpoolConfig {
             sinks: Vec::new(),
             #[cfg(feature = "redis")]
             redis: Vec::new(),
+            #[cfg(feature = "nats")]
+            nats: Vec::new(),
         }
     }
 
@@ -498,6 +595,10 @@ impl SpoolConfig {
         #[cfg(feature = "redis")]
         for redis in &self.redis {
             sinks.push(Box::new(redis.to_sink()));
+        }
+        #[cfg(feature = "nats")]
+        for nats in &self.nats {
+            sinks.push(Box::new(nats.to_sink()));
         }
         sinks
     }

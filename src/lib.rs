@@ -103,6 +103,8 @@ mod subscribe;
 mod time;
 mod writer;
 
+#[cfg(feature = "nats")]
+pub use config::NatsConfig;
 #[cfg(feature = "redis")]
 pub use config::RedisConfig;
 pub use config::{

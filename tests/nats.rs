@@ -206,3 +206,41 @@ fn the_server_restarted_mid_stream_delivery_resumes_nothing_lost_nothing_twice()
     spool.close(T)?;
     Ok(())
 }
+
+#[test]
+fn configured_from_toml_like_the_webhooks() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (broker, mut nats) = server(dir.path());
+    let text = format!(
+        "path = {:?}\n[[nats]]\nname = \"orders\"\nurl = {:?}\nsubject = \"events.{{type}}\"\nbatch = 7\n",
+        dir.path().join("events.db"),
+        broker.nats_url()
+    );
+    let config: eventspool::SpoolConfig = toml::from_str(&text)?;
+    let spool = Spool::from_config(&config)?;
+    for n in 0..20 {
+        spool.emit(numbered(n))?;
+    }
+    wait_until(T, "20 delivered", || {
+        spool.metrics().sinks[0].delivered == 20
+    });
+    assert_exactly_once(&mut nats, 20, 1);
+    spool.close(T)?;
+    let mut bad = config.clone();
+    bad.nats[0].url = "http://not-nats".into();
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("invalid NATS URL")
+    );
+    bad.nats[0].url = broker.nats_url();
+    bad.nats[0].subject = "events.*".into();
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not a subject")
+    );
+    Ok(())
+}
