@@ -182,6 +182,9 @@ pub struct NatsConfig {
     pub url: String,
     /// The subject; `{type}` in it stands for the event's type.
     pub subject: String,
+    /// A PEM file of certificates to trust for TLS instead of the web's roots.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
     /// Publishes per round trip.
     #[serde(default = "default_nats_batch")]
     pub batch: usize,
@@ -212,6 +215,7 @@ impl std::fmt::Debug for NatsConfig {
             .field("name", &self.name)
             .field("url", &crate::sink::webhook::shown_url(&self.url))
             .field("subject", &self.subject)
+            .field("tls_ca", &self.tls_ca)
             .field("batch", &self.batch)
             .field("commit_every", &self.commit_every)
             .field("timeout_ms", &self.timeout_ms)
@@ -225,8 +229,12 @@ impl std::fmt::Debug for NatsConfig {
 impl NatsConfig {
     /// The [`NatsSink`] this entry describes.
     pub fn to_sink(&self) -> NatsSink {
-        NatsSink::new(&self.name, &self.url, &self.subject)
-            .batch(self.batch)
+        let sink = NatsSink::new(&self.name, &self.url, &self.subject);
+        let sink = match &self.tls_ca {
+            Some(file) => sink.tls_ca(file),
+            None => sink,
+        };
+        sink.batch(self.batch)
             .commit_every(self.commit_every)
             .timeout(Duration::from_millis(self.timeout_ms))
             .max_retries(self.max_retries)

@@ -244,3 +244,40 @@ fn configured_from_toml_like_the_webhooks() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn over_tls_to_a_server_that_requires_it() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let files = common::brokers::tls_files(dir.path());
+    let broker = Broker::nats_tls(dir.path(), &files);
+    let mut nats = Nats::connect_tls(broker.port, &files.ca)?;
+    nats.create_stream("EVENTS", &["events.>"])?;
+    let url = format!("tls://localhost:{}", broker.port);
+    // Without the CA the server's certificate is not trusted: retried, with the reason.
+    let spool = Spool::builder(dir.path().join("untrusted.db"))
+        .sink(sink(&url))
+        .open()?;
+    spool.append(numbered(0))?;
+    wait_until(T, "a TLS failure", || {
+        spool.metrics().sinks[0].failures_retryable > 0
+    });
+    let error = spool.metrics().sinks[0]
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    assert!(error.contains("certificate"), "{error}");
+    spool.close(Duration::from_millis(100))?;
+
+    let spool = Spool::builder(dir.path().join("events.db"))
+        .sink(sink(&url).tls_ca(&files.ca))
+        .open()?;
+    for n in 0..500 {
+        spool.emit(numbered(n))?;
+    }
+    wait_until(T, "500 delivered over TLS", || {
+        spool.metrics().sinks[0].delivered == 500
+    });
+    assert_exactly_once(&mut nats, 500, 1);
+    spool.close(T)?;
+    Ok(())
+}

@@ -118,6 +118,20 @@ impl Broker {
         )
     }
 
+    /// `nats-server` with JetStream that requires TLS, with the certificate and key
+    /// [`tls_files`] made.
+    pub fn nats_tls(dir: &Path, files: &TlsFiles) -> Broker {
+        let mut broker = Broker::nats(dir);
+        broker.stop();
+        for (flag, file) in [("--tlscert", &files.cert), ("--tlskey", &files.key)] {
+            broker.args.push(flag.into());
+            broker.args.push(file.display().to_string());
+        }
+        broker.args.push("--tls".into());
+        broker.start();
+        broker
+    }
+
     /// Starts the process and waits until it takes connections.
     pub fn start(&mut self) {
         let child = Command::new(&self.program)
@@ -160,5 +174,82 @@ impl Drop for Broker {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A CA and a server certificate it signed, for `localhost` and 127.0.0.1.
+#[derive(Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Makes a CA and a server certificate with the system's `openssl`.
+pub fn tls_files(dir: &Path) -> TlsFiles {
+    let path = |name: &str| dir.join(name);
+    let run = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl is installed");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        path("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("ext file");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ]);
+    TlsFiles {
+        ca: path("ca.pem"),
+        cert: path("server.pem"),
+        key: path("server.key"),
     }
 }

@@ -8,10 +8,13 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{Value, json};
 
+/// What the connection runs over: TCP, or TLS over it.
+pub trait Wire: Read + Write {}
+impl<T: Read + Write> Wire for T {}
+
 /// A connection that sends requests and reads their replies.
 pub struct Nats {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    io: BufReader<Box<dyn Wire>>,
     next: u64,
 }
 
@@ -26,16 +29,31 @@ pub struct Stored {
 
 impl Nats {
     pub fn connect(port: u16) -> std::io::Result<Nats> {
-        let writer = TcpStream::connect(("127.0.0.1", port))?;
-        writer.set_read_timeout(Some(Duration::from_secs(10)))?;
-        writer.set_nodelay(true)?;
+        Nats::start(port, None)
+    }
+
+    /// Over TLS, trusting the certificates in the PEM file `ca`.
+    pub fn connect_tls(port: u16, ca: &std::path::Path) -> std::io::Result<Nats> {
+        Nats::start(port, Some(ca))
+    }
+
+    fn start(port: u16, ca: Option<&std::path::Path>) -> std::io::Result<Nats> {
+        let tcp = TcpStream::connect(("127.0.0.1", port))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        tcp.set_nodelay(true)?;
+        let mut plain = BufReader::new(tcp);
+        let mut info = String::new();
+        plain.read_line(&mut info)?; // INFO, in the clear
+        let tcp = plain.into_inner();
+        let wire: Box<dyn Wire> = match ca {
+            None => Box::new(tcp),
+            Some(ca) => Box::new(tls(tcp, ca)),
+        };
         let mut nats = Nats {
-            reader: BufReader::new(writer.try_clone()?),
-            writer,
+            io: BufReader::new(wire),
             next: 0,
         };
-        nats.line()?; // INFO
-        nats.writer.write_all(
+        nats.io.get_mut().write_all(
             b"CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true}\r\n\
               SUB _TEST.reply.* 1\r\nPING\r\n",
         )?;
@@ -45,7 +63,7 @@ impl Nats {
 
     fn line(&mut self) -> std::io::Result<String> {
         let mut line = String::new();
-        self.reader.read_line(&mut line)?;
+        self.io.read_line(&mut line)?;
         Ok(line.trim_end().to_owned())
     }
 
@@ -55,16 +73,17 @@ impl Nats {
         let reply = format!("_TEST.reply.{}", self.next);
         let body = payload.to_string();
         let request = format!("PUB {subject} {reply} {}\r\n{body}\r\n", body.len());
-        self.writer.write_all(request.as_bytes())?;
+        self.io.get_mut().write_all(request.as_bytes())?;
+        self.io.get_mut().flush()?;
         loop {
             let line = self.line()?;
             let words: Vec<&str> = line.split(' ').collect();
             match words[0] {
-                "PING" => self.writer.write_all(b"PONG\r\n")?,
+                "PING" => self.io.get_mut().write_all(b"PONG\r\n")?,
                 "MSG" | "HMSG" => {
                     let size: usize = words.last().and_then(|n| n.parse().ok()).unwrap_or(0);
                     let mut data = vec![0; size + 2];
-                    self.reader.read_exact(&mut data)?;
+                    self.io.read_exact(&mut data)?;
                     data.truncate(size);
                     if words[1] == reply {
                         let header = if words[0] == "HMSG" {
@@ -117,4 +136,25 @@ impl Nats {
         }
         Ok(out)
     }
+}
+
+/// A TLS client over `tcp` trusting the certificates in `ca`.
+fn tls(
+    tcp: TcpStream,
+    ca: &std::path::Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(cert.expect("a certificate")).expect("a root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("localhost").expect("name");
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("TLS");
+    rustls::StreamOwned::new(connection, tcp)
 }

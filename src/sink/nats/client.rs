@@ -1,21 +1,28 @@
 //! A small blocking NATS client, written by hand: the `nats` crate's blocking client is
 //! deprecated and the maintained `async-nats` needs tokio. It speaks the documented
 //! client protocol (INFO, CONNECT with headers, HPUB, SUB, MSG/HMSG, PING/PONG,
-//! +OK/-ERR) over one TCP connection, and does one thing: publish a batch to
-//! JetStream, pipelined, then collect the publish acknowledgements. A failure leaves
-//! the connection unusable: the sink makes a new one (that is its reconnect).
+//! +OK/-ERR) over one TCP connection (TLS through rustls with the `tls` feature), and
+//! does one thing: publish a batch to JetStream, pipelined, then collect the publish
+//! acknowledgements. A failure leaves the connection unusable: the sink makes a new one
+//! (that is its reconnect).
 
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-/// Where and how to connect, from a `nats://[user:password@|token@]host[:port]` URL.
+/// Where and how to connect, from a `nats://[user:password@|token@]host[:port]` URL
+/// (`tls://` for TLS from the start).
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Server {
     pub(crate) host: String,
     pub(crate) port: u16,
+    /// TLS asked for by the URL (the server may ask for it too).
+    pub(crate) tls: bool,
+    /// PEM certificates to trust instead of the web's roots.
+    pub(crate) ca_file: Option<PathBuf>,
     user: Option<String>,
     password: Option<String>,
     token: Option<String>,
@@ -23,16 +30,19 @@ pub(crate) struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "nats://{}:{}", self.host, self.port) // never the credentials
+        let scheme = if self.tls { "tls" } else { "nats" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port) // never the credentials
     }
 }
 
 impl Server {
     /// Reads a URL; says what is wrong with one that is not a NATS URL.
     pub(crate) fn parse(url: &str) -> Result<Server, String> {
-        let rest = url
-            .strip_prefix("nats://")
-            .ok_or_else(|| "the URL must start with nats://".to_owned())?;
+        let (tls, rest) = match (url.strip_prefix("nats://"), url.strip_prefix("tls://")) {
+            (Some(rest), _) => (false, rest),
+            (None, Some(rest)) => (true, rest),
+            (None, None) => return Err("the URL must start with nats:// or tls://".into()),
+        };
         let (credentials, address) = match rest.rsplit_once('@') {
             Some((credentials, address)) => (Some(credentials), address),
             None => (None, rest),
@@ -58,6 +68,8 @@ impl Server {
         Ok(Server {
             host: host.to_owned(),
             port,
+            tls,
+            ca_file: None,
             user,
             password,
             token,
@@ -128,8 +140,7 @@ struct AckError {
 /// A connection to a NATS server, subscribed to an inbox of its own for the
 /// acknowledgements.
 pub(crate) struct Client {
-    reader: BufReader<TcpStream>,
-    writer: BufWriter<TcpStream>,
+    io: BufReader<Stream>,
     inbox: String,
     max_payload: usize,
     timeout: Duration,
@@ -171,40 +182,39 @@ impl Client {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        let mut client = Client {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: BufWriter::new(stream),
-            inbox: inbox_name(),
-            max_payload: default_max_payload(),
-            timeout,
-        };
-        let line = client.line()?;
+        // INFO comes in the clear; TLS, when either side wants it, starts after it.
+        let mut plain = BufReader::new(stream);
+        let line = read_line(&mut plain)?;
         let info = line
             .strip_prefix("INFO ")
             .ok_or_else(|| broken(format!("not a NATS server: it said {line:?}")))?;
         let info: Info = serde_json::from_str(info).map_err(|e| broken(format!("INFO: {e}")))?;
-        if info.tls_required {
-            return Err(broken(
-                "the server requires TLS, which this client does not speak",
-            ));
-        }
         if !info.headers {
             return Err(broken(
                 "the server does not support headers (NATS 2.2 or newer needed)",
             ));
         }
+        let stream = match server.tls || info.tls_required {
+            true => tls::wrap(plain.into_inner(), server)?,
+            false => Stream::Plain(plain.into_inner()),
+        };
+        let mut client = Client {
+            io: BufReader::new(stream),
+            inbox: inbox_name(),
+            max_payload: default_max_payload(),
+            timeout,
+        };
         client.max_payload = info.max_payload;
         let connect = serde_json::json!({
             "verbose": false, "pedantic": false, "headers": true, "no_responders": true,
             "lang": "rust-eventspool", "version": env!("CARGO_PKG_VERSION"), "name": name,
             "user": server.user, "pass": server.password, "auth_token": server.token,
         });
-        write!(
-            client.writer,
+        let hello = format!(
             "CONNECT {connect}\r\nPING\r\nSUB {}.* {SID}\r\n",
             client.inbox
-        )?;
-        client.writer.flush()?;
+        );
+        client.send(hello.as_bytes())?;
         loop {
             match client.line()?.as_str() {
                 "PONG" => return Ok(client),
@@ -227,6 +237,7 @@ impl Client {
 
     /// Publishes `messages` in one write, then reads their acknowledgements, in order.
     pub(crate) fn publish_all(&mut self, messages: &[Publish<'_>]) -> std::io::Result<Vec<Ack>> {
+        let mut out = Vec::new();
         for (i, m) in messages.iter().enumerate() {
             let mut headers = format!("NATS/1.0\r\nNats-Msg-Id: {}\r\n", m.msg_id);
             if let Some(last) = m.expect_last {
@@ -235,16 +246,16 @@ impl Client {
             headers.push_str("\r\n");
             let total = headers.len() + m.payload.len();
             write!(
-                self.writer,
+                out,
                 "HPUB {} {}.{i} {} {total}\r\n{headers}",
                 m.subject,
                 self.inbox,
                 headers.len()
             )?;
-            self.writer.write_all(m.payload)?;
-            self.writer.write_all(b"\r\n")?;
+            out.extend_from_slice(m.payload);
+            out.extend_from_slice(b"\r\n");
         }
-        self.writer.flush()?;
+        self.send(&out)?;
         let mut acks: Vec<Option<Ack>> = vec![None; messages.len()];
         let mut left = messages.len();
         let deadline = Instant::now() + self.timeout;
@@ -277,19 +288,18 @@ impl Client {
 
     /// Reads the next protocol line (without its CRLF).
     fn line(&mut self) -> std::io::Result<String> {
-        let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the server closed the connection",
-            ));
-        }
-        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+        read_line(&mut self.io)
+    }
+
+    /// Writes `bytes` and flushes them out.
+    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let stream = self.io.get_mut();
+        stream.write_all(bytes)?;
+        stream.flush()
     }
 
     fn pong(&mut self) -> std::io::Result<()> {
-        self.writer.write_all(b"PONG\r\n")?;
-        self.writer.flush()
+        self.send(b"PONG\r\n")
     }
 
     /// Reads what the server sends until a message: its subject and what it says of a
@@ -338,9 +348,110 @@ impl Client {
     /// Reads `size` bytes and the CRLF after them.
     fn payload(&mut self, size: usize) -> std::io::Result<Vec<u8>> {
         let mut payload = vec![0; size + 2];
-        self.reader.read_exact(&mut payload)?;
+        self.io.read_exact(&mut payload)?;
         payload.truncate(size);
         Ok(payload)
+    }
+}
+
+/// Reads a protocol line (without its CRLF) from `input`.
+fn read_line(input: &mut impl BufRead) -> std::io::Result<String> {
+    let mut line = String::new();
+    if input.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the server closed the connection",
+        ));
+    }
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// The connection: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+mod tls {
+    use std::net::TcpStream;
+    use std::sync::Arc;
+
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+
+    use super::{Server, Stream, broken};
+
+    /// TLS over `tcp` to `server`, trusting its CA file or else the web's roots.
+    pub(super) fn wrap(tcp: TcpStream, server: &Server) -> std::io::Result<Stream> {
+        let mut roots = rustls::RootCertStore::empty();
+        match &server.ca_file {
+            Some(file) => {
+                let certs = CertificateDer::pem_file_iter(file)
+                    .map_err(|e| broken(format!("cannot read {}: {e}", file.display())))?;
+                for cert in certs {
+                    let cert = cert.map_err(|e| broken(format!("{}: {e}", file.display())))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| broken(format!("{}: {e}", file.display())))?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| broken(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from(server.host.clone())
+            .map_err(|e| broken(format!("{}: {e}", server.host)))?;
+        let connection = rustls::ClientConnection::new(Arc::new(config), name)
+            .map_err(|e| broken(e.to_string()))?;
+        Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(
+            connection, tcp,
+        ))))
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+mod tls {
+    use std::net::TcpStream;
+
+    use super::{Server, Stream, broken};
+
+    pub(super) fn wrap(_: TcpStream, _: &Server) -> std::io::Result<Stream> {
+        Err(broken(
+            "TLS needs the `tls` feature, which this build leaves out",
+        ))
     }
 }
 

@@ -39,7 +39,8 @@ const WRONG_LAST_MSG_ID: u32 = 10070;
 /// `Nats-Expected-Last-Msg-Id`, so a refused message cannot be overtaken by the next.
 /// No stream on the subject (no responders) and JetStream being unavailable are
 /// retried; other refusals dead-letter the batch. User and password, or a token, come
-/// in the URL; TLS is not spoken (a server that requires it is refused with an error).
+/// in the URL; TLS (rustls, feature `tls`) when the URL is `tls://` or the server
+/// requires it, trusting the web's roots or [`tls_ca`](NatsSink::tls_ca).
 ///
 /// ```
 /// use eventspool::NatsSink;
@@ -123,6 +124,16 @@ impl NatsSink {
     /// The wait between retries. Defaults to [`DEFAULT_BACKOFF`].
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// Trusts the certificates in this PEM file (a private CA) for TLS instead of the
+    /// web's roots. TLS is used when the URL is `tls://` or the server requires it;
+    /// it needs the `tls` feature (on by default).
+    pub fn tls_ca(mut self, file: impl Into<std::path::PathBuf>) -> Self {
+        if let Ok(server) = &mut self.server {
+            server.ca_file = Some(file.into());
+        }
         self
     }
 
@@ -267,8 +278,14 @@ impl Sink for NatsSink {
 
     fn check(&self) -> Result<(), String> {
         let name = &self.name;
-        if let Err(e) = &self.server {
-            return Err(format!("sink {name}: invalid NATS URL: {e}"));
+        match &self.server {
+            Err(e) => return Err(format!("sink {name}: invalid NATS URL: {e}")),
+            Ok(server) if server.tls && !cfg!(feature = "tls") => {
+                return Err(format!(
+                    "sink {name}: tls:// needs the `tls` feature, which this build leaves out"
+                ));
+            }
+            Ok(_) => {}
         }
         match &self.subject {
             Err(e) => return Err(format!("sink {name}: {e}")),
