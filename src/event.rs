@@ -81,6 +81,47 @@ impl Event {
         }
     }
 
+    /// Reads an event written as one JSON object: `{"type": "order.paid", "data": {...}}`
+    /// with optional `subject`, `source`, `id` and `timestamp_ms` (other fields, such
+    /// as the `seq` of an exported [`StoredEvent`], are ignored; no `data` is `null`).
+    /// It is the line format of the `eventspool` command's `export`, `import` and
+    /// `forward`, and of the C API's `eventspool_emit_event`.
+    ///
+    /// ```
+    /// let e = eventspool::Event::from_json_line(r#"{"type":"a","data":[1],"id":"x-1"}"#)?;
+    /// assert_eq!((e.event_type.as_str(), e.id.as_deref()), ("a", Some("x-1")));
+    /// # Ok::<(), eventspool::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidEvent`] when the text is not such an object. (The type and data
+    /// are checked further by `emit` / `append`.)
+    pub fn from_json_line(text: &str) -> Result<Event> {
+        #[derive(Deserialize)]
+        struct Line<'a> {
+            #[serde(rename = "type")]
+            event_type: String,
+            #[serde(default, borrow)]
+            data: Option<&'a RawValue>,
+            #[serde(default)]
+            subject: Option<String>,
+            #[serde(default)]
+            source: Option<String>,
+            #[serde(default)]
+            id: Option<String>,
+            #[serde(default)]
+            timestamp_ms: Option<i64>,
+        }
+        let line: Line<'_> = serde_json::from_str(text)
+            .map_err(|e| Error::InvalidEvent(format!("not an event: {e}")))?;
+        let mut event = Event::from_json(line.event_type, line.data.map_or("null", RawValue::get));
+        event.subject = line.subject;
+        event.source = line.source;
+        event.id = line.id;
+        event.timestamp_ms = line.timestamp_ms;
+        Ok(event)
+    }
+
     /// Sets the subject.
     pub fn subject(mut self, subject: impl Into<String>) -> Self {
         self.subject = Some(subject.into());

@@ -27,6 +27,7 @@ _TIMED_OUT = 7
 _FOREVER = 2**64 - 1
 
 _DELIVER = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_char), ctypes.c_size_t)
+_ON_ERROR = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p)
 
 
 class Error(Exception):
@@ -88,7 +89,10 @@ def load(path=None):
         "eventspool_delivery_error": (None, [c]),
         "eventspool_builder_new": (status, [c, c, out]),
         "eventspool_builder_add_sink": (status, [p, c, c, _DELIVER, p]),
+        "eventspool_builder_on_error": (status, [p, _ON_ERROR, p]),
         "eventspool_builder_open": (status, [p, out]),
+        "eventspool_emit_event": (status, [p, c, size]),
+        "eventspool_append_event": (status, [p, c, size, u64_out]),
         "eventspool_builder_free": (None, [p]),
         "eventspool_emit": (status, [p, c, c, size, c, c]),
         "eventspool_append": (status, [p, c, c, size, c, c, u64_out]),
@@ -180,10 +184,12 @@ class Sink:
 
 class Spool:
     """An open spool. `config` is the SpoolConfig as a dict or JSON text (webhook sinks
-    included); `sinks` are `Sink`s written in Python. Use it as a context manager, or call
-    `close()`. Its methods may be called from several threads."""
+    included); `sinks` are `Sink`s written in Python; `on_error(error)` hears of what
+    fails where no call returns it (a dead letter, a failed commit), on the spool's
+    threads. Use it as a context manager, or call `close()`. Its methods may be called
+    from several threads."""
 
-    def __init__(self, path, config=None, sinks=(), library=None):
+    def __init__(self, path, config=None, sinks=(), on_error=None, library=None):
         self._lib = load(library)
         self._callbacks = []  # kept alive while the spool may call them
         if isinstance(config, dict):
@@ -196,6 +202,19 @@ class Spool:
                 self._callbacks.append(callback)
                 options = json.dumps(sink.options) if sink.options else None
                 _check(self._lib, self._lib.eventspool_builder_add_sink(builder, _text(sink.name), _text(options), callback, None))
+            if on_error is not None:
+                lib = self._lib
+
+                def hook(_user_data, status, message):
+                    try:
+                        name = lib.eventspool_status_name(status).decode()
+                        on_error(Error(status, name, message.decode("utf-8", "replace")))
+                    except BaseException:  # nothing may unwind into the library
+                        pass
+
+                callback = _ON_ERROR(hook)
+                self._callbacks.append(callback)
+                _check(self._lib, self._lib.eventspool_builder_on_error(builder, callback, None))
             handle = ctypes.c_void_p()
             _check(self._lib, self._lib.eventspool_builder_open(builder, ctypes.byref(handle)))
         finally:
@@ -211,15 +230,31 @@ class Spool:
         encoded = json.dumps(data, separators=(",", ":")).encode()
         return (_text(event_type), encoded, len(encoded), _text(subject), _text(source))
 
-    def emit(self, event_type, data=None, subject=None, source=None):
-        """Hands an event over without waiting for its commit (the overflow policy applies)."""
-        _check(self._lib, self._lib.eventspool_emit(self._spool(), *self._event_args(event_type, data, subject, source)))
+    @staticmethod
+    def _whole_event(event_type, data, subject, source, id, timestamp_ms):
+        event = {"type": event_type, "data": data, "subject": subject, "source": source, "id": id, "timestamp_ms": timestamp_ms}
+        encoded = json.dumps({k: v for k, v in event.items() if v is not None or k == "data"}).encode()
+        return encoded, len(encoded)
 
-    def append(self, event_type, data=None, subject=None, source=None):
+    def emit(self, event_type, data=None, subject=None, source=None, id=None, timestamp_ms=None):
+        """Hands an event over without waiting for its commit (the overflow policy applies).
+        `id` and `timestamp_ms` default to the spool's."""
+        if id is None and timestamp_ms is None:
+            args = self._event_args(event_type, data, subject, source)
+            _check(self._lib, self._lib.eventspool_emit(self._spool(), *args))
+        else:
+            args = self._whole_event(event_type, data, subject, source, id, timestamp_ms)
+            _check(self._lib, self._lib.eventspool_emit_event(self._spool(), *args))
+
+    def append(self, event_type, data=None, subject=None, source=None, id=None, timestamp_ms=None):
         """Hands an event over and returns its seq once it is committed."""
         seq = ctypes.c_uint64()
-        args = self._event_args(event_type, data, subject, source)
-        _check(self._lib, self._lib.eventspool_append(self._spool(), *args, ctypes.byref(seq)))
+        if id is None and timestamp_ms is None:
+            args = self._event_args(event_type, data, subject, source)
+            _check(self._lib, self._lib.eventspool_append(self._spool(), *args, ctypes.byref(seq)))
+        else:
+            args = self._whole_event(event_type, data, subject, source, id, timestamp_ms)
+            _check(self._lib, self._lib.eventspool_append_event(self._spool(), *args, ctypes.byref(seq)))
         return seq.value
 
     def flush(self, timeout=None):

@@ -110,24 +110,17 @@ typedef int (*eventspool_deliver_fn)(void *user_data,
                                      const char *events_json,
                                      size_t len);
 
+// What failed where no caller sees it (a delivery given up on, a commit that failed
+// and is retried, the file deleted while open): called on the spool's own threads
+// with its status and message (valid only during the call). It must return quickly
+// and must not call into the spool.
+typedef void (*eventspool_error_fn)(void *user_data,
+                                    enum eventspool_status status,
+                                    const char *message);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
-
-// Copies the message of the last failed call on this thread into `buffer` (at most
-// `capacity` bytes, NUL included; cut on a character boundary) and returns the
-// message's whole length without the NUL, so a caller can size a buffer: call with
-// `capacity` 0 first. The message stays until the next failure on this thread; a call
-// that succeeds does not clear it. Thread-safe.
-//
-// # Safety
-// `buffer` must be NULL (then nothing is copied) or point to `capacity` writable bytes.
-size_t eventspool_last_error(char *buffer,
-                             size_t capacity);
-
-// A constant, NUL-terminated name for a status (`"EVENTSPOOL_LOCKED"`), or
-// `"EVENTSPOOL_UNKNOWN"` for a value that is none. Never freed. Thread-safe.
-const char *eventspool_status_name(int status);
 
 // The library's version, such as `"0.1.0"`: a constant string, never freed.
 // Thread-safe.
@@ -179,6 +172,17 @@ enum eventspool_status eventspool_builder_add_sink(struct eventspool_builder *bu
                                                    eventspool_deliver_fn deliver,
                                                    void *user_data);
 
+// Calls `on_error` for every failure no caller sees (see `eventspool_error_fn`), with
+// `user_data`, which must stay valid until `eventspool_close` or `eventspool_free`
+// returns. Replaces an earlier one.
+//
+// # Safety
+// `builder` is NULL or a live builder; `on_error` is NULL (no hook) or a function of
+// that signature.
+enum eventspool_status eventspool_builder_on_error(struct eventspool_builder *builder,
+                                                   eventspool_error_fn on_error,
+                                                   void *user_data);
+
 // Opens the spool the builder describes: checks the configuration, takes the file's
 // lock, starts the writer and the sinks. The builder is spent either way: free it
 // with `eventspool_builder_free`.
@@ -219,6 +223,28 @@ enum eventspool_status eventspool_emit(const struct eventspool_spool *spool,
                                        size_t data_len,
                                        const char *subject,
                                        const char *source);
+
+// Hands over an event written as one JSON object of `len` bytes:
+// `{"type": ..., "data": ..., "subject": ..., "source": ..., "id": ..., "timestamp_ms": ...}`
+// (all but `type` optional), for a caller that sets the id or the time. Otherwise as
+// `eventspool_emit`.
+//
+// # Safety
+// `spool` is NULL or a live spool; `event_json` is NULL or points to `len` readable
+// bytes.
+enum eventspool_status eventspool_emit_event(const struct eventspool_spool *spool,
+                                             const char *event_json,
+                                             size_t len);
+
+// As `eventspool_emit_event`, but returns once the event is committed, with its seq
+// through `seq_out` (may be NULL).
+//
+// # Safety
+// As `eventspool_emit_event`; `seq_out` is NULL or valid for a write.
+enum eventspool_status eventspool_append_event(const struct eventspool_spool *spool,
+                                               const char *event_json,
+                                               size_t len,
+                                               uint64_t *seq_out);
 
 // As `eventspool_emit`, but returns once the event is committed, with its seq
 // through `seq_out` (may be NULL). Concurrent callers share commits.
@@ -418,277 +444,6 @@ enum eventspool_status eventspool_subscription_ack(const struct eventspool_subsc
 // # Safety
 // `subscription` is NULL or a subscription not freed before.
 void eventspool_subscription_free(struct eventspool_subscription *subscription);
-
-// Frees a string this library returned (query results, events, metrics). NULL is
-// ignored. Thread-safe.
-//
-// # Safety
-// `text` is NULL or a string returned by this library, not freed before.
-void eventspool_string_free(char *text);
-
-// Makes a builder for the spool at `path` with the configuration `config_json` (the
-// `SpoolConfig` JSON of the Rust API, webhook sinks included; NULL: every default).
-// `path` may be NULL when the JSON has a `"path"`. Add C sinks with
-// `eventspool_builder_add_sink`, then `eventspool_builder_open`.
-//
-// # Safety
-// `path` and `config_json` are NULL or NUL-terminated strings; `out` is valid for a write.
-enum eventspool_status eventspool_builder_new(const char *path,
-                                              const char *config_json,
-                                              struct eventspool_builder **out);
-
-// Adds a sink written in C: `deliver` is called with batches of events on the sink's
-// own thread (several threads at once when the options ask for a concurrency above 1
-// with an order other than `"total"`), with `user_data` as its first argument. The
-// events go out in seq order, are retried with backoff and dead-lettered as for any
-// sink; the sink's cursor moves when `deliver` returns `EVENTSPOOL_DELIVERED`.
-// `options_json` (NULL: every default) may hold `batch`, `commit_every`,
-// `max_retries` (null: forever), `backoff_min_ms`, `backoff_max_ms`, `event_types`,
-// `order`, `concurrency` and `window`, as a webhook in the configuration does.
-// `user_data` must stay valid until `eventspool_close` or `eventspool_free` returns.
-//
-// # Safety
-// `builder` is NULL or a live builder; `name` and `options_json` are NULL or
-// NUL-terminated strings; `deliver` is NULL or a function of that signature.
-enum eventspool_status eventspool_builder_add_sink(struct eventspool_builder *builder,
-                                                   const char *name,
-                                                   const char *options_json,
-                                                   eventspool_deliver_fn deliver,
-                                                   void *user_data);
-
-// Opens the spool the builder describes: checks the configuration, takes the file's
-// lock, starts the writer and the sinks. The builder is spent either way: free it
-// with `eventspool_builder_free`.
-//
-// # Safety
-// `builder` is NULL or a live builder; `out` is valid for a write.
-enum eventspool_status eventspool_builder_open(struct eventspool_builder *builder,
-                                               struct eventspool_spool **out);
-
-// Frees a builder. NULL is ignored.
-//
-// # Safety
-// `builder` is NULL or a builder not freed before.
-void eventspool_builder_free(struct eventspool_builder *builder);
-
-// Opens the spool at `path` with the configuration `config_json` (see
-// `eventspool_builder_new`), for spools without C sinks.
-//
-// # Safety
-// As `eventspool_builder_new`.
-enum eventspool_status eventspool_open(const char *path,
-                                       const char *config_json,
-                                       struct eventspool_spool **out);
-
-// Hands an event to the spool without waiting for the commit. `data` is `data_len`
-// bytes of JSON (need not be NUL-terminated; length 0 stores `null`); `subject` and
-// `source` may be NULL. Checked here (type not empty, valid JSON, size), then queued:
-// when the channel is full, the configuration's `overflow` decides (`"block"`, the
-// default, waits; `"reject"` returns `EVENTSPOOL_FULL`; `"drop_newest"` drops and
-// counts it).
-//
-// # Safety
-// `spool` is NULL or a live spool; `event_type`, `subject`, `source` are NULL or
-// NUL-terminated strings; `data` is NULL or points to `data_len` readable bytes.
-enum eventspool_status eventspool_emit(const struct eventspool_spool *spool,
-                                       const char *event_type,
-                                       const char *data,
-                                       size_t data_len,
-                                       const char *subject,
-                                       const char *source);
-
-// As `eventspool_emit`, but returns once the event is committed, with its seq
-// through `seq_out` (may be NULL). Concurrent callers share commits.
-//
-// # Safety
-// As `eventspool_emit`; `seq_out` is NULL or valid for a write.
-enum eventspool_status eventspool_append(const struct eventspool_spool *spool,
-                                         const char *event_type,
-                                         const char *data,
-                                         size_t data_len,
-                                         const char *subject,
-                                         const char *source,
-                                         uint64_t *seq_out);
-
-// Waits until everything emitted before the call is committed, at most `timeout_ms`
-// (`EVENTSPOOL_TIMED_OUT` after it; UINT64_MAX waits as long as it takes).
-//
-// # Safety
-// `spool` is NULL or a live spool.
-enum eventspool_status eventspool_flush(const struct eventspool_spool *spool,
-                                        uint64_t timeout_ms);
-
-// Closes the spool: commits what was emitted, lets the sinks deliver what they can,
-// stops every thread; waits at most `timeout_ms`. Idempotent; afterwards `emit` and
-// `append` return `EVENTSPOOL_CLOSED` and queries still work. The handle stays
-// valid until `eventspool_free`.
-//
-// # Safety
-// `spool` is NULL or a live spool.
-enum eventspool_status eventspool_close(const struct eventspool_spool *spool,
-                                        uint64_t timeout_ms);
-
-// Frees a spool, closing it first if it is open (waiting at most 5 s). NULL is ignored.
-// No other call on the spool may be running or follow.
-//
-// # Safety
-// `spool` is NULL or a spool not freed before.
-void eventspool_free(struct eventspool_spool *spool);
-
-// The number of events in the file, through `out`.
-//
-// # Safety
-// `spool` is NULL or a live spool; `out` is valid for a write.
-enum eventspool_status eventspool_len(const struct eventspool_spool *spool,
-                                      uint64_t *out);
-
-// The highest seq ever committed (0 for a new spool), through `out`.
-//
-// # Safety
-// `spool` is NULL or a live spool; `out` is valid for a write.
-enum eventspool_status eventspool_last_seq(const struct eventspool_spool *spool,
-                                           uint64_t *out);
-
-// Runs a query: `query_json` (NULL: every event, up to 1000) may hold `since_ms`,
-// `until_ms`, `event_types`, `subject`, `source`, `after_seq` and `limit`. The events
-// come back as a JSON array through `json_out` (free it with
-// `eventspool_string_free`), its length through `len_out` (may be NULL).
-//
-// # Safety
-// `spool` is NULL or a live spool; `query_json` is NULL or a NUL-terminated string;
-// `json_out` is valid for a write; `len_out` is NULL or valid for a write.
-enum eventspool_status eventspool_query(const struct eventspool_spool *spool,
-                                        const char *query_json,
-                                        char **json_out,
-                                        size_t *len_out);
-
-// Moves consumer `name` to `position` (one of `EVENTSPOOL_BEGINNING`,
-// `_LAST_ACKNOWLEDGED`, `_LATEST`, `_AFTER` with `after_seq`), registering it if new;
-// the seq it now reads after comes back through `seq_out` (may be NULL).
-//
-// # Safety
-// `spool` is NULL or a live spool; `name` is NULL or a NUL-terminated string;
-// `seq_out` is NULL or valid for a write.
-enum eventspool_status eventspool_seek(const struct eventspool_spool *spool,
-                                       const char *name,
-                                       int position,
-                                       uint64_t after_seq,
-                                       uint64_t *seq_out);
-
-// Acknowledges every event up to `seq` for consumer `name` (durably).
-//
-// # Safety
-// `spool` is NULL or a live spool; `name` is NULL or a NUL-terminated string.
-enum eventspool_status eventspool_ack(const struct eventspool_spool *spool,
-                                      const char *name,
-                                      uint64_t seq);
-
-// The consumers and sinks recorded in the file, as a JSON array of
-// `{"name","kind","position"}` through `json_out` (free it with `eventspool_string_free`).
-//
-// # Safety
-// As `eventspool_query`.
-enum eventspool_status eventspool_consumers(const struct eventspool_spool *spool,
-                                            char **json_out,
-                                            size_t *len_out);
-
-// Up to `limit` dead letters of sink `sink`, oldest first, as a JSON array of
-// `{"event","attempts","last_status","last_error","failed_at_ms","requeued"}`
-// through `json_out` (free it with `eventspool_string_free`).
-//
-// # Safety
-// As `eventspool_query`; `sink` is NULL or a NUL-terminated string.
-enum eventspool_status eventspool_dead_letters(const struct eventspool_spool *spool,
-                                               const char *sink,
-                                               size_t limit,
-                                               char **json_out,
-                                               size_t *len_out);
-
-// Puts the dead letters of sink `sink` back in line for delivery; how many through
-// `count_out` (may be NULL).
-//
-// # Safety
-// `spool` is NULL or a live spool; `sink` is NULL or a NUL-terminated string;
-// `count_out` is NULL or valid for a write.
-enum eventspool_status eventspool_requeue_dead_letters(const struct eventspool_spool *spool,
-                                                       const char *sink,
-                                                       uint64_t *count_out);
-
-// Deletes the dead letters of sink `sink`; how many through `count_out` (may be NULL).
-//
-// # Safety
-// As `eventspool_requeue_dead_letters`.
-enum eventspool_status eventspool_purge_dead_letters(const struct eventspool_spool *spool,
-                                                     const char *sink,
-                                                     uint64_t *count_out);
-
-// The spool's counters as JSON (the fields of the Rust `MetricsSnapshot`, with
-// `sinks` and `consumers` arrays) through `json_out` (free it with
-// `eventspool_string_free`).
-//
-// # Safety
-// `spool` is NULL or a live spool; `json_out` is valid for a write; `len_out` is NULL
-// or valid for a write.
-enum eventspool_status eventspool_metrics_json(const struct eventspool_spool *spool,
-                                               char **json_out,
-                                               size_t *len_out);
-
-// The spool's counters in the Prometheus text format (`eventspool_` names) through
-// `text_out` (free it with `eventspool_string_free`).
-//
-// # Safety
-// As `eventspool_metrics_json`.
-enum eventspool_status eventspool_metrics_prometheus(const struct eventspool_spool *spool,
-                                                     char **text_out,
-                                                     size_t *len_out);
-
-// Opens consumer group `name` at `position` (see `eventspool_seek`), registering it
-// if new; one open subscription per name. Free it with `eventspool_subscription_free`.
-//
-// # Safety
-// `spool` is NULL or a live spool; `name` is NULL or a NUL-terminated string; `out`
-// is valid for a write.
-enum eventspool_status eventspool_subscribe(const struct eventspool_spool *spool,
-                                            const char *name,
-                                            int position,
-                                            uint64_t after_seq,
-                                            struct eventspool_subscription **out);
-
-// The next event, waiting at most `timeout_ms` for one to be committed: its seq
-// through `seq_out` (may be NULL) and the event as a JSON object through
-// `event_json` (free it with `eventspool_string_free`). `EVENTSPOOL_TIMED_OUT` with
-// `*event_json` set to NULL when none came in time.
-//
-// # Safety
-// `subscription` is NULL or a live subscription; `event_json` is valid for a write;
-// `seq_out` and `len_out` are NULL or valid for a write.
-enum eventspool_status eventspool_subscription_next(struct eventspool_subscription *subscription,
-                                                    uint64_t timeout_ms,
-                                                    uint64_t *seq_out,
-                                                    char **event_json,
-                                                    size_t *len_out);
-
-// Acknowledges every event up to `seq` (durably): a restart resumes after it.
-//
-// # Safety
-// `subscription` is NULL or a live subscription.
-enum eventspool_status eventspool_subscription_ack(const struct eventspool_subscription *subscription,
-                                                   uint64_t seq);
-
-// Frees a subscription (its position stays in the file). NULL is ignored.
-//
-// # Safety
-// `subscription` is NULL or a subscription not freed before.
-void eventspool_subscription_free(struct eventspool_subscription *subscription);
-
-// Sets the reason for the failure a deliver callback is about to return: it becomes
-// the dead letter's last error and the sink's `last_error` in the metrics. Call it
-// from inside the callback, on the thread that called it; elsewhere it has no effect.
-// NULL or text that is not UTF-8 is ignored (the default reason is kept).
-//
-// # Safety
-// `message` is NULL or a NUL-terminated string.
-void eventspool_delivery_error(const char *message);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -201,6 +201,57 @@ pub unsafe extern "C" fn eventspool_builder_add_sink(
     })
 }
 
+/// What failed where no caller sees it (a delivery given up on, a commit that failed
+/// and is retried, the file deleted while open): called on the spool's own threads
+/// with its status and message (valid only during the call). It must return quickly
+/// and must not call into the spool.
+pub type eventspool_error_fn = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, status: eventspool_status, message: *const c_char),
+>;
+
+/// The caller's pointer, handed back to its error callback on the spool's threads.
+struct HookData(*mut c_void);
+
+// SAFETY: the header documents that the callback gets `user_data` on the spool's
+// threads, at any time; making that safe is the C caller's side of the contract.
+unsafe impl Send for HookData {}
+// SAFETY: as above.
+unsafe impl Sync for HookData {}
+
+/// Calls `on_error` for every failure no caller sees (see `eventspool_error_fn`), with
+/// `user_data`, which must stay valid until `eventspool_close` or `eventspool_free`
+/// returns. Replaces an earlier one.
+///
+/// # Safety
+/// `builder` is NULL or a live builder; `on_error` is NULL (no hook) or a function of
+/// that signature.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eventspool_builder_on_error(
+    builder: *mut eventspool_builder,
+    on_error: eventspool_error_fn,
+    user_data: *mut c_void,
+) -> eventspool_status {
+    guard(|| {
+        // SAFETY: as the caller promises.
+        let builder = unsafe { handle_mut(builder, "builder")? };
+        let callback = on_error.ok_or_else(|| Failure::argument("on_error callback is NULL"))?;
+        let data = HookData(user_data);
+        let taken = builder
+            .builder
+            .take()
+            .ok_or_else(|| Failure::argument("builder was already opened"))?;
+        builder.builder = Some(taken.on_error(move |error| {
+            let failure = Failure::from(error);
+            let message =
+                std::ffi::CString::new(failure.message.replace('\0', " ")).unwrap_or_default();
+            let data = &data;
+            // SAFETY: the caller's function and pointer, as it promised.
+            unsafe { callback(data.0, failure.status, message.as_ptr()) };
+        }));
+        Ok(())
+    })
+}
+
 /// Opens the spool the builder describes: checks the configuration, takes the file's
 /// lock, starts the writer and the sinks. The builder is spent either way: free it
 /// with `eventspool_builder_free`.
@@ -294,6 +345,59 @@ pub unsafe extern "C" fn eventspool_emit(
             )
         };
         Ok(spool.spool.emit(event)?)
+    })
+}
+
+/// Hands over an event written as one JSON object of `len` bytes:
+/// `{"type": ..., "data": ..., "subject": ..., "source": ..., "id": ..., "timestamp_ms": ...}`
+/// (all but `type` optional), for a caller that sets the id or the time. Otherwise as
+/// `eventspool_emit`.
+///
+/// # Safety
+/// `spool` is NULL or a live spool; `event_json` is NULL or points to `len` readable
+/// bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eventspool_emit_event(
+    spool: *const eventspool_spool,
+    event_json: *const c_char,
+    len: usize,
+) -> eventspool_status {
+    guard(|| {
+        // SAFETY: as the caller promises.
+        let (spool, text) = unsafe {
+            (
+                handle(spool, "spool")?,
+                text_of_len(event_json, len, "event")?,
+            )
+        };
+        Ok(spool.spool.emit(Event::from_json_line(text)?)?)
+    })
+}
+
+/// As `eventspool_emit_event`, but returns once the event is committed, with its seq
+/// through `seq_out` (may be NULL).
+///
+/// # Safety
+/// As `eventspool_emit_event`; `seq_out` is NULL or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eventspool_append_event(
+    spool: *const eventspool_spool,
+    event_json: *const c_char,
+    len: usize,
+    seq_out: *mut u64,
+) -> eventspool_status {
+    guard(|| {
+        // SAFETY: as the caller promises.
+        let (spool, text) = unsafe {
+            (
+                handle(spool, "spool")?,
+                text_of_len(event_json, len, "event")?,
+            )
+        };
+        let seq = spool.spool.append(Event::from_json_line(text)?)?;
+        // SAFETY: as the caller promises.
+        unsafe { put(seq_out, seq) };
+        Ok(())
     })
 }
 

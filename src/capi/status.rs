@@ -72,7 +72,13 @@ impl Failure {
 
 impl From<Error> for Failure {
     fn from(error: Error) -> Self {
-        let status = match &error {
+        Failure::from(&error)
+    }
+}
+
+impl From<&Error> for Failure {
+    fn from(error: &Error) -> Self {
+        let status = match error {
             Error::InvalidEvent(_) => EVENTSPOOL_INVALID_EVENT,
             Error::InvalidConfig(_) => EVENTSPOOL_INVALID_CONFIG,
             Error::Full(_) => EVENTSPOOL_FULL,

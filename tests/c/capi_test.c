@@ -107,6 +107,15 @@ static int refuse(void *user_data, const char *events_json, size_t len) {
     return EVENTSPOOL_REFUSED;
 }
 
+/* Counts the failures the spool reports that no call returns: a dead letter's. */
+static atomic_int dead_letter_reports;
+
+static void on_error(void *user_data, eventspool_status status, const char *message) {
+    (void)user_data;
+    if (status == EVENTSPOOL_DELIVERY && strstr(message, "poison refused") != NULL)
+        atomic_fetch_add(&dead_letter_reports, 1);
+}
+
 static const char ORDER[] = "{\"id\":42,\"total\":\"9.99\"}";
 
 /* One whole round: open, emit, append, query, subscribe, dead letters, close. */
@@ -121,6 +130,8 @@ static void round_trip(const char *path, int verbose) {
     OK(eventspool_builder_add_sink(builder, "poison-sink",
                                    "{\"event_types\": [\"poison\"], \"max_retries\": 0}", refuse,
                                    &refused));
+    atomic_store(&dead_letter_reports, 0);
+    OK(eventspool_builder_on_error(builder, on_error, NULL));
     eventspool_spool *spool = NULL;
     OK(eventspool_builder_open(builder, &spool));
     eventspool_builder_free(builder);
@@ -204,6 +215,7 @@ static void round_trip(const char *path, int verbose) {
         CHECK(now_ms() < deadline, "the dead letter carries the sink's message");
     }
     if (verbose) printf("ok dead letter: %s\n", letters);
+    WAIT_UNTIL(atomic_load(&dead_letter_reports) >= 1, "the error hook heard of the dead letter");
     eventspool_string_free(letters);
     uint64_t requeued = 0;
     OK(eventspool_requeue_dead_letters(spool, "poison-sink", &requeued));
@@ -262,6 +274,18 @@ static void errors(const char *path) {
                    EVENTSPOOL_INVALID_ARGUMENT, "subject is not valid UTF-8", "subject not UTF-8");
     expect_failure(eventspool_emit(spool, "t", NULL, 3, NULL, NULL), EVENTSPOOL_INVALID_ARGUMENT,
                    "data is NULL with length 3", "NULL data with a length");
+    /* A whole event as JSON keeps the caller's id and time. */
+    const char *refund = "{\"type\":\"order.refunded\",\"data\":{\"id\":42},\"id\":\"refund-42\","
+                         "\"timestamp_ms\":1700000000000}";
+    uint64_t refund_seq = 0;
+    OK(eventspool_append_event(spool, refund, strlen(refund), &refund_seq));
+    char *found = NULL;
+    OK(eventspool_query(spool, "{\"event_types\": [\"order.refunded\"]}", &found, NULL));
+    CHECK(strstr(found, "\"id\":\"refund-42\"") && strstr(found, "1700000000000"),
+          "append_event keeps the id and the time");
+    eventspool_string_free(found);
+    expect_failure(eventspool_emit_event(spool, "{\"data\":1}", 10), EVENTSPOOL_INVALID_EVENT,
+                   "missing field `type`", "an event without a type");
     char *json = NULL;
     expect_failure(eventspool_query(spool, "{\"limit\": \"many\"}", &json, NULL),
                    EVENTSPOOL_INVALID_ARGUMENT, "invalid query", "query that does not parse");

@@ -89,7 +89,8 @@ class SpoolTest(unittest.TestCase):
             Sink("py-sink", deliver, batch=7, max_retries=3),
             Sink("broken", broken, max_retries=0, backoff_min_ms=1, backoff_max_ms=2),
         ]
-        with Spool(self.path, sinks=sinks) as spool:
+        heard = []
+        with Spool(self.path, sinks=sinks, on_error=heard.append) as spool:
             for i in range(50):
                 spool.emit("order.created", {"id": i})
             spool.flush(5)
@@ -102,6 +103,8 @@ class SpoolTest(unittest.TestCase):
             self.assertEqual(letter["event"]["type"], "poison")
             wait_until(lambda: spool.dead_letters("broken"), "the broken sink's failures are dead-lettered")
             self.assertIn("ValueError: a bug in the sink", spool.dead_letters("broken")[0]["last_error"])
+            wait_until(lambda: any("poison is refused" in str(e) for e in heard), "on_error heard of the dead letter")
+            self.assertTrue(all(e.name == "EVENTSPOOL_DELIVERY" for e in heard), heard)
 
     def test_errors_are_exceptions_with_the_library_message(self):
         with Spool(self.path) as spool:
@@ -125,6 +128,12 @@ class SpoolTest(unittest.TestCase):
         with self.assertRaises(Error) as caught:
             closed.emit("late", 1)
         self.assertEqual(caught.exception.name, "EVENTSPOOL_CLOSED")
+
+    def test_an_event_keeps_the_callers_id_and_time(self):
+        with Spool(self.path) as spool:
+            seq = spool.append("order.refunded", {"id": 9}, id="refund-9", timestamp_ms=1_700_000_000_000)
+            event = spool.query(event_types=["order.refunded"])[0]
+            self.assertEqual((event["seq"], event["id"], event["timestamp_ms"]), (seq, "refund-9", 1_700_000_000_000))
 
     def test_version(self):
         self.assertRegex(eventspool.load().eventspool_version().decode(), r"^\d+\.\d+\.\d+")

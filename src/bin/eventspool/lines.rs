@@ -7,38 +7,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use eventspool::{Error, Event, Spool};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use crate::{Outcome, Result};
-
-#[derive(Debug, Deserialize)]
-struct Line<'a> {
-    #[serde(rename = "type")]
-    event_type: String,
-    #[serde(default, borrow)]
-    data: Option<&'a RawValue>,
-    #[serde(default)]
-    subject: Option<String>,
-    #[serde(default)]
-    source: Option<String>,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    timestamp_ms: Option<i64>,
-}
 
 /// The event a line describes, or why it is refused.
 pub(crate) fn parse(line: &[u8]) -> std::result::Result<Event, String> {
     let text = std::str::from_utf8(line).map_err(|e| format!("not UTF-8: {e}"))?;
-    let line: Line<'_> = serde_json::from_str(text).map_err(|e| format!("not an event: {e}"))?;
-    let data = line.data.map_or("null", RawValue::get);
-    let mut event = Event::from_json(line.event_type, data);
-    event.subject = line.subject;
-    event.source = line.source;
-    event.id = line.id;
-    event.timestamp_ms = line.timestamp_ms;
-    Ok(event)
+    Event::from_json_line(text).map_err(|e| match e {
+        Error::InvalidEvent(why) => why,
+        other => other.to_string(),
+    })
 }
 
 /// What reading lines into a spool came to.
