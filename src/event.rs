@@ -387,6 +387,12 @@ impl EventQuery {
 
 /// Whether `event_type` matches `pattern`: equal, or for a pattern ending in `*`,
 /// starting with what precedes the `*`.
+/// Whether `event_type` matches one of `patterns` (see [`type_matches`]); no patterns
+/// match every type.
+pub(crate) fn matches_any(patterns: &[String], event_type: &str) -> bool {
+    patterns.is_empty() || patterns.iter().any(|p| type_matches(p, event_type))
+}
+
 pub(crate) fn type_matches(pattern: &str, event_type: &str) -> bool {
     match pattern.strip_suffix('*') {
         Some(prefix) => event_type.starts_with(prefix),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::DeliveryError;
-use crate::event::{StoredEvent, type_matches};
+use crate::event::{StoredEvent, matches_any};
 use crate::sink::order::{Concurrency, DEFAULT_WINDOW, Order};
 use crate::sink::{Backoff, Sink};
 use crate::sink::{DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES};
@@ -169,8 +169,7 @@ impl Sink for CSink {
     }
 
     fn accepts(&self, event_type: &str) -> bool {
-        let types = &self.options.event_types;
-        types.is_empty() || types.iter().any(|p| type_matches(p, event_type))
+        matches_any(&self.options.event_types, event_type)
     }
 
     fn order(&self) -> Order {

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use crate::error::DeliveryError;
-use crate::event::{StoredEvent, type_matches};
+use crate::event::{StoredEvent, matches_any};
 use crate::sink::template::Template;
 use crate::sink::webhook::shown_url;
-use crate::sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, MAX_SINK_BATCH, Sink};
+use crate::sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, Sink};
 
 /// Default for [`RedisSink::batch`]: 100 events per round trip.
 pub const DEFAULT_REDIS_BATCH: usize = 100;
@@ -127,7 +127,7 @@ impl RedisSink {
         }
     }
 
-    /// Events per round trip, at most [`MAX_SINK_BATCH`]. Defaults to
+    /// Events per round trip, at most [`MAX_SINK_BATCH`](crate::MAX_SINK_BATCH). Defaults to
     /// [`DEFAULT_REDIS_BATCH`].
     pub fn batch(mut self, n: usize) -> Self {
         self.batch = n;
@@ -296,7 +296,7 @@ impl Sink for RedisSink {
     }
 
     fn accepts(&self, event_type: &str) -> bool {
-        self.event_types.is_empty() || self.event_types.iter().any(|p| type_matches(p, event_type))
+        matches_any(&self.event_types, event_type)
     }
 
     fn check(&self) -> Result<(), String> {
@@ -309,9 +309,6 @@ impl Sink for RedisSink {
                 "sink {name}: invalid Redis URL {}: {e}",
                 self.shown
             ));
-        }
-        if !(1..=MAX_SINK_BATCH).contains(&self.batch) {
-            return Err(format!("sink {name}: batch must be 1 to {MAX_SINK_BATCH}"));
         }
         if self.timeout.is_zero() {
             return Err(format!("sink {name}: timeout must be more than zero"));

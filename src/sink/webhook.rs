@@ -8,7 +8,7 @@ use ureq::http::Uri;
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
-use crate::event::{StoredEvent, type_matches};
+use crate::event::{StoredEvent, matches_any};
 use crate::sink::http_date::parse_retry_after;
 use crate::sink::order::{Concurrency, DEFAULT_WINDOW, Order};
 use crate::sink::payload::{Body, CloudEvent, Content, encode};
@@ -465,7 +465,7 @@ impl Sink for WebhookSink {
     }
 
     fn accepts(&self, event_type: &str) -> bool {
-        self.event_types.is_empty() || self.event_types.iter().any(|p| type_matches(p, event_type))
+        matches_any(&self.event_types, event_type)
     }
 
     fn check(&self) -> Result<(), String> {

@@ -6,9 +6,9 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::error::DeliveryError;
-use crate::event::{StoredEvent, type_matches};
+use crate::event::{StoredEvent, matches_any};
 use crate::sink::template::Template;
-use crate::sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, MAX_SINK_BATCH, Sink};
+use crate::sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, Sink};
 
 mod client;
 
@@ -93,7 +93,7 @@ impl NatsSink {
         }
     }
 
-    /// Publishes per round trip, at most [`MAX_SINK_BATCH`]. Defaults to
+    /// Publishes per round trip, at most [`MAX_SINK_BATCH`](crate::MAX_SINK_BATCH). Defaults to
     /// [`DEFAULT_NATS_BATCH`].
     pub fn batch(mut self, n: usize) -> Self {
         self.batch = n;
@@ -273,7 +273,7 @@ impl Sink for NatsSink {
     }
 
     fn accepts(&self, event_type: &str) -> bool {
-        self.event_types.is_empty() || self.event_types.iter().any(|p| type_matches(p, event_type))
+        matches_any(&self.event_types, event_type)
     }
 
     fn check(&self) -> Result<(), String> {
@@ -296,9 +296,6 @@ impl Sink for NatsSink {
                 ));
             }
             Ok(_) => {}
-        }
-        if !(1..=MAX_SINK_BATCH).contains(&self.batch) {
-            return Err(format!("sink {name}: batch must be 1 to {MAX_SINK_BATCH}"));
         }
         if self.timeout.is_zero() {
             return Err(format!("sink {name}: timeout must be more than zero"));
