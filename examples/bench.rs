@@ -1,6 +1,7 @@
 //! The benchmark harness: `cargo run --release --example bench [-- --quick]`
 //! (`--ingest`, `--delivery`, `--consume`, `--open`, `--concurrency` or `--capi` for only
-//! those figures).
+//! those figures; `--features redis,nats -- --brokers` for the broker sinks, against
+//! `redis-server` and `nats-server` it starts).
 //!
 //! Every figure is printed next to a baseline measured in the same run (raw rusqlite
 //! batched inserts, and a naive autocommit-per-event loop), because the machines this
@@ -12,6 +13,10 @@ mod support;
 #[allow(dead_code)] // the tests use more of it
 #[path = "../tests/common/capi.rs"]
 mod capi;
+
+#[cfg(all(feature = "redis", feature = "nats"))]
+#[path = "bench/brokers.rs"]
+mod brokers;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,7 +73,7 @@ const QUICK: Scale = Scale {
 };
 
 /// 256 bytes of JSON.
-fn payload(n: u64) -> String {
+pub(crate) fn payload(n: u64) -> String {
     let head = format!("{{\"n\":{n},\"pad\":\"");
     let pad = EVENT_BYTES - head.len() - 2;
     format!("{head}{}\"}}", "x".repeat(pad))
@@ -78,7 +83,7 @@ fn event(n: u64) -> Event {
     Event::from_json("bench.event", payload(n))
 }
 
-fn rate(n: u64, took: Duration) -> f64 {
+pub(crate) fn rate(n: u64, took: Duration) -> f64 {
     n as f64 / took.as_secs_f64()
 }
 
@@ -1014,7 +1019,7 @@ fn c_api(d: &std::path::Path, s: &Scale) {
     );
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -1061,6 +1066,14 @@ fn main() {
     }
     if capi_only {
         return c_api(d, &s);
+    }
+    if args.iter().any(|a| a == "--brokers") {
+        #[cfg(all(feature = "redis", feature = "nats"))]
+        return brokers::run(d, s.deliver_batched / 5);
+        #[cfg(not(all(feature = "redis", feature = "nats")))]
+        panic!(
+            "--brokers needs the broker sinks: cargo run --release --example bench --features redis,nats -- --brokers"
+        );
     }
     let (mut bases, mut emits) = (Vec::new(), Vec::new());
     for round in 0..3 {

@@ -189,7 +189,7 @@ pub struct NatsConfig {
     #[serde(default = "default_nats_batch")]
     pub batch: usize,
     /// Round trips per cursor commit.
-    #[serde(default = "default_commit_every")]
+    #[serde(default = "default_broker_commit_every")]
     pub commit_every: usize,
     /// Connect and acknowledgement timeout in ms.
     #[serde(default = "default_nats_timeout_ms")]
@@ -283,7 +283,7 @@ pub struct RedisConfig {
     #[serde(default = "default_redis_batch")]
     pub batch: usize,
     /// Round trips per cursor commit.
-    #[serde(default = "default_commit_every")]
+    #[serde(default = "default_broker_commit_every")]
     pub commit_every: usize,
     /// Trim each stream to about this many entries (`MAXLEN ~`).
     #[serde(default)]
@@ -499,6 +499,10 @@ fn default_webhook_batch() -> usize {
 }
 fn default_commit_every() -> usize {
     1
+}
+#[cfg(any(feature = "redis", feature = "nats"))]
+fn default_broker_commit_every() -> usize {
+    crate::sink::DEFAULT_BROKER_COMMIT_EVERY
 }
 fn default_window() -> usize {
     DEFAULT_WINDOW

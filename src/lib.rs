@@ -125,7 +125,10 @@ pub use sink::payload::Content;
 pub use sink::redis::{DEFAULT_REDIS_BATCH, DEFAULT_REDIS_TIMEOUT, RedisSink};
 pub use sink::signing::{DEFAULT_TOLERANCE, SigningSecret, Verifier, VerifyError, verify};
 pub use sink::webhook::{DEFAULT_WEBHOOK_TIMEOUT, WebhookSink};
-pub use sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, MAX_SINK_BATCH, Sink, key_of};
+pub use sink::{
+    Backoff, DEFAULT_BACKOFF, DEFAULT_BROKER_COMMIT_EVERY, DEFAULT_MAX_RETRIES, MAX_SINK_BATCH,
+    Sink, key_of,
+};
 pub use spool::{CloseReport, DEFAULT_CLOSE_TIMEOUT, Spool, SpoolBuilder, Undelivered};
 pub use store::{ConsumerInfo, ConsumerKind, DeadLetter, DeadLetterSummary, SeekPosition};
 pub use subscribe::Subscription;

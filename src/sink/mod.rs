@@ -25,6 +25,12 @@ pub const DEFAULT_BACKOFF: Backoff = Backoff {
     min: Duration::from_millis(100),
     max: Duration::from_secs(60),
 };
+/// Default of `commit_every` for the broker sinks (Redis, NATS): the cursor is committed
+/// every 8 round trips. The broker recognises what a crash makes the sink send again,
+/// so a longer replay costs only traffic, while a commit per batch is a write to the
+/// spool file per round trip ([`guide::performance`](crate::guide::performance)).
+pub const DEFAULT_BROKER_COMMIT_EVERY: usize = 8;
+
 /// Largest [`Sink::batch_size`] a spool accepts: 100 000 events per `deliver` call (a
 /// sink's worker holds up to two batches in memory).
 pub const MAX_SINK_BATCH: usize = 100_000;

@@ -7,7 +7,9 @@ use crate::error::DeliveryError;
 use crate::event::{StoredEvent, matches_any};
 use crate::sink::template::Template;
 use crate::sink::webhook::shown_url;
-use crate::sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, Sink};
+use crate::sink::{
+    Backoff, DEFAULT_BACKOFF, DEFAULT_BROKER_COMMIT_EVERY, DEFAULT_MAX_RETRIES, Sink,
+};
 
 /// Default for [`RedisSink::batch`]: 100 events per round trip.
 pub const DEFAULT_REDIS_BATCH: usize = 100;
@@ -115,7 +117,7 @@ impl RedisSink {
             url,
             stream: Template::new(stream),
             batch: DEFAULT_REDIS_BATCH,
-            commit_every: 1,
+            commit_every: DEFAULT_BROKER_COMMIT_EVERY,
             max_len: None,
             timeout: DEFAULT_REDIS_TIMEOUT,
             max_retries: DEFAULT_MAX_RETRIES,
@@ -136,7 +138,8 @@ impl RedisSink {
 
     /// After how many round trips the sink's cursor is committed (see
     /// [`Sink::commit_every`]): a crash re-sends at most that many batches, which the
-    /// stream recognises. Defaults to 1.
+    /// stream recognises, so committing less often costs only the re-sending. Defaults
+    /// to [`DEFAULT_BROKER_COMMIT_EVERY`](crate::DEFAULT_BROKER_COMMIT_EVERY).
     pub fn commit_every(mut self, n: usize) -> Self {
         self.commit_every = n;
         self

@@ -99,6 +99,40 @@ impl Nats {
         }
     }
 
+    /// Publishes `payloads` to `subject` in one write, then reads their JetStream
+    /// acknowledgements: the pipelined publishing a raw client does, as a baseline.
+    pub fn publish_all(&mut self, subject: &str, payloads: &[Vec<u8>]) -> std::io::Result<()> {
+        let mut out = Vec::new();
+        for (i, payload) in payloads.iter().enumerate() {
+            self.next += 1;
+            out.extend_from_slice(
+                format!("PUB {subject} _TEST.reply.p{i} {}\r\n", payload.len()).as_bytes(),
+            );
+            out.extend_from_slice(payload);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.io.get_mut().write_all(&out)?;
+        self.io.get_mut().flush()?;
+        let mut left = payloads.len();
+        while left > 0 {
+            let line = self.line()?;
+            let words: Vec<&str> = line.split(' ').collect();
+            match words[0] {
+                "PING" => self.io.get_mut().write_all(b"PONG\r\n")?,
+                "MSG" | "HMSG" => {
+                    let size: usize = words.last().and_then(|n| n.parse().ok()).unwrap_or(0);
+                    let mut data = vec![0; size + 2];
+                    self.io.read_exact(&mut data)?;
+                    if words[1].starts_with("_TEST.reply.p") {
+                        left -= 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Creates a file-backed stream `name` on `subjects`.
     pub fn create_stream(&mut self, name: &str, subjects: &[&str]) -> std::io::Result<Value> {
         let config = json!({"name": name, "subjects": subjects, "storage": "file",

@@ -8,7 +8,9 @@ use std::time::Duration;
 use crate::error::DeliveryError;
 use crate::event::{StoredEvent, matches_any};
 use crate::sink::template::Template;
-use crate::sink::{Backoff, DEFAULT_BACKOFF, DEFAULT_MAX_RETRIES, Sink};
+use crate::sink::{
+    Backoff, DEFAULT_BACKOFF, DEFAULT_BROKER_COMMIT_EVERY, DEFAULT_MAX_RETRIES, Sink,
+};
 
 mod client;
 
@@ -83,7 +85,7 @@ impl NatsSink {
             server: Server::parse(url),
             subject: Template::new(subject),
             batch: DEFAULT_NATS_BATCH,
-            commit_every: 1,
+            commit_every: DEFAULT_BROKER_COMMIT_EVERY,
             timeout: DEFAULT_NATS_TIMEOUT,
             max_retries: DEFAULT_MAX_RETRIES,
             backoff: DEFAULT_BACKOFF,
@@ -101,7 +103,9 @@ impl NatsSink {
     }
 
     /// After how many round trips the sink's cursor is committed (see
-    /// [`Sink::commit_every`]). Defaults to 1.
+    /// [`Sink::commit_every`]): a crash re-sends at most that many batches, which
+    /// JetStream recognises within its duplicate window. Defaults to
+    /// [`DEFAULT_BROKER_COMMIT_EVERY`](crate::DEFAULT_BROKER_COMMIT_EVERY).
     pub fn commit_every(mut self, n: usize) -> Self {
         self.commit_every = n;
         self

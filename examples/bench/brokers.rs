@@ -1,0 +1,139 @@
+//! `bench --brokers` (features `redis` and `nats`): the broker sinks against a raw
+//! client doing the same pipelined writes, on servers the bench starts, alternating
+//! rounds; medians of 3.
+
+use std::time::{Duration, Instant};
+
+use eventspool::{Backoff, Event, NatsSink, RedisSink, SeekPosition, Sink, Spool};
+
+#[allow(dead_code)] // the tests use more of it
+#[path = "../../tests/common/brokers.rs"]
+mod servers;
+
+#[allow(dead_code)] // the tests use more of it
+#[path = "../../tests/common/nats.rs"]
+mod nats_client;
+
+use super::{median, payload, rate};
+
+const BATCH: usize = 100;
+
+/// Polls `done` until it holds (a minute at most).
+fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Events/s through `sink`: `n` events committed first (the sink's cursor registered
+/// before them), then the time from opening the spool with the sink until it has
+/// delivered them all.
+fn through(dir: &std::path::Path, name: &str, sink: impl Sink + 'static, n: u64) -> f64 {
+    let path = dir.join(format!("{name}.db"));
+    let spool = Spool::builder(&path).max_bytes(u64::MAX).open().unwrap();
+    spool
+        .seek(sink.name(), SeekPosition::LastAcknowledged)
+        .unwrap();
+    for body in (0..n).map(payload) {
+        spool.emit(Event::from_json("bench.event", body)).unwrap();
+    }
+    spool.close(Duration::from_secs(60)).unwrap();
+    let start = Instant::now();
+    let spool = Spool::builder(&path)
+        .max_bytes(u64::MAX)
+        .sink(sink)
+        .open()
+        .unwrap();
+    wait_until(Duration::from_secs(600), "delivered", || {
+        spool.metrics().sinks[0].delivered == n
+    });
+    let took = start.elapsed();
+    spool.close(Duration::from_secs(10)).unwrap();
+    rate(n, took)
+}
+
+/// Events/s of `XADD` pipelined `BATCH` at a time with the redis crate.
+fn raw_redis(url: &str, key: &str, n: u64) -> f64 {
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let bodies: Vec<String> = (0..n).map(payload).collect();
+    let start = Instant::now();
+    for chunk in bodies.chunks(BATCH) {
+        let mut pipe = redis::pipe();
+        for body in chunk {
+            pipe.cmd("XADD")
+                .arg(key)
+                .arg("*")
+                .arg("type")
+                .arg("bench.event")
+                .arg("data")
+                .arg(body)
+                .ignore();
+        }
+        let () = pipe.query(&mut conn).unwrap();
+    }
+    rate(n, start.elapsed())
+}
+
+/// Events/s of JetStream publishes pipelined `BATCH` at a time, acknowledgements read;
+/// each message the event's JSON, as the sink sends it.
+fn raw_nats(port: u16, subject: &str, n: u64) -> f64 {
+    let mut nats = nats_client::Nats::connect(port).unwrap();
+    let bodies: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let data: serde_json::Value = serde_json::from_str(&payload(i)).unwrap();
+            let event = serde_json::json!({"id": format!("raw-{i}"), "seq": i + 1,
+                "type": "bench.event", "source": null, "subject": null,
+                "timestamp_ms": 1_796_000_000_000i64, "data": data});
+            serde_json::to_vec(&event).unwrap()
+        })
+        .collect();
+    let start = Instant::now();
+    for chunk in bodies.chunks(BATCH) {
+        nats.publish_all(subject, chunk).unwrap();
+    }
+    rate(n, start.elapsed())
+}
+
+fn backoff() -> Backoff {
+    Backoff::exponential(Duration::from_millis(5), Duration::from_millis(100))
+}
+
+pub(crate) fn run(dir: &std::path::Path, n: u64) {
+    let redis = servers::Broker::redis(dir);
+    let nats = servers::Broker::nats(dir);
+    let mut client = nats_client::Nats::connect(nats.port).unwrap();
+    client.create_stream("BENCH", &["bench.>"]).unwrap();
+    let (mut raw_r, mut sink_r, mut raw_n, mut sink_n) = (vec![], vec![], vec![], vec![]);
+    for round in 0..3 {
+        raw_r.push(raw_redis(&redis.redis_url(), &format!("raw{round}"), n));
+        let sink = RedisSink::new("redis", redis.redis_url(), &format!("sink{round}"))
+            .batch(BATCH)
+            .backoff(backoff());
+        sink_r.push(through(dir, &format!("redis{round}"), sink, n));
+        raw_n.push(raw_nats(nats.port, &format!("bench.raw{round}"), n));
+        let sink = NatsSink::new("nats", &nats.nats_url(), &format!("bench.sink{round}"))
+            .batch(BATCH)
+            .backoff(backoff());
+        sink_n.push(through(dir, &format!("nats{round}"), sink, n));
+    }
+    let (raw_r, sink_r) = (median(&mut raw_r), median(&mut sink_r));
+    let (raw_n, sink_n) = (median(&mut raw_n), median(&mut sink_n));
+    println!(
+        "| {n} events of 256 B JSON, {BATCH} per round trip (median of 3) | events/s | vs raw |"
+    );
+    println!("|---|---:|---:|");
+    println!("| raw redis crate: `XADD` pipelined (baseline) | {raw_r:.0} | 1.00× |");
+    println!(
+        "| `RedisSink`, a backlog from open until delivered (one script per batch, ids from seq) | {sink_r:.0} | {:.2}× |",
+        sink_r / raw_r
+    );
+    println!(
+        "| raw NATS client: JetStream publishes pipelined, acks read (baseline) | {raw_n:.0} | 1.00× |"
+    );
+    println!(
+        "| `NatsSink`, a backlog from open until delivered (`Nats-Msg-Id`, expected last id) | {sink_n:.0} | {:.2}× |",
+        sink_n / raw_n
+    );
+}
