@@ -78,7 +78,7 @@ fn raw_redis(url: &str, key: &str, n: u64) -> f64 {
 
 /// Events/s of JetStream publishes pipelined `BATCH` at a time, acknowledgements read;
 /// each message the event's JSON, as the sink sends it.
-fn raw_nats(port: u16, subject: &str, n: u64) -> f64 {
+fn raw_nats(port: u16, subject: &str, n: u64, with_ids: bool) -> f64 {
     let mut nats = nats_client::Nats::connect(port).unwrap();
     let bodies: Vec<Vec<u8>> = (0..n)
         .map(|i| {
@@ -89,9 +89,11 @@ fn raw_nats(port: u16, subject: &str, n: u64) -> f64 {
             serde_json::to_vec(&event).unwrap()
         })
         .collect();
+    let ids: Vec<String> = (0..n).map(|i| format!("{subject}-{i}")).collect();
     let start = Instant::now();
-    for chunk in bodies.chunks(BATCH) {
-        nats.publish_all(subject, chunk).unwrap();
+    for (chunk, ids) in bodies.chunks(BATCH).zip(ids.chunks(BATCH)) {
+        nats.publish_all(subject, chunk, with_ids.then_some(ids))
+            .unwrap();
     }
     rate(n, start.elapsed())
 }
@@ -106,13 +108,15 @@ pub(crate) fn run(dir: &std::path::Path, n: u64) {
     let mut client = nats_client::Nats::connect(nats.port).unwrap();
     client.create_stream("BENCH", &["bench.>"]).unwrap();
     let (mut raw_r, mut sink_r, mut raw_n, mut sink_n) = (vec![], vec![], vec![], vec![]);
+    let mut raw_ids = vec![];
     for round in 0..3 {
         raw_r.push(raw_redis(&redis.redis_url(), &format!("raw{round}"), n));
         let sink = RedisSink::new("redis", redis.redis_url(), &format!("sink{round}"))
             .batch(BATCH)
             .backoff(backoff());
         sink_r.push(through(dir, &format!("redis{round}"), sink, n));
-        raw_n.push(raw_nats(nats.port, &format!("bench.raw{round}"), n));
+        raw_n.push(raw_nats(nats.port, &format!("bench.raw{round}"), n, false));
+        raw_ids.push(raw_nats(nats.port, &format!("bench.ids{round}"), n, true));
         let sink = NatsSink::new("nats", &nats.nats_url(), &format!("bench.sink{round}"))
             .batch(BATCH)
             .backoff(backoff());
@@ -120,6 +124,7 @@ pub(crate) fn run(dir: &std::path::Path, n: u64) {
     }
     let (raw_r, sink_r) = (median(&mut raw_r), median(&mut sink_r));
     let (raw_n, sink_n) = (median(&mut raw_n), median(&mut sink_n));
+    let raw_ids = median(&mut raw_ids);
     println!(
         "| {n} events of 256 B JSON, {BATCH} per round trip (median of 3) | events/s | vs raw |"
     );
@@ -131,6 +136,10 @@ pub(crate) fn run(dir: &std::path::Path, n: u64) {
     );
     println!(
         "| raw NATS client: JetStream publishes pipelined, acks read (baseline) | {raw_n:.0} | 1.00× |"
+    );
+    println!(
+        "| raw NATS client, the same with `Nats-Msg-Id` on each message | {raw_ids:.0} | {:.2}× |",
+        raw_ids / raw_n
     );
     println!(
         "| `NatsSink`, a backlog from open until delivered (`Nats-Msg-Id`, expected last id) | {sink_n:.0} | {:.2}× |",

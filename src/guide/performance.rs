@@ -259,10 +259,17 @@
 //! | raw NATS client, JetStream publishes of the same event JSON, acks read (baseline) | 146 567 – 149 269 | 1.00× |
 //! | `NatsSink` (`Nats-Msg-Id`, expected last id) | 80 121 – 83 410 | 0.54× – 0.56× |
 //!
+//! A later run added a second NATS baseline that sends `Nats-Msg-Id` on each message
+//! (the machine busy with a CI run): raw 117 737/s, raw with ids 84 144/s (0.71×),
+//! `NatsSink` 59 679/s (0.51× of raw, 0.71× of raw with ids); Redis 0.52× that run.
+//! So JetStream's de-duplication, which exactly-once needs, takes about 30% of the
+//! server's rate by itself; the sink thread was busy under 15% of that run's samples
+//! (`perf`: the server, `nats-server`, took half).
+//!
 //! The Redis baseline swings with the disk (every pipeline is an fsync). Committing the
 //! sink's cursor after every round trip cost about a quarter of the Redis sink's rate
 //! (`--quick`, one run each: 0.57× with a commit per batch, 0.74× every 8), which is
 //! why the broker sinks commit every 8 (`DEFAULT_BROKER_COMMIT_EVERY`): what a crash
 //! re-sends, the broker recognises. The NATS sink stays near half the raw rate: each
 //! message carries two headers JetStream checks (the de-duplication id and the
-//! expected last id), and the sink reads, delivers and commits in turn; not profiled yet.
+//! expected last id), and the sink reads, delivers and commits in turn.

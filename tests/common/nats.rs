@@ -101,13 +101,28 @@ impl Nats {
 
     /// Publishes `payloads` to `subject` in one write, then reads their JetStream
     /// acknowledgements: the pipelined publishing a raw client does, as a baseline.
-    pub fn publish_all(&mut self, subject: &str, payloads: &[Vec<u8>]) -> std::io::Result<()> {
+    /// With `ids`, each message carries its `Nats-Msg-Id`.
+    pub fn publish_all(
+        &mut self,
+        subject: &str,
+        payloads: &[Vec<u8>],
+        ids: Option<&[String]>,
+    ) -> std::io::Result<()> {
         let mut out = Vec::new();
         for (i, payload) in payloads.iter().enumerate() {
             self.next += 1;
-            out.extend_from_slice(
-                format!("PUB {subject} _TEST.reply.p{i} {}\r\n", payload.len()).as_bytes(),
-            );
+            let line = match ids {
+                Some(ids) => {
+                    let headers = format!("NATS/1.0\r\nNats-Msg-Id: {}\r\n\r\n", ids[i]);
+                    let total = headers.len() + payload.len();
+                    format!(
+                        "HPUB {subject} _TEST.reply.p{i} {} {total}\r\n{headers}",
+                        headers.len()
+                    )
+                }
+                None => format!("PUB {subject} _TEST.reply.p{i} {}\r\n", payload.len()),
+            };
+            out.extend_from_slice(line.as_bytes());
             out.extend_from_slice(payload);
             out.extend_from_slice(b"\r\n");
         }
