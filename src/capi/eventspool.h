@@ -118,6 +118,14 @@ typedef void (*eventspool_error_fn)(void *user_data,
                                     enum eventspool_status status,
                                     const char *message);
 
+// Which events to keep: called with the event's type and subject (NULL when it has
+// none), both valid only during the call, on the thread that called `emit` or
+// `append`, before the event is queued; non-zero keeps it, 0 drops it (counted in
+// `filtered`; `append` then returns `EVENTSPOOL_FILTERED`).
+typedef int (*eventspool_filter_fn)(void *user_data,
+                                    const char *event_type,
+                                    const char *subject);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -182,6 +190,17 @@ enum eventspool_status eventspool_builder_add_sink(struct eventspool_builder *bu
 enum eventspool_status eventspool_builder_on_error(struct eventspool_builder *builder,
                                                    eventspool_error_fn on_error,
                                                    void *user_data);
+
+// Keeps only the events `keep` says yes to (see `eventspool_filter_fn`), with
+// `user_data`, which must stay valid until `eventspool_free` returns. Replaces an
+// earlier one.
+//
+// # Safety
+// `builder` is NULL or a live builder; `keep` is NULL (refused) or a function of that
+// signature.
+enum eventspool_status eventspool_builder_filter(struct eventspool_builder *builder,
+                                                 eventspool_filter_fn keep,
+                                                 void *user_data);
 
 // Opens the spool the builder describes: checks the configuration, takes the file's
 // lock, starts the writer and the sinks. The builder is spent either way: free it

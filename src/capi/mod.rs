@@ -36,13 +36,13 @@ pub use sink::{
 pub use spool::{
     EVENTSPOOL_AFTER, EVENTSPOOL_BEGINNING, EVENTSPOOL_LAST_ACKNOWLEDGED, EVENTSPOOL_LATEST,
     eventspool_ack, eventspool_append, eventspool_append_event, eventspool_builder,
-    eventspool_builder_add_sink, eventspool_builder_free, eventspool_builder_new,
-    eventspool_builder_on_error, eventspool_builder_open, eventspool_close, eventspool_consumers,
-    eventspool_dead_letters, eventspool_emit, eventspool_emit_event, eventspool_error_fn,
-    eventspool_flush, eventspool_free, eventspool_last_seq, eventspool_len,
-    eventspool_metrics_json, eventspool_metrics_prometheus, eventspool_open,
-    eventspool_purge_dead_letters, eventspool_query, eventspool_requeue_dead_letters,
-    eventspool_seek, eventspool_spool,
+    eventspool_builder_add_sink, eventspool_builder_filter, eventspool_builder_free,
+    eventspool_builder_new, eventspool_builder_on_error, eventspool_builder_open, eventspool_close,
+    eventspool_consumers, eventspool_dead_letters, eventspool_emit, eventspool_emit_event,
+    eventspool_error_fn, eventspool_filter_fn, eventspool_flush, eventspool_free,
+    eventspool_last_seq, eventspool_len, eventspool_metrics_json, eventspool_metrics_prometheus,
+    eventspool_open, eventspool_purge_dead_letters, eventspool_query,
+    eventspool_requeue_dead_letters, eventspool_seek, eventspool_spool,
 };
 pub use status::{eventspool_last_error, eventspool_status, eventspool_status_name};
 pub use subscription::{

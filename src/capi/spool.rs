@@ -209,7 +209,7 @@ pub type eventspool_error_fn = Option<
     unsafe extern "C" fn(user_data: *mut c_void, status: eventspool_status, message: *const c_char),
 >;
 
-/// The caller's pointer, handed back to its error callback on the spool's threads.
+/// The caller's pointer, handed back to its error or filter callback.
 struct HookData(*mut c_void);
 
 // SAFETY: the header documents that the callback gets `user_data` on the spool's
@@ -247,6 +247,60 @@ pub unsafe extern "C" fn eventspool_builder_on_error(
             let data = &data;
             // SAFETY: the caller's function and pointer, as it promised.
             unsafe { callback(data.0, failure.status, message.as_ptr()) };
+        }));
+        Ok(())
+    })
+}
+
+/// Which events to keep: called with the event's type and subject (NULL when it has
+/// none), both valid only during the call, on the thread that called `emit` or
+/// `append`, before the event is queued; non-zero keeps it, 0 drops it (counted in
+/// `filtered`; `append` then returns `EVENTSPOOL_FILTERED`).
+pub type eventspool_filter_fn = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        event_type: *const c_char,
+        subject: *const c_char,
+    ) -> c_int,
+>;
+
+/// Keeps only the events `keep` says yes to (see `eventspool_filter_fn`), with
+/// `user_data`, which must stay valid until `eventspool_free` returns. Replaces an
+/// earlier one.
+///
+/// # Safety
+/// `builder` is NULL or a live builder; `keep` is NULL (refused) or a function of that
+/// signature.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eventspool_builder_filter(
+    builder: *mut eventspool_builder,
+    keep: eventspool_filter_fn,
+    user_data: *mut c_void,
+) -> eventspool_status {
+    guard(|| {
+        // SAFETY: as the caller promises.
+        let builder = unsafe { handle_mut(builder, "builder")? };
+        let keep = keep.ok_or_else(|| Failure::argument("filter callback is NULL"))?;
+        let data = HookData(user_data);
+        let taken = builder
+            .builder
+            .take()
+            .ok_or_else(|| Failure::argument("builder was already opened"))?;
+        builder.builder = Some(taken.filter(move |event| {
+            // A type or subject with a NUL byte cannot reach C: such an event is kept.
+            let Ok(event_type) = std::ffi::CString::new(event.event_type.as_str()) else {
+                return true;
+            };
+            let subject = match event.subject.as_deref().map(std::ffi::CString::new) {
+                Some(Ok(subject)) => Some(subject),
+                Some(Err(_)) => return true,
+                None => None,
+            };
+            let subject_ptr = subject.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+            let data = &data;
+            // SAFETY: the caller's function and pointer, as it promised; the strings
+            // live through the call.
+            unsafe { keep(data.0, event_type.as_ptr(), subject_ptr) != 0 }
         }));
         Ok(())
     })

@@ -116,6 +116,13 @@ static void on_error(void *user_data, eventspool_status status, const char *mess
         atomic_fetch_add(&dead_letter_reports, 1);
 }
 
+/* Keeps every event but those of type "debug", and those about "secret/..." subjects. */
+static int keep(void *user_data, const char *event_type, const char *subject) {
+    (void)user_data;
+    if (strcmp(event_type, "debug") == 0) return 0;
+    return subject == NULL || strncmp(subject, "secret/", 7) != 0;
+}
+
 static const char ORDER[] = "{\"id\":42,\"total\":\"9.99\"}";
 
 /* One whole round: open, emit, append, query, subscribe, dead letters, close. */
@@ -305,6 +312,28 @@ static void errors(const char *path) {
     expect_failure(eventspool_builder_add_sink(builder, "s", "{\"colour\": 1}", collect, NULL),
                    EVENTSPOOL_INVALID_CONFIG, "colour", "unknown sink option");
     eventspool_builder_free(builder);
+
+    /* A filter in C: dropped events are counted, and append says so. */
+    char filtered_path[4096];
+    snprintf(filtered_path, sizeof filtered_path, "%s.filtered", path);
+    OK(eventspool_builder_new(filtered_path, NULL, &builder));
+    OK(eventspool_builder_filter(builder, keep, NULL));
+    eventspool_spool *filtered = NULL;
+    OK(eventspool_builder_open(builder, &filtered));
+    eventspool_builder_free(builder);
+    OK(eventspool_emit(filtered, "debug", "1", 1, NULL, NULL));
+    OK(eventspool_emit(filtered, "order.paid", "1", 1, "secret/1", NULL));
+    expect_failure(eventspool_append(filtered, "debug", "1", 1, NULL, NULL, NULL),
+                   EVENTSPOOL_FILTERED, "filter", "append of a filtered event");
+    uint64_t kept_seq = 0;
+    OK(eventspool_append(filtered, "order.paid", "1", 1, "order/1", NULL, &kept_seq));
+    CHECK(kept_seq == 1, "only the kept event got a seq");
+    char *counters = NULL;
+    OK(eventspool_metrics_json(filtered, &counters, NULL));
+    CHECK(strstr(counters, "\"filtered\":3") != NULL, "the filter's drops are counted");
+    eventspool_string_free(counters);
+    OK(eventspool_close(filtered, 5000));
+    eventspool_free(filtered);
 
     /* The whole message's length, whatever the buffer. */
     eventspool_emit(spool, "", "1", 1, NULL, NULL);
