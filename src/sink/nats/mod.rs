@@ -39,6 +39,8 @@ const WRONG_LAST_MSG_ID: u32 = 10070;
 /// A batch is published in one write and its acknowledgements read together; within
 /// it, each message on the same subject as the one before names that one in
 /// `Nats-Expected-Last-Msg-Id`, so a refused message cannot be overtaken by the next.
+/// That id is the stream's last, whatever its subject: nothing else should publish to
+/// the stream (one spool per stream, as for Redis).
 /// No stream on the subject (no responders) and JetStream being unavailable are
 /// retried; other refusals dead-letter the batch. User and password, or a token, come
 /// in the URL; TLS (rustls, feature `tls`) when the URL is `tls://` or the server
