@@ -141,15 +141,6 @@ const char *eventspool_version(void);
 // `text` is NULL or a string returned by this library, not freed before.
 void eventspool_string_free(char *text);
 
-// Sets the reason for the failure a deliver callback is about to return: it becomes
-// the dead letter's last error and the sink's `last_error` in the metrics. Call it
-// from inside the callback, on the thread that called it; elsewhere it has no effect.
-// NULL or text that is not UTF-8 is ignored (the default reason is kept).
-//
-// # Safety
-// `message` is NULL or a NUL-terminated string.
-void eventspool_delivery_error(const char *message);
-
 // Makes a builder for the spool at `path` with the configuration `config_json` (the
 // `SpoolConfig` JSON of the Rust API, webhook sinks included; NULL: every default).
 // `path` may be NULL when the JSON has a `"path"`. Add C sinks with
@@ -225,6 +216,15 @@ void eventspool_builder_free(struct eventspool_builder *builder);
 enum eventspool_status eventspool_open(const char *path,
                                        const char *config_json,
                                        struct eventspool_spool **out);
+
+// Sets the reason for the failure a deliver callback is about to return: it becomes
+// the dead letter's last error and the sink's `last_error` in the metrics. Call it
+// from inside the callback, on the thread that called it; elsewhere it has no effect.
+// NULL or text that is not UTF-8 is ignored (the default reason is kept).
+//
+// # Safety
+// `message` is NULL or a NUL-terminated string.
+void eventspool_delivery_error(const char *message);
 
 // Hands an event to the spool without waiting for the commit. `data` is `data_len`
 // bytes of JSON (need not be NUL-terminated; length 0 stores `null`); `subject` and

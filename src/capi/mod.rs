@@ -21,6 +21,7 @@
 #![allow(non_camel_case_types, unsafe_code)]
 
 mod args;
+mod builder;
 mod sink;
 mod spool;
 mod status;
@@ -29,20 +30,22 @@ mod subscription;
 use std::ffi::c_char;
 
 pub use args::eventspool_string_free;
+pub use builder::{
+    eventspool_builder, eventspool_builder_add_sink, eventspool_builder_filter,
+    eventspool_builder_free, eventspool_builder_new, eventspool_builder_on_error,
+    eventspool_builder_open, eventspool_error_fn, eventspool_filter_fn, eventspool_open,
+};
 pub use sink::{
     EVENTSPOOL_DELIVERED, EVENTSPOOL_REFUSED, EVENTSPOOL_RETRY, eventspool_deliver_fn,
     eventspool_delivery_error,
 };
 pub use spool::{
     EVENTSPOOL_AFTER, EVENTSPOOL_BEGINNING, EVENTSPOOL_LAST_ACKNOWLEDGED, EVENTSPOOL_LATEST,
-    eventspool_ack, eventspool_append, eventspool_append_event, eventspool_builder,
-    eventspool_builder_add_sink, eventspool_builder_filter, eventspool_builder_free,
-    eventspool_builder_new, eventspool_builder_on_error, eventspool_builder_open, eventspool_close,
+    eventspool_ack, eventspool_append, eventspool_append_event, eventspool_close,
     eventspool_consumers, eventspool_dead_letters, eventspool_emit, eventspool_emit_event,
-    eventspool_error_fn, eventspool_filter_fn, eventspool_flush, eventspool_free,
-    eventspool_last_seq, eventspool_len, eventspool_metrics_json, eventspool_metrics_prometheus,
-    eventspool_open, eventspool_purge_dead_letters, eventspool_query,
-    eventspool_requeue_dead_letters, eventspool_seek, eventspool_spool,
+    eventspool_flush, eventspool_free, eventspool_last_seq, eventspool_len,
+    eventspool_metrics_json, eventspool_metrics_prometheus, eventspool_purge_dead_letters,
+    eventspool_query, eventspool_requeue_dead_letters, eventspool_seek, eventspool_spool,
 };
 pub use status::{eventspool_last_error, eventspool_status, eventspool_status_name};
 pub use subscription::{
