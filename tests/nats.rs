@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::brokers::Broker;
 use common::nats::Nats;
 use common::*;
-use eventspool::{Backoff, Inspector, NatsSink, Spool};
+use eventspool::{Backoff, NatsSink, Spool};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -101,76 +100,31 @@ fn no_stream_is_retried_with_a_clear_error_until_one_is_made() -> TestResult {
     Ok(())
 }
 
-/// Child: appends 20 000 events and publishes them, committing its cursor every 20
-/// batches (so a kill leaves batches in the stream that the cursor does not cover).
-fn delivering_child(path: &str, url: &str) -> ! {
-    let spool = Spool::builder(path)
-        .sink(sink(url).commit_every(20))
-        .open()
-        .expect("open");
-    spool
-        .append_batch((0..20_000).map(numbered).collect())
-        .expect("append");
-    loop {
-        std::thread::park();
-        let _ = &spool;
-    }
-}
-
 #[test]
 fn kill_9_while_delivering_then_restart_each_event_once_and_resends_counted() -> TestResult {
-    if let (Ok(path), Ok(url)) = (
-        std::env::var("EVENTSPOOL_NATS_CHILD_PATH"),
-        std::env::var("EVENTSPOOL_NATS_CHILD_URL"),
-    ) {
-        delivering_child(&path, &url);
-    }
+    // The child commits its cursor every 20 batches, so the kill leaves some it missed.
+    common::child_if_asked(|url| sink(url).commit_every(20), 20_000);
     let dir = tempfile::tempdir()?;
     let (broker, mut nats) = server(dir.path());
     let url = broker.nats_url();
-    let path = dir.path().join("events.db");
-    let mut child = Command::new(std::env::current_exe()?)
-        .args([
-            "--exact",
-            "kill_9_while_delivering_then_restart_each_event_once_and_resends_counted",
-            "--nocapture",
-        ])
-        .env("EVENTSPOOL_NATS_CHILD_PATH", &path)
-        .env("EVENTSPOOL_NATS_CHILD_URL", &url)
-        .stdout(Stdio::null())
-        .spawn()?;
-    wait_until(T, "the child published some", || {
-        nats.count("EVENTS") >= 3_000
-    });
-    child.kill()?; // SIGKILL, mid-delivery
-    child.wait()?;
-    let in_stream = nats.count("EVENTS");
-    let cursor = Inspector::open(&path)?
-        .consumers()?
-        .into_iter()
-        .find(|c| c.name == "nats")
-        .map_or(0, |c| c.position);
-    assert!(
-        cursor <= in_stream,
-        "the cursor never runs ahead of the stream"
+    let seen = common::kill_9_and_restart(
+        "kill_9_while_delivering_then_restart_each_event_once_and_resends_counted",
+        &dir.path().join("events.db"),
+        &url,
+        sink(&url),
+        20_000,
+        || nats.count("EVENTS"),
     );
-
-    let spool = Spool::builder(&path).sink(sink(&url)).open()?;
-    wait_until(T, "the rest delivered", || {
-        spool.metrics().sinks[0].lag == 0 && nats.count("EVENTS") == 20_000
-    });
     assert_exactly_once(&mut nats, 20_000, 1);
-    let again = spool.metrics().sinks[0].already_delivered;
     assert_eq!(
-        again,
-        in_stream - cursor,
-        "every re-send was recognised and counted"
+        seen.counted,
+        seen.in_stream - seen.cursor,
+        "every re-send was recognised and counted: {seen:?}"
     );
     assert!(
-        again > 0,
-        "the kill left batches the cursor did not cover: {in_stream} {cursor}"
+        seen.counted > 0,
+        "the kill left batches the cursor did not cover: {seen:?}"
     );
-    spool.close(T)?;
     Ok(())
 }
 

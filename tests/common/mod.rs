@@ -217,3 +217,80 @@ pub fn crash_with_commits_in_the_wal(test: &str) -> (tempfile::TempDir, PathBuf)
     child.wait().expect("reaped");
     (dir, path)
 }
+
+/// What [`kill_9_and_restart`] saw.
+#[derive(Debug)]
+pub struct Resends {
+    /// Events in the stream right after the kill.
+    pub in_stream: u64,
+    /// The sink's durable cursor the kill left.
+    pub cursor: u64,
+    /// The restarted sink's `already_delivered` once it caught up.
+    pub counted: u64,
+}
+
+const CHILD_PATH: &str = "EVENTSPOOL_BROKER_CHILD_PATH";
+const CHILD_URL: &str = "EVENTSPOOL_BROKER_CHILD_URL";
+
+/// In the child [`kill_9_and_restart`] starts (first thing in the test): appends `n`
+/// events to the parent's spool and delivers them to the parent's broker through
+/// `make(url)` until killed. Elsewhere, returns at once.
+pub fn child_if_asked<S: eventspool::Sink + 'static>(make: impl Fn(&str) -> S, n: u64) {
+    let (Ok(path), Ok(url)) = (std::env::var(CHILD_PATH), std::env::var(CHILD_URL)) else {
+        return;
+    };
+    let spool = Spool::builder(path).sink(make(&url)).open().expect("open");
+    spool
+        .append_batch((0..n).map(numbered).collect())
+        .expect("append");
+    loop {
+        std::thread::park(); // until killed
+    }
+}
+
+/// The broker sinks' `kill -9` run (`tests/redis.rs`, `tests/nats.rs`): a child (this test binary, re-invoked for `test`,
+/// which calls [`child_if_asked`] first) appends `n` events to the spool at `path` and
+/// delivers them to `url`; it is killed once `stored()` reaches a sixth of them; then
+/// `sink` is opened on the same file and runs until the stream holds all `n`.
+pub fn kill_9_and_restart<S: eventspool::Sink + 'static>(
+    test: &str,
+    path: &Path,
+    url: &str,
+    sink: S,
+    n: u64,
+    mut stored: impl FnMut() -> u64,
+) -> Resends {
+    let timeout = Duration::from_secs(60);
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", test, "--nocapture"])
+        .env(CHILD_PATH, path)
+        .env(CHILD_URL, url)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the child");
+    wait_until(timeout, "the child delivered some", || stored() >= n / 6);
+    child.kill().expect("SIGKILL"); // mid-delivery
+    child.wait().expect("reaped");
+    let in_stream = stored();
+    let cursor = eventspool::Inspector::open(path)
+        .and_then(|i| i.consumers())
+        .expect("read the file")
+        .into_iter()
+        .find(|c| c.name == sink.name())
+        .map_or(0, |c| c.position);
+    assert!(
+        cursor <= in_stream,
+        "the cursor never runs ahead of the stream"
+    );
+    let spool = Spool::builder(path).sink(sink).open().expect("reopen");
+    wait_until(timeout, "the rest delivered", || {
+        stored() == n && spool.metrics().sinks[0].lag == 0
+    });
+    let counted = spool.metrics().sinks[0].already_delivered;
+    spool.close(timeout).expect("close");
+    Resends {
+        in_stream,
+        cursor,
+        counted,
+    }
+}
