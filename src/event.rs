@@ -90,6 +90,7 @@ impl Event {
     /// ```
     /// let e = eventspool::Event::from_json_line(r#"{"type":"a","data":[1],"id":"x-1"}"#)?;
     /// assert_eq!((e.event_type.as_str(), e.id.as_deref()), ("a", Some("x-1")));
+    /// assert!(eventspool::Event::from_json_line(r#"{"type":"a","data":{x}}"#).is_err());
     /// # Ok::<(), eventspool::Error>(())
     /// ```
     ///
@@ -114,7 +115,9 @@ impl Event {
         }
         let line: Line<'_> = serde_json::from_str(text)
             .map_err(|e| Error::InvalidEvent(format!("not an event: {e}")))?;
-        let mut event = Event::from_json(line.event_type, line.data.map_or("null", RawValue::get));
+        // Reading the line checked the data is JSON: `emit` need not parse it again.
+        let data = Data::Json(line.data.map_or("null", RawValue::get).to_owned());
+        let mut event = Event::with_data(line.event_type, data);
         event.subject = line.subject;
         event.source = line.source;
         event.id = line.id;
