@@ -315,7 +315,7 @@ impl Inspector {
             problems.push(Problem::WalLost { seqs });
         }
         let mut events_checked = 0;
-        for_each_damaged(&self.conn, &self.spool_id, |row| {
+        for_each_row(&self.conn, &self.spool_id, |row| {
             events_checked += 1;
             if let Err(corrupt) = row {
                 problems.push(Problem::DamagedEvent {
@@ -346,7 +346,7 @@ impl Inspector {
 
 /// Reads every stored event in pages, handing each decoded row (or why it does not
 /// decode) to `each`.
-fn for_each_damaged(
+fn for_each_row(
     conn: &Connection,
     spool_id: &str,
     mut each: impl FnMut(&Decoded),
@@ -405,7 +405,7 @@ pub fn repair(path: impl AsRef<Path>) -> Result<RepairReport> {
     let mut opened = store::open_writer(&config)?;
     let spool_id = opened.state.spool_id.clone();
     let mut damaged = Vec::new();
-    for_each_damaged(&opened.conn, &spool_id, |row| {
+    for_each_row(&opened.conn, &spool_id, |row| {
         if let Err(corrupt) = row {
             damaged.push(corrupt.clone());
         }
