@@ -346,11 +346,7 @@ impl Inspector {
 
 /// Reads every stored event in pages, handing each decoded row (or why it does not
 /// decode) to `each`.
-fn for_each_row(
-    conn: &Connection,
-    spool_id: &str,
-    mut each: impl FnMut(&Decoded),
-) -> Result<()> {
+fn for_each_row(conn: &Connection, spool_id: &str, mut each: impl FnMut(&Decoded)) -> Result<()> {
     let mut after = 0;
     loop {
         let rows = store::read_after(conn, spool_id, after, PAGE).storage()?;
