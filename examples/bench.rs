@@ -1,7 +1,8 @@
 //! The benchmark harness: `cargo run --release --example bench [-- --quick]`
 //! (`--ingest`, `--delivery`, `--consume`, `--open`, `--concurrency` or `--capi` for only
 //! those figures; `--features redis,nats -- --brokers` for the broker sinks, against
-//! `redis-server` and `nats-server` it starts).
+//! `redis-server` and `nats-server` it starts; `--features kafka -- --kafka` for the
+//! Kafka sink, on librdkafka's mock cluster).
 //!
 //! Every figure is printed next to a baseline measured in the same run (raw rusqlite
 //! batched inserts, and a naive autocommit-per-event loop), because the machines this
@@ -17,6 +18,10 @@ mod capi;
 #[cfg(all(feature = "redis", feature = "nats"))]
 #[path = "bench/brokers.rs"]
 mod brokers;
+
+#[cfg(feature = "kafka")]
+#[path = "bench/kafka.rs"]
+mod kafka;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1073,6 +1078,14 @@ fn main() {
         #[cfg(not(all(feature = "redis", feature = "nats")))]
         panic!(
             "--brokers needs the broker sinks: cargo run --release --example bench --features redis,nats -- --brokers"
+        );
+    }
+    if args.iter().any(|a| a == "--kafka") {
+        #[cfg(feature = "kafka")]
+        return kafka::run(d, s.deliver_batched / 5);
+        #[cfg(not(feature = "kafka"))]
+        panic!(
+            "--kafka needs the Kafka sink: cargo run --release --example bench --features kafka -- --kafka"
         );
     }
     let (mut bases, mut emits) = (Vec::new(), Vec::new());

@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+#[cfg(feature = "kafka")]
+use crate::sink::kafka::KafkaSink;
 #[cfg(feature = "nats")]
 use crate::sink::nats::NatsSink;
 use crate::sink::order::{Concurrency, DEFAULT_WINDOW, Order};
@@ -156,6 +158,108 @@ pub struct SpoolConfig {
     #[cfg(feature = "nats")]
     #[serde(default)]
     pub nats: Vec<NatsConfig>,
+    /// Kafka topics to forward to (feature `kafka`).
+    #[cfg(feature = "kafka")]
+    #[serde(default)]
+    pub kafka: Vec<KafkaConfig>,
+}
+
+/// A Kafka sink in a [`SpoolConfig`] (feature `kafka`); every field but `name`,
+/// `bootstrap` and `topic` has the default of the matching [`KafkaSink`] setter.
+///
+/// ```
+/// let config: eventspool::SpoolConfig = toml::from_str(r#"
+///     path = "events.db"
+///     [[kafka]]
+///     name = "orders"
+///     bootstrap = "127.0.0.1:9092"
+///     topic = "events.{type}"
+///     settings = { "security.protocol" = "sasl_plaintext", "sasl.password" = "secret" }
+/// "#).unwrap();
+/// assert_eq!(config.kafka[0].batch, eventspool::DEFAULT_KAFKA_BATCH);
+/// assert!(!format!("{config:?}").contains("secret"));
+/// ```
+#[cfg(feature = "kafka")]
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// The sink's name (the key of its cursor).
+    pub name: String,
+    /// The brokers to start from: `host:port[,host:port...]`.
+    pub bootstrap: String,
+    /// The topic; `{type}` in it stands for the event's type.
+    pub topic: String,
+    /// librdkafka settings passed through (see [`KafkaSink::setting`]). Their values
+    /// are never shown.
+    #[serde(default)]
+    pub settings: std::collections::BTreeMap<String, String>,
+    /// Records per batch.
+    #[serde(default = "default_kafka_batch")]
+    pub batch: usize,
+    /// Batches per cursor commit.
+    #[serde(default = "default_broker_commit_every")]
+    pub commit_every: usize,
+    /// How long a batch may wait for its delivery reports, in ms.
+    #[serde(default = "default_kafka_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries before dead-lettering; `null` retries forever.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: Option<u32>,
+    /// First backoff ceiling in ms.
+    #[serde(default = "default_backoff_min_ms")]
+    pub backoff_min_ms: u64,
+    /// Longest backoff in ms.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// Only these event types (a trailing `*` matches a prefix); empty: all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+}
+
+#[cfg(feature = "kafka")]
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("name", &self.name)
+            .field("bootstrap", &self.bootstrap)
+            .field("topic", &self.topic)
+            .field("settings", &self.settings.keys().collect::<Vec<_>>())
+            .field("batch", &self.batch)
+            .field("commit_every", &self.commit_every)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_retries", &self.max_retries)
+            .field("event_types", &self.event_types)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "kafka")]
+impl KafkaConfig {
+    /// The [`KafkaSink`] this entry describes.
+    pub fn to_sink(&self) -> KafkaSink {
+        let mut sink = KafkaSink::new(&self.name, &self.bootstrap, &self.topic);
+        for (key, value) in &self.settings {
+            sink = sink.setting(key, value);
+        }
+        sink.batch(self.batch)
+            .commit_every(self.commit_every)
+            .timeout(Duration::from_millis(self.timeout_ms))
+            .max_retries(self.max_retries)
+            .backoff(Backoff::exponential(
+                Duration::from_millis(self.backoff_min_ms),
+                Duration::from_millis(self.backoff_max_ms),
+            ))
+            .event_types(self.event_types.iter().cloned())
+    }
+}
+
+#[cfg(feature = "kafka")]
+fn default_kafka_batch() -> usize {
+    crate::sink::kafka::DEFAULT_KAFKA_BATCH
+}
+#[cfg(feature = "kafka")]
+fn default_kafka_timeout_ms() -> u64 {
+    crate::time::millis(crate::sink::kafka::DEFAULT_KAFKA_TIMEOUT)
 }
 
 /// A NATS JetStream sink in a [`SpoolConfig`] (feature `nats`); every field but `name`,
@@ -500,7 +604,7 @@ fn default_webhook_batch() -> usize {
 fn default_commit_every() -> usize {
     1
 }
-#[cfg(any(feature = "redis", feature = "nats"))]
+#[cfg(any(feature = "redis", feature = "nats", feature = "kafka"))]
 fn default_broker_commit_every() -> usize {
     crate::sink::DEFAULT_BROKER_COMMIT_EVERY
 }
@@ -557,6 +661,8 @@ impl SpoolConfig {
             redis: Vec::new(),
             #[cfg(feature = "nats")]
             nats: Vec::new(),
+            #[cfg(feature = "kafka")]
+            kafka: Vec::new(),
         }
     }
 
@@ -611,6 +717,10 @@ impl SpoolConfig {
         #[cfg(feature = "nats")]
         for nats in &self.nats {
             sinks.push(Box::new(nats.to_sink()));
+        }
+        #[cfg(feature = "kafka")]
+        for kafka in &self.kafka {
+            sinks.push(Box::new(kafka.to_sink()));
         }
         sinks
     }

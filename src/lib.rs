@@ -103,6 +103,8 @@ mod subscribe;
 mod time;
 mod writer;
 
+#[cfg(feature = "kafka")]
+pub use config::KafkaConfig;
 #[cfg(feature = "nats")]
 pub use config::NatsConfig;
 #[cfg(feature = "redis")]
@@ -117,6 +119,8 @@ pub use event::{DEFAULT_QUERY_LIMIT, Event, EventQuery, SeqNo, StoredEvent};
 pub use inspect::{CheckReport, Inspector, MovedEvent, Problem, RepairReport, SpoolStat, repair};
 pub use metrics::{ConsumerMetrics, MetricsSnapshot, SinkMetrics};
 pub use sink::http_date::parse_retry_after;
+#[cfg(feature = "kafka")]
+pub use sink::kafka::{DEFAULT_KAFKA_BATCH, DEFAULT_KAFKA_TIMEOUT, KafkaSink};
 #[cfg(feature = "nats")]
 pub use sink::nats::{DEFAULT_NATS_BATCH, DEFAULT_NATS_TIMEOUT, NatsSink};
 pub use sink::order::{Concurrency, DEFAULT_WINDOW, Order};

@@ -9,7 +9,7 @@
 //!
 //! `cargo run --release --example bench` runs them all; `-- --quick`, `-- --ingest`,
 //! `-- --delivery`, `-- --consume`, `-- --open`, `-- --concurrency`, `-- --capi` and (with
-//! `--features redis,nats`) `-- --brokers` run parts.
+//! `--features redis,nats`) `-- --brokers` and (with `--features kafka`) `-- --kafka` run parts.
 //! [Figures](#figures) below lists them, each with the command that printed it. The
 //! load test is in [`testing`](super::testing).
 //!
@@ -277,3 +277,30 @@
 //! why the broker sinks commit every 8 (`DEFAULT_BROKER_COMMIT_EVERY`): what a crash
 //! re-sends, the broker recognises. The NATS sink's gap to raw publishes is mostly
 //! JetStream checking the de-duplication id it needs.
+//!
+//! ### The Kafka sink
+//!
+//! `cargo run --release --example bench --features kafka -- --kafka` starts
+//! librdkafka's mock cluster (one broker, in the bench's process, so it shares the two
+//! cores with everything else) and alternates, for 100 000 events of 256-byte JSON in
+//! batches of 100: a raw idempotent producer sending 100 records then awaiting their
+//! delivery reports; the same with the records the sink writes (`id`, `seq`, `type`
+//! headers); the sink delivering a backlog (from opening the spool until all are
+//! delivered); and a raw producer that sends everything before awaiting any report.
+//! Medians of 3, three runs:
+//!
+//! | 100 000 events, 100 per batch | events/s | vs raw |
+//! |---|---:|---:|
+//! | raw idempotent producer, 100 records then their reports (baseline) | 375 404 – 415 325 | 1.00× |
+//! | raw, the same records as the sink (`id`, `seq`, `type` headers) | 250 766 – 309 245 | 0.65× – 0.79× |
+//! | `KafkaSink`, a backlog from open until delivered | 254 303 – 282 271 | 0.61× – 0.72× (0.91× – 1.07× of the same records) |
+//! | raw, every record sent before any report is awaited | 841 564 – 1 075 170 | 2.23× – 2.73× |
+//!
+//! The gap to the headerless baseline is librdkafka's per-header cost, not the sink:
+//! against a producer writing the same records, the sink is as fast. Things measured
+//! on the way: with librdkafka's default `linger.ms` of 5 every batch waited 5 ms
+//! (18 335/s raw, the sink 0.97× of it), so the sink sets `linger.ms=0` (a batch is
+//! sent whole and then awaited, so lingering gains nothing); committing the cursor
+//! every batch or every 1 000 made no difference beyond the noise (0.51× and 0.65× in
+//! one pair); a sink that does nothing, behind the same spool, took 837 201/s, so the
+//! spool's own reading is about 1.2 µs per event.

@@ -7,6 +7,8 @@ use crate::event::StoredEvent;
 use order::{Concurrency, DEFAULT_WINDOW, Order};
 
 pub(crate) mod http_date;
+#[cfg(feature = "kafka")]
+pub(crate) mod kafka;
 #[cfg(feature = "nats")]
 pub(crate) mod nats;
 pub(crate) mod order;
@@ -14,7 +16,7 @@ pub(crate) mod payload;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 pub(crate) mod signing;
-#[cfg(any(feature = "redis", feature = "nats"))]
+#[cfg(any(feature = "redis", feature = "nats", feature = "kafka"))]
 pub(crate) mod template;
 pub(crate) mod webhook;
 
@@ -25,7 +27,7 @@ pub const DEFAULT_BACKOFF: Backoff = Backoff {
     min: Duration::from_millis(100),
     max: Duration::from_secs(60),
 };
-/// Default of `commit_every` for the broker sinks (Redis, NATS): the cursor is committed
+/// Default of `commit_every` for the broker sinks (Redis, NATS, Kafka): the cursor is committed
 /// every 8 round trips. The broker recognises what a crash makes the sink send again,
 /// so a longer replay costs only traffic, while a commit per batch is a write to the
 /// spool file per round trip ([`guide::performance`](crate::guide::performance)).

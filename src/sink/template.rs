@@ -41,6 +41,7 @@ impl Template {
     }
 
     /// The template as it was written.
+    #[cfg(feature = "redis")]
     pub(crate) fn as_str(&self) -> &str {
         &self.text
     }
