@@ -214,3 +214,18 @@ fn check_finds_commits_lost_with_the_wal_and_repair_goes_on_past_them() -> TestR
     spool.close(T)?;
     Ok(())
 }
+
+#[test]
+fn stat_of_a_spool_without_events() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let spool = Spool::open(&path)?;
+    spool.append(numbered(0))?;
+    let mut reader = spool.subscribe("reader", SeekPosition::Beginning)?;
+    let event = reader.next_timeout(Duration::from_secs(10))?.expect("an event");
+    reader.ack(event.seq)?; // the only consumer acknowledged it: deleted
+    spool.close(Duration::from_secs(10))?;
+    let stat = Inspector::open(&path)?.stat()?;
+    assert_eq!((stat.events, stat.last_seq), (0, 1));
+    assert_eq!(stat.oldest_event_ms, None);
+    Ok(())
+}

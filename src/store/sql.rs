@@ -890,7 +890,12 @@ pub(crate) fn tally(conn: &Connection) -> rusqlite::Result<Tally> {
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let times = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, Option<i64>>(0));
+    // No row when the spool is empty.
+    let times = |sql: &str| {
+        conn.query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
+            .optional()
+            .map(Option::flatten)
+    };
     Ok(Tally {
         events: events as u64,
         event_bytes: event_bytes as u64,
