@@ -2,7 +2,8 @@
 //! (`--ingest`, `--delivery`, `--consume`, `--open`, `--concurrency` or `--capi` for only
 //! those figures; `--features redis,nats -- --brokers` for the broker sinks, against
 //! `redis-server` and `nats-server` it starts; `--features kafka -- --kafka` for the
-//! Kafka sink, on librdkafka's mock cluster).
+//! Kafka sink, on librdkafka's mock cluster; `--features encryption -- --encryption` for
+//! the cost of encryption at rest).
 //!
 //! Every figure is printed next to a baseline measured in the same run (raw rusqlite
 //! batched inserts, and a naive autocommit-per-event loop), because the machines this
@@ -22,6 +23,10 @@ mod brokers;
 #[cfg(feature = "kafka")]
 #[path = "bench/kafka.rs"]
 mod kafka;
+
+#[cfg(feature = "encryption")]
+#[path = "bench/encryption.rs"]
+mod encryption;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1078,6 +1083,14 @@ fn main() {
         #[cfg(not(all(feature = "redis", feature = "nats")))]
         panic!(
             "--brokers needs the broker sinks: cargo run --release --example bench --features redis,nats -- --brokers"
+        );
+    }
+    if args.iter().any(|a| a == "--encryption") {
+        #[cfg(feature = "encryption")]
+        return encryption::run(d, 1_000_000);
+        #[cfg(not(feature = "encryption"))]
+        panic!(
+            "--encryption needs the feature: cargo run --release --example bench --features encryption -- --encryption"
         );
     }
     if args.iter().any(|a| a == "--kafka") {

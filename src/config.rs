@@ -162,6 +162,86 @@ pub struct SpoolConfig {
     #[cfg(feature = "kafka")]
     #[serde(default)]
     pub kafka: Vec<KafkaConfig>,
+    /// Where the key of an encrypted spool comes from (feature `encryption`); never
+    /// the key itself.
+    #[cfg(feature = "encryption")]
+    #[serde(default)]
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// Where the key of an encrypted spool comes from, in a [`SpoolConfig`] (feature
+/// `encryption`): an environment variable or a file, never the key itself.
+///
+/// ```
+/// let config: eventspool::SpoolConfig = toml::from_str(r#"
+///     path = "events.db"
+///     [encryption]
+///     key_file = "/run/secrets/spool-key"
+///     format = "hex"
+/// "#).unwrap();
+/// assert!(config.encryption.is_some());
+/// ```
+#[cfg(feature = "encryption")]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// The environment variable that holds the key.
+    #[serde(default)]
+    pub key_env: Option<String>,
+    /// The file that holds the key (one trailing line break is ignored).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// What the key is: a passphrase (the default) or 64 hex digits of a raw key.
+    #[serde(default)]
+    pub format: KeyFormat,
+}
+
+/// How an [`EncryptionConfig`]'s key is written.
+#[cfg(feature = "encryption")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyFormat {
+    /// A passphrase ([`EncryptionKey::passphrase`](crate::EncryptionKey::passphrase)).
+    #[default]
+    Passphrase,
+    /// A raw key as 64 hexadecimal digits ([`EncryptionKey::from_hex`](crate::EncryptionKey::from_hex)).
+    Hex,
+}
+
+#[cfg(feature = "encryption")]
+impl EncryptionConfig {
+    /// Reads the key from where it says.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when neither or both places are named, the variable is
+    /// not set, or the key is malformed; [`Error::Io`] when the file cannot be read.
+    /// No message repeats the key.
+    pub fn key(&self) -> Result<crate::EncryptionKey> {
+        let text = zeroize::Zeroizing::new(match (&self.key_env, &self.key_file) {
+            (Some(var), None) => std::env::var(var).map_err(|_| {
+                Error::InvalidConfig(format!(
+                    "encryption: the environment variable {var} is not set (or not UTF-8)"
+                ))
+            })?,
+            (None, Some(file)) => std::fs::read_to_string(file).map_err(|e| {
+                Error::io(
+                    format!("encryption: cannot read the key file {}", file.display()),
+                    e,
+                )
+            })?,
+            _ => {
+                return Err(Error::InvalidConfig(
+                    "encryption: name exactly one of key_env and key_file".into(),
+                ));
+            }
+        });
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        match self.format {
+            KeyFormat::Passphrase => Ok(crate::EncryptionKey::passphrase(text)),
+            KeyFormat::Hex => crate::EncryptionKey::from_hex(text),
+        }
+    }
 }
 
 /// A Kafka sink in a [`SpoolConfig`] (feature `kafka`); every field but `name`,
@@ -663,6 +743,8 @@ impl SpoolConfig {
             nats: Vec::new(),
             #[cfg(feature = "kafka")]
             kafka: Vec::new(),
+            #[cfg(feature = "encryption")]
+            encryption: None,
         }
     }
 

@@ -43,6 +43,15 @@ pub enum Error {
     Locked(PathBuf),
     /// The file exists but is not an eventspool file. It was not modified.
     NotASpool(PathBuf),
+    /// The file cannot be opened with the key given (feature `encryption`): the wrong
+    /// key, no key for an encrypted file, or a key for a plain one; `reason` says
+    /// which. Found before any thread starts; the file was not modified.
+    WrongKey {
+        /// The spool file.
+        path: PathBuf,
+        /// Which of the three it is.
+        reason: &'static str,
+    },
     /// The file was written by a newer version of eventspool. It was not modified.
     NewerSchema {
         /// The spool file.
@@ -162,6 +171,11 @@ impl fmt::Display for Error {
             Error::NotASpool(p) => {
                 write!(f, "not a spool: {} is not an eventspool file", p.display())
             }
+            Error::WrongKey { path, reason } => write!(
+                f,
+                "wrong key: {}: {reason}; the file was not modified",
+                path.display()
+            ),
             Error::NewerSchema {
                 path,
                 found,

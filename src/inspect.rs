@@ -205,18 +205,34 @@ impl Inspector {
     /// [`Error::Io`] when there is no file, [`Error::NotASpool`] for a file that is not
     /// a spool (or an empty one), [`Error::NewerSchema`], [`Error::Corrupt`].
     pub fn open(path: impl AsRef<Path>) -> Result<Inspector> {
-        let path = path.as_ref().to_owned();
+        Inspector::open_keyed(path.as_ref(), store::Keying::plain())
+    }
+
+    /// Opens the encrypted spool file at `path` for reading, with its key (feature
+    /// `encryption`).
+    ///
+    /// # Errors
+    /// As [`open`](Inspector::open), and [`Error::WrongKey`].
+    #[cfg(feature = "encryption")]
+    pub fn open_with_key(path: impl AsRef<Path>, key: &crate::EncryptionKey) -> Result<Inspector> {
+        let path = path.as_ref();
+        let keying = store::Keying::new(key, &store::header_of(path)?)?;
+        Inspector::open_keyed(path, keying)
+    }
+
+    fn open_keyed(path: &Path, keying: store::Keying) -> Result<Inspector> {
+        let path = path.to_owned();
         let meta = std::fs::metadata(&path)
             .map_err(|e| Error::io(format!("no spool file at {}", path.display()), e))?;
         if meta.len() == 0 {
             return Err(Error::NotASpool(path));
         }
-        store::check_header(&path)?;
+        store::check_key(&path, &keying)?;
         // Before SQLite opens the file: it would reset the `-shm` that tells of the loss.
         let lost_seqs = store::lost_seqs(&path);
         let conn = match lost_seqs {
-            Some(_) => store::open_file_only(&path)?,
-            None => store::open_reader(&path)?,
+            Some(_) => store::open_file_only(&path, &keying)?,
+            None => store::open_reader(&path, &keying)?,
         };
         if store::validate(&conn, &path)? == 0 {
             return Err(Error::NotASpool(path));
@@ -398,7 +414,7 @@ pub fn repair(path: impl AsRef<Path>) -> Result<RepairReport> {
     let mut config = SpoolConfig::new(path);
     config.accept_lost_wal = true;
     let lost_seqs_skipped = store::lost_seqs(path);
-    let mut opened = store::open_writer(&config)?;
+    let mut opened = store::open_writer(&config, &store::Keying::plain())?;
     let spool_id = opened.state.spool_id.clone();
     let mut damaged = Vec::new();
     for_each_row(&opened.conn, &spool_id, |row| {

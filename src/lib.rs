@@ -114,6 +114,8 @@ pub use config::{
     DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENTS, DEFAULT_READER_POOL_SIZE, DEFAULT_READER_WAIT,
     Durability, MAX_BATCH_SIZE, MAX_CHANNEL_CAPACITY, Overflow, SpoolConfig, WebhookConfig,
 };
+#[cfg(feature = "encryption")]
+pub use config::{EncryptionConfig, KeyFormat};
 pub use error::{DeliveryError, Error, Result, StorageError};
 pub use event::{DEFAULT_QUERY_LIMIT, Event, EventQuery, SeqNo, StoredEvent};
 pub use inspect::{CheckReport, Inspector, MovedEvent, Problem, RepairReport, SpoolStat, repair};
@@ -134,6 +136,10 @@ pub use sink::{
     Sink, key_of,
 };
 pub use spool::{CloseReport, DEFAULT_CLOSE_TIMEOUT, Spool, SpoolBuilder, Undelivered};
+#[cfg(feature = "encryption")]
+pub use spool::{decrypt_spool, encrypt_spool};
+#[cfg(feature = "encryption")]
+pub use store::EncryptionKey;
 pub use store::{ConsumerInfo, ConsumerKind, DeadLetter, DeadLetterSummary, SeekPosition};
 pub use subscribe::Subscription;
 

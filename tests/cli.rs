@@ -575,3 +575,71 @@ fn forward_reads_lines_from_a_unix_socket_named_in_the_config() -> TestResult {
     assert_eq!(got, (0..1000).collect::<Vec<_>>());
     Ok(())
 }
+
+#[cfg(feature = "encryption")]
+#[test]
+fn encrypted_spools_read_with_a_key_from_a_file_rekeyed_encrypted_and_decrypted() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (old, new) = (dir.path().join("old.key"), dir.path().join("new.key"));
+    std::fs::write(&old, "first passphrase\n")?;
+    std::fs::write(&new, format!("{}\n", "5a".repeat(32)))?;
+    let path = dir.path().join("secret.db");
+    let spool = Spool::builder(&path)
+        .encryption_key(eventspool::EncryptionKey::passphrase("first passphrase"))
+        .open()?;
+    spool.append_batch((0..5).map(numbered).collect())?;
+    spool.close(T)?;
+
+    let refused = fails(&["stat", p(&path)]);
+    assert!(
+        refused.contains("wrong key") && refused.contains("no key was given"),
+        "{refused}"
+    );
+    let stat = ok(&["stat", p(&path), "--json", "--key-file", p(&old)]);
+    assert_eq!(serde_json::from_str::<Value>(&stat)?["events"], 5);
+    ok(&[
+        "rekey",
+        p(&path),
+        "--key-file",
+        p(&old),
+        "--new-key-file",
+        p(&new),
+        "--new-key-format",
+        "hex",
+    ]);
+    let refused = fails(&["stat", p(&path), "--key-file", p(&old)]);
+    assert!(refused.contains("does not decrypt"), "{refused}");
+    let exported = ok(&[
+        "export",
+        p(&path),
+        "--key-file",
+        p(&new),
+        "--key-format",
+        "hex",
+    ]);
+    assert_eq!(exported.lines().count(), 5);
+
+    let plain = dir.path().join("plain.db");
+    ok(&[
+        "decrypt",
+        p(&path),
+        p(&plain),
+        "--key-file",
+        p(&new),
+        "--key-format",
+        "hex",
+    ]);
+    assert!(
+        ok(&["stat", p(&plain), "--json"]).contains("\"events\": 5") || {
+            let v: Value = serde_json::from_str(&ok(&["stat", p(&plain), "--json"]))?;
+            v["events"] == 5
+        }
+    );
+    let again = dir.path().join("again.db");
+    ok(&["encrypt", p(&plain), p(&again), "--key-file", p(&old)]);
+    let stat = ok(&["stat", p(&again), "--json", "--key-file", p(&old)]);
+    assert_eq!(serde_json::from_str::<Value>(&stat)?["events"], 5);
+    let missing = fails(&["encrypt", p(&plain), p(&dir.path().join("x.db"))]);
+    assert!(missing.contains("--key-env or --key-file"), "{missing}");
+    Ok(())
+}

@@ -221,7 +221,9 @@ fn stat_of_a_spool_without_events() -> TestResult {
     let spool = Spool::open(&path)?;
     spool.append(numbered(0))?;
     let mut reader = spool.subscribe("reader", SeekPosition::Beginning)?;
-    let event = reader.next_timeout(Duration::from_secs(10))?.expect("an event");
+    let event = reader
+        .next_timeout(Duration::from_secs(10))?
+        .expect("an event");
     reader.ack(event.seq)?; // the only consumer acknowledged it: deleted
     spool.close(Duration::from_secs(10))?;
     let stat = Inspector::open(&path)?.stat()?;

@@ -86,6 +86,9 @@ typedef enum eventspool_status {
   EVENTSPOOL_DELIVERY = 14,
   // A bug: the library panicked. The call was abandoned; nothing unwound into C.
   EVENTSPOOL_PANIC = 15,
+  // The file cannot be opened with the key given: the wrong key, no key for an
+  // encrypted file, or a key for a plain one. Not modified.
+  EVENTSPOOL_WRONG_KEY = 16,
 } eventspool_status;
 
 // What a spool is opened with: the configuration and any C sinks. Used by one thread

@@ -46,6 +46,9 @@ pub enum eventspool_status {
     EVENTSPOOL_DELIVERY = 14,
     /// A bug: the library panicked. The call was abandoned; nothing unwound into C.
     EVENTSPOOL_PANIC = 15,
+    /// The file cannot be opened with the key given: the wrong key, no key for an
+    /// encrypted file, or a key for a plain one. Not modified.
+    EVENTSPOOL_WRONG_KEY = 16,
 }
 
 use eventspool_status::*;
@@ -87,6 +90,7 @@ impl From<&Error> for Failure {
             Error::Timeout { .. } => EVENTSPOOL_TIMED_OUT,
             Error::Locked(_) => EVENTSPOOL_LOCKED,
             Error::NotASpool(_) | Error::NewerSchema { .. } => EVENTSPOOL_NOT_A_SPOOL,
+            Error::WrongKey { .. } => EVENTSPOOL_WRONG_KEY,
             Error::WalLost(_) | Error::Corrupt { .. } | Error::CorruptEvent { .. } => {
                 EVENTSPOOL_CORRUPT
             }
@@ -186,6 +190,7 @@ pub extern "C" fn eventspool_status_name(status: std::ffi::c_int) -> *const c_ch
         13 => b"EVENTSPOOL_CONSUMER\0",
         14 => b"EVENTSPOOL_DELIVERY\0",
         15 => b"EVENTSPOOL_PANIC\0",
+        16 => b"EVENTSPOOL_WRONG_KEY\0",
         _ => b"EVENTSPOOL_UNKNOWN\0",
     };
     name.as_ptr().cast()
@@ -197,7 +202,7 @@ mod tests {
 
     #[test]
     fn every_status_has_its_name() {
-        for status in 0..=15 {
+        for status in 0..=16 {
             // SAFETY: the names are static NUL-terminated strings.
             let name = unsafe { std::ffi::CStr::from_ptr(eventspool_status_name(status)) };
             assert_ne!(name.to_str().unwrap(), "EVENTSPOOL_UNKNOWN", "{status}");

@@ -44,6 +44,9 @@ pub struct SpoolBuilder {
     /// How often to record the metrics through the `metrics` facade, if at all.
     #[cfg(feature = "metrics")]
     pub(super) record_every: Option<Duration>,
+    /// The key of an encrypted spool, given here rather than through the config.
+    #[cfg(feature = "encryption")]
+    pub(super) key: Option<crate::EncryptionKey>,
 }
 
 impl fmt::Debug for SpoolBuilder {
@@ -240,5 +243,16 @@ impl SpoolBuilder {
     /// one) / [`Error::Storage`].
     pub fn open(self) -> Result<Spool> {
         Spool::start(self)
+    }
+
+    /// Encrypts the spool file with `key` (feature `encryption`, SQLCipher): a new file
+    /// is created encrypted; an existing one must have been encrypted with this key.
+    /// Every connection is keyed before any other statement; the database and its WAL
+    /// hold no plaintext. Overrides `encryption` in the config. A wrong key, no key for
+    /// an encrypted file, or a key for a plain one is [`Error::WrongKey`] at `open`.
+    #[cfg(feature = "encryption")]
+    pub fn encryption_key(mut self, key: crate::EncryptionKey) -> Self {
+        self.key = Some(key);
+        self
     }
 }

@@ -113,6 +113,8 @@ impl Spool {
             sinks,
             #[cfg(feature = "metrics")]
             record_every,
+            #[cfg(feature = "encryption")]
+            key,
         } = builder;
         config.validate()?;
         crate::sink::check_all(sinks.iter().map(|s| &**s))?;
@@ -125,9 +127,20 @@ impl Spool {
         let path = config.path.clone();
         store::make_parent(&path)?;
         let lock = store::lock(&path)?;
-        let opened = store::open_writer(&config)?;
+        #[cfg(feature = "encryption")]
+        let keying = match key.map_or_else(
+            || config.encryption.as_ref().map(|e| e.key()).transpose(),
+            |k| Ok(Some(k)),
+        )? {
+            Some(key) => store::Keying::new(&key, &store::header_of(&path)?)?,
+            None => store::Keying::plain(),
+        };
+        #[cfg(not(feature = "encryption"))]
+        let keying = store::Keying::plain();
+        let opened = store::open_writer(&config, &keying)?;
         let pool = ReaderPool::new(
             &path,
+            keying.clone(),
             config.reader_pool_size.saturating_add(sinks.len() as u32),
             Duration::from_millis(config.reader_wait_ms),
         )?;
@@ -142,7 +155,7 @@ impl Spool {
             reply::caller_yields(config.durability),
         ));
         let spool_id = opened.state.spool_id.clone();
-        let checkpointer = Checkpointer::start(store::open_checkpointer(&path)?)?;
+        let checkpointer = Checkpointer::start(store::open_checkpointer(&path, &keying)?)?;
         let writer = Writer::new(
             lock,
             opened.conn,
@@ -178,6 +191,7 @@ impl Spool {
                 dropping: AtomicBool::new(false),
                 db: db.clone(),
                 acks_directly: delivery::acks_directly(config.durability),
+                encrypted: keying.is_encrypted(),
                 lifecycle: Mutex::new(Lifecycle {
                     writer: Some(handle),
                     stop: Some(stop_tx),

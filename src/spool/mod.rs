@@ -23,6 +23,10 @@ use crate::writer::{self, Msg};
 
 mod builder;
 mod consumers;
+#[cfg(feature = "encryption")]
+mod encryption;
+#[cfg(feature = "encryption")]
+pub use encryption::{decrypt_spool, encrypt_spool};
 mod lifecycle;
 #[cfg(feature = "metrics")]
 mod recorder;
@@ -79,6 +83,9 @@ struct Inner {
     /// [`delivery::acks_directly`](crate::delivery::acks_directly) says so.
     db: Arc<crate::writer::Db>,
     acks_directly: bool,
+    /// Whether the file is encrypted (so its key can change).
+    #[cfg_attr(not(feature = "encryption"), allow(dead_code))]
+    encrypted: bool,
 }
 
 impl fmt::Debug for Spool {
@@ -108,6 +115,8 @@ impl Spool {
             sinks: Vec::new(),
             #[cfg(feature = "metrics")]
             record_every: None,
+            #[cfg(feature = "encryption")]
+            key: None,
         }
     }
 

@@ -6,6 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use super::key::Header;
 use crate::error::{Error, Result};
 
 /// Creates the directory `path` is in, if it is not there.
@@ -48,11 +49,15 @@ pub(super) fn create_private(path: &Path) -> Result<File> {
         .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))
 }
 
-/// Refuses a file that is not SQLite before SQLite may touch it.
-pub(crate) fn check_header(path: &Path) -> Result<()> {
+/// Reads what the file's first bytes say it is, before SQLite may touch it.
+pub(crate) fn read_header(path: &Path) -> Result<Header> {
     let mut file =
         File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-    let mut header = [0u8; 100];
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?
+        .len();
+    let mut header = [0u8; 512];
     let mut read = 0;
     while read < header.len() {
         match file.read(&mut header[read..]) {
@@ -61,11 +66,21 @@ pub(crate) fn check_header(path: &Path) -> Result<()> {
             Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
         }
     }
-    match read {
-        0 => Ok(()), // empty: a new spool
-        100 if header.starts_with(b"SQLite format 3\0") => Ok(()),
-        _ => Err(Error::NotASpool(path.to_owned())),
-    }
+    Ok(match read {
+        0 => Header::Empty,
+        100.. if header.starts_with(b"SQLite format 3\0") => Header::Plain,
+        _ => {
+            let mut salt = [0u8; 16];
+            salt.copy_from_slice(&header[..16]);
+            // An encrypted file is whole pages that look random: 512 random bytes
+            // hold about 220 distinct values; text, zeros or a damaged header far fewer.
+            let mut seen = [false; 256];
+            header[..read].iter().for_each(|&b| seen[b as usize] = true);
+            let distinct = seen.iter().filter(|&&s| s).count();
+            let encrypted = read == header.len() && len % 512 == 0 && distinct >= 160;
+            Header::Other { salt, encrypted }
+        }
+    })
 }
 
 /// After a crash `<path>-shm` still describes the WAL. When it says the WAL holds

@@ -12,23 +12,75 @@ use crate::config::SpoolConfig;
 use crate::error::{Error, Result};
 
 mod file;
+mod key;
 mod pool;
 mod records;
 mod sql;
 
 pub(crate) use file::*;
+#[cfg(feature = "encryption")]
+pub use key::EncryptionKey;
+#[cfg(feature = "encryption")]
+pub(crate) use key::Header;
+pub(crate) use key::Keying;
 pub(crate) use pool::{ReaderPool, open_file_only, open_reader};
 pub(crate) use records::*;
 pub use records::{ConsumerInfo, ConsumerKind, DeadLetter, DeadLetterSummary, SeekPosition};
 pub(crate) use sql::*;
 
+#[cfg(feature = "encryption")]
+/// What the first bytes of the file at `path` say it is; [`Header::Empty`] when there
+/// is no file yet.
+pub(crate) fn header_of(path: &Path) -> Result<Header> {
+    match path.exists() {
+        true => file::read_header(path),
+        false => Ok(Header::Empty),
+    }
+}
+
+#[cfg(feature = "encryption")]
+/// A connection to the existing spool at `path`, for reading it whole: checked
+/// (key, header, schema) first, so a refused file is not modified.
+pub(crate) fn open_existing(path: &Path, keying: &Keying) -> Result<Connection> {
+    if !path.exists() {
+        return Err(Error::io(
+            format!("no spool file at {}", path.display()),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+    }
+    key::check(path, &file::read_header(path)?, keying)?;
+    // Not read-only: a database attached to a read-only connection is read-only too.
+    let conn = sql::open_checkpointer(path, keying)?;
+    if sql::validate(&conn, path)? == 0 {
+        return Err(Error::NotASpool(path.to_owned()));
+    }
+    Ok(conn)
+}
+
+/// Writes what `conn` holds into a new file at `to`, keyed by `target` (encrypted, or
+/// plain when it has no key), through SQLCipher's `sqlcipher_export`.
+#[cfg(feature = "encryption")]
+pub(crate) fn export(conn: &Connection, to: &Path, target: &Keying) -> Result<()> {
+    let name = to
+        .to_str()
+        .ok_or_else(|| Error::InvalidConfig(format!("the path is not UTF-8: {}", to.display())))?;
+    drop(file::create_private(to)?);
+    sql::export(conn, name, target.literal()).map_err(Error::storage)
+}
+
+/// Checks that `keying` fits the file at `path` (see [`key::check`]), reading only.
+pub(crate) fn check_key(path: &Path, keying: &Keying) -> Result<()> {
+    key::check(path, &file::read_header(path)?, keying)
+}
+
 /// Opens the writer's connection. The guards first, before SQLite touches the file: it
-/// must be SQLite or empty, and commits lost with a removed WAL are refused unless
-/// `accept_lost_wal` (then their seqs are skipped). A refused file is not modified.
-pub(crate) fn open_writer(config: &SpoolConfig) -> Result<Opened> {
+/// must be SQLite or empty (or encrypted with the key given), and commits lost with a
+/// removed WAL are refused unless `accept_lost_wal` (then their seqs are skipped). A
+/// refused file is not modified.
+pub(crate) fn open_writer(config: &SpoolConfig, keying: &Keying) -> Result<Opened> {
     let path = config.path.as_path();
     drop(file::create_private(path)?);
-    file::check_header(path)?;
+    key::check(path, &file::read_header(path)?, keying)?;
     let lost = file::lost_seqs(path);
     if let Some(seqs) = lost {
         if !config.accept_lost_wal {
@@ -45,7 +97,7 @@ pub(crate) fn open_writer(config: &SpoolConfig) -> Result<Opened> {
         fs::remove_file(&shm)
             .map_err(|e| Error::io(format!("cannot remove {}", shm.display()), e))?;
     }
-    sql::open_writer(config, lost)
+    sql::open_writer(config, lost, keying)
 }
 
 /// Saves what `conn` holds into a new file after the spool's own file was deleted or

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
+use super::key::Keying;
 use crate::error::{Error, Result, Storage};
 
 /// Read-only connections to one spool file, opened on demand up to a maximum and kept
@@ -35,6 +36,10 @@ struct State {
     idle: Vec<Connection>,
     /// Connections in existence: idle, lent out, or being opened.
     open: usize,
+    /// What keys a new connection.
+    keying: Keying,
+    /// While the file's key changes: no connection is lent.
+    paused: bool,
 }
 
 /// A connection lent by the pool; it goes back when dropped.
@@ -54,7 +59,8 @@ impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             self.pool.lock().idle.push(conn);
-            self.pool.returned.notify_one();
+            // All: a `pause` may be waiting beside `get`s.
+            self.pool.returned.notify_all();
         }
     }
 }
@@ -68,8 +74,8 @@ impl Shared {
 impl ReaderPool {
     /// A pool of at most `max` connections to `path`, with one opened now so that a
     /// file that cannot be read fails here.
-    pub(crate) fn new(path: &Path, max: u32, wait: Duration) -> Result<ReaderPool> {
-        let first = open_reader(path)?;
+    pub(crate) fn new(path: &Path, keying: Keying, max: u32, wait: Duration) -> Result<ReaderPool> {
+        let first = open_reader(path, &keying)?;
         Ok(ReaderPool {
             shared: Arc::new(Shared {
                 path: path.to_owned(),
@@ -78,6 +84,8 @@ impl ReaderPool {
                 state: Mutex::new(State {
                     idle: vec![first],
                     open: 1,
+                    keying,
+                    paused: false,
                 }),
                 returned: Condvar::new(),
             }),
@@ -95,16 +103,18 @@ impl ReaderPool {
         let deadline = crate::time::deadline(pool.wait);
         let mut state = pool.lock();
         loop {
-            if let Some(conn) = state.idle.pop() {
+            if state.paused {
+                // The key is changing: wait for the new one.
+            } else if let Some(conn) = state.idle.pop() {
                 return Ok(Pooled {
                     conn: Some(conn),
                     pool,
                 });
-            }
-            if state.open < pool.max {
+            } else if state.open < pool.max {
                 state.open += 1;
+                let keying = state.keying.clone();
                 drop(state);
-                return match open_reader(&pool.path) {
+                return match open_reader(&pool.path, &keying) {
                     Ok(conn) => Ok(Pooled {
                         conn: Some(conn),
                         pool,
@@ -144,6 +154,52 @@ impl ReaderPool {
 }
 
 impl ReaderPool {
+    #[cfg(feature = "encryption")]
+    /// Stops lending, waits up to `wait` until every lent connection is back, and closes
+    /// them all: no connection under the old key is left to read the file while its key
+    /// changes. [`resume`](ReaderPool::resume) lends again.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when a connection stayed lent (lending resumes at once).
+    pub(crate) fn pause(&self, wait: Duration) -> Result<()> {
+        let pool = &*self.shared;
+        let deadline = crate::time::deadline(wait);
+        let mut state = pool.lock();
+        state.paused = true;
+        while state.open > state.idle.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                state.paused = false;
+                pool.returned.notify_all();
+                return Err(Error::Timeout { waited: wait });
+            }
+            state = pool
+                .returned
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        state.open = 0;
+        let idle = std::mem::take(&mut state.idle);
+        drop(state);
+        drop(idle);
+        Ok(())
+    }
+
+    #[cfg(feature = "encryption")]
+    /// Lends again after [`pause`](ReaderPool::pause), keying new connections with
+    /// `keying` when given.
+    pub(crate) fn resume(&self, keying: Option<Keying>) {
+        let mut state = self.shared.lock();
+        if let Some(keying) = keying {
+            state.keying = keying;
+        }
+        state.paused = false;
+        self.shared.returned.notify_all();
+    }
+}
+
+impl ReaderPool {
     /// Runs `read` on a lent connection.
     ///
     /// # Errors
@@ -157,10 +213,11 @@ impl ReaderPool {
     }
 }
 
-/// Opens a read-only connection with the readers' settings.
-pub(crate) fn open_reader(path: &Path) -> Result<Connection> {
+/// Opens a read-only connection with the readers' settings, keyed by `keying`.
+pub(crate) fn open_reader(path: &Path, keying: &Keying) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).storage()?;
+    keying.apply(&conn).storage()?;
     conn.busy_timeout(super::BUSY_TIMEOUT).storage()?;
     // Plans that do not depend on bound values: SQLite otherwise plans around the value
     // bound to `LIMIT ?` and prepares the statement again at every read.
@@ -172,7 +229,7 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection> {
 /// Opens the database file alone, read-only and immutable: SQLite neither reads nor
 /// writes `<path>-wal` and `<path>-shm` (for a file whose WAL was lost: its `-shm`
 /// is the evidence, which any other connection would reset).
-pub(crate) fn open_file_only(path: &Path) -> Result<Connection> {
+pub(crate) fn open_file_only(path: &Path, keying: &Keying) -> Result<Connection> {
     let text = path.to_str().ok_or_else(|| {
         Error::InvalidConfig(format!("the path is not UTF-8: {}", path.display()))
     })?;
@@ -187,5 +244,7 @@ pub(crate) fn open_file_only(path: &Path) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
-    Connection::open_with_flags(uri, flags).storage()
+    let conn = Connection::open_with_flags(uri, flags).storage()?;
+    keying.apply(&conn).storage()?;
+    Ok(conn)
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
 use serde_json::value::RawValue;
 
+use super::key::Keying;
 use crate::config::SpoolConfig;
 use crate::error::{Error, Result, Storage, StorageError};
 use crate::event::{Event, EventQuery, SeqNo, StoredEvent};
@@ -401,9 +402,14 @@ pub(crate) fn validate(conn: &Connection, path: &Path) -> Result<i64> {
 /// Opens the writer's connection to a file the guards let through (see
 /// [`super::open_writer`]): validates it, then sets WAL and the schema, skipping `lost`
 /// seqs. A file that fails validation is not modified.
-pub(crate) fn open_writer(config: &SpoolConfig, lost: Option<u64>) -> Result<Opened> {
+pub(crate) fn open_writer(
+    config: &SpoolConfig,
+    lost: Option<u64>,
+    keying: &Keying,
+) -> Result<Opened> {
     let path = config.path.as_path();
     let conn = Connection::open(path).map_err(at_open(path))?;
+    keying.apply(&conn).map_err(at_open(path))?;
     conn.busy_timeout(BUSY_TIMEOUT).storage()?;
     let version = validate(&conn, path)?;
 
@@ -689,6 +695,58 @@ pub(crate) fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
 }
 
+/// Keys a connection to an encrypted file (SQLCipher); `literal` is the `x'...'` key.
+#[cfg(feature = "encryption")]
+pub(crate) fn apply_key(conn: &Connection, literal: &str) -> rusqlite::Result<()> {
+    let pragma = zeroize::Zeroizing::new(format!("PRAGMA key = \"{literal}\";"));
+    conn.execute_batch(&pragma)
+}
+
+/// Re-encrypts the file of `conn` under `literal` (SQLCipher's `PRAGMA rekey`).
+#[cfg(feature = "encryption")]
+pub(crate) fn change_key(conn: &Connection, literal: &str) -> rusqlite::Result<()> {
+    let pragma = zeroize::Zeroizing::new(format!("PRAGMA rekey = \"{literal}\";"));
+    conn.execute_batch(&pragma)
+}
+
+/// Copies the whole of `conn`'s database into the new file `to`, encrypted under
+/// `literal` (plain when it is empty), with the application id and schema version
+/// that mark it as a spool.
+#[cfg(feature = "encryption")]
+pub(crate) fn export(conn: &Connection, to: &str, literal: &str) -> rusqlite::Result<()> {
+    conn.execute("ATTACH DATABASE ?1 AS target KEY ?2", params![to, literal])?;
+    let copied = (|| {
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        conn.query_row("SELECT sqlcipher_export('target')", [], |_| Ok(()))?;
+        conn.execute_batch(&format!(
+            "PRAGMA target.application_id = {APPLICATION_ID};
+             PRAGMA target.user_version = {version};"
+        ))
+    })();
+    let detached = conn.execute_batch("DETACH DATABASE target");
+    copied.and(detached)
+}
+
+/// Turns off SQLCipher's own logging to stderr (a setting of the process).
+#[cfg(feature = "encryption")]
+pub(crate) fn silence_cipher_log(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("PRAGMA cipher_log = off;")
+}
+
+/// Reads the first page (the schema): where a wrong key shows.
+pub(crate) fn first_page(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+}
+
+#[cfg(feature = "encryption")]
+/// Re-encrypts the whole file with `keying` (SQLCipher's `PRAGMA rekey`, which writes
+/// every page through the WAL), then copies the WAL into the file and empties it, so
+/// no page under the old key is left in either.
+pub(crate) fn rekey(conn: &Connection, keying: &Keying, wait: Duration) -> rusqlite::Result<bool> {
+    keying.rekey(conn)?;
+    checkpoint_truncate(conn, wait)
+}
+
 /// Copies all of the WAL into the database and empties it (TRUNCATE), waiting up to
 /// `wait` for readers of older snapshots. Returns whether it got that far: another
 /// checkpoint in progress makes SQLite answer busy at once, whatever `wait` is.
@@ -701,9 +759,11 @@ pub(crate) fn checkpoint_truncate(conn: &Connection, wait: Duration) -> rusqlite
     Ok(busy? == 0)
 }
 
-/// A connection for the background checkpoints (it writes only what the WAL holds).
-pub(crate) fn open_checkpointer(path: &Path) -> Result<Connection> {
+/// A connection for the background checkpoints (it writes only what the WAL holds),
+/// and for copying a spool nobody owns.
+pub(crate) fn open_checkpointer(path: &Path, keying: &Keying) -> Result<Connection> {
     let conn = Connection::open(path).map_err(at_open(path))?;
+    keying.apply(&conn).map_err(at_open(path))?;
     conn.busy_timeout(BUSY_TIMEOUT).storage()?;
     Ok(conn)
 }
@@ -927,7 +987,22 @@ pub(crate) fn dead_letter_summary(conn: &Connection) -> rusqlite::Result<Vec<Dea
 
 /// The file's size as SQLite counts it (pages in use and free), without the WAL.
 pub(crate) fn pages(conn: &Connection) -> rusqlite::Result<Pages> {
-    let get = |pragma: &str| conn.pragma_query_value(None, pragma, |r| r.get::<_, i64>(0));
+    // SQLCipher answers `page_size` as text.
+    let get = |pragma: &str| {
+        conn.pragma_query_value(None, pragma, |r| match r.get_ref(0)? {
+            rusqlite::types::ValueRef::Text(text) => std::str::from_utf8(text)
+                .ok()
+                .and_then(|t| t.parse::<i64>().ok())
+                .ok_or_else(|| {
+                    rusqlite::Error::InvalidColumnType(
+                        0,
+                        pragma.into(),
+                        rusqlite::types::Type::Text,
+                    )
+                }),
+            _ => r.get::<_, i64>(0),
+        })
+    };
     Ok(Pages {
         size: get("page_size")? as u64,
         count: get("page_count")? as u64,
@@ -1003,8 +1078,10 @@ mod tests {
     fn reads_are_not_prepared_again_at_every_call() {
         let dir = tempfile::tempdir().unwrap();
         let config = SpoolConfig::new(dir.path().join("spool.db"));
-        let _writer = super::super::open_writer(&config).unwrap();
-        let pool = super::super::ReaderPool::new(&config.path, 1, Duration::from_secs(1)).unwrap();
+        let _writer = super::super::open_writer(&config, &Keying::plain()).unwrap();
+        let pool =
+            super::super::ReaderPool::new(&config.path, Keying::plain(), 1, Duration::from_secs(1))
+                .unwrap();
         let conn = pool.get().unwrap();
         for (after, limit) in [(0, 100), (5, 100), (9, 1)] {
             read_after(&conn, "spool", after, limit).unwrap();

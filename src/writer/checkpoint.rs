@@ -41,24 +41,25 @@ pub(super) const WAL_WAIT: Duration = Duration::from_secs(1);
 pub(crate) struct Checkpointer {
     pub(super) requests: Option<Sender<()>>,
     pub(super) thread: Option<JoinHandle<()>>,
-    /// Held through each pass. SQLite lets one checkpoint run at a time and answers
-    /// another with SQLITE_BUSY at once, without waiting: the writer takes this first
-    /// so a pass in progress is waited for, not mistaken for a reader holding an old
-    /// snapshot.
-    pub(super) turn: Arc<Mutex<()>>,
+    /// The checkpointer's connection, held through each pass. SQLite lets one
+    /// checkpoint run at a time and answers another with SQLITE_BUSY at once, without
+    /// waiting: the writer takes this first so a pass in progress is waited for, not
+    /// mistaken for a reader holding an old snapshot (and to replace the connection
+    /// when the file's key changes).
+    pub(super) turn: Arc<Mutex<Connection>>,
 }
 
 impl Checkpointer {
     pub(crate) fn start(conn: Connection) -> Result<Checkpointer> {
         // One request waiting is enough: the pass it starts covers every later commit.
         let (requests, asked) = crossbeam_channel::bounded::<()>(1);
-        let turn = Arc::new(Mutex::new(()));
+        let turn = Arc::new(Mutex::new(conn));
         let mine = turn.clone();
         let thread = std::thread::Builder::new()
             .name("eventspool-checkpoint".into())
             .spawn(move || {
                 for () in asked {
-                    let _turn = mine.lock().unwrap_or_else(PoisonError::into_inner);
+                    let conn = mine.lock().unwrap_or_else(PoisonError::into_inner);
                     if let Err(e) = store::checkpoint(&conn) {
                         log::debug!("checkpoint failed: {e}");
                     }
@@ -84,6 +85,24 @@ impl Checkpointer {
         let _turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
         store::checkpoint_truncate(conn, wait)
     }
+
+    #[cfg(feature = "encryption")]
+    /// Re-encrypts the file under `keying` on the writer's `conn` (see
+    /// [`store::rekey`]) with no pass running, and keys the checkpointer's connection
+    /// anew.
+    pub(super) fn rekey(
+        &self,
+        conn: &Connection,
+        path: &std::path::Path,
+        keying: &store::Keying,
+    ) -> Result<()> {
+        let mut turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
+        if !store::rekey(conn, keying, WAL_WAIT).map_err(Error::storage)? {
+            log::warn!("the WAL was not emptied after changing the key; it empties later");
+        }
+        *turn = store::open_checkpointer(path, keying)?;
+        Ok(())
+    }
 }
 
 impl Checkpointer {
@@ -103,6 +122,17 @@ impl Drop for Checkpointer {
 }
 
 impl Writer {
+    #[cfg(feature = "encryption")]
+    /// Re-encrypts the file under `keying` ([`Msg::Rekey`](super::msg::Msg::Rekey)).
+    pub(super) fn rekey(&mut self, keying: &store::Keying) -> Result<()> {
+        let db = self.db.clone();
+        let db = db.lock();
+        let Some(conn) = db.conn.as_ref() else {
+            return Err(Error::Closed);
+        };
+        self.checkpointer.rekey(conn, &self.path, keying)
+    }
+
     pub(super) fn checkpoint(&mut self) {
         self.unchecked = Default::default();
         self.checkpointer.request();

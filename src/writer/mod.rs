@@ -330,6 +330,8 @@ impl Writer {
             Msg::Close(reply) => self.closing = Some(reply),
             Msg::Stop(reply) => self.stopping = Some(reply),
             Msg::Op(op, reply) => self.ops.push((op, reply)),
+            #[cfg(feature = "encryption")]
+            Msg::Rekey(keying, reply) => reply.send(self.rekey(&keying)),
             Msg::Acked(commits) => {
                 self.unchecked.batches += commits;
                 self.gc_pending = true;

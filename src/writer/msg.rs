@@ -24,6 +24,9 @@ pub(crate) enum Msg {
     /// A change to consumers or dead letters, committed with the next batch; the reply
     /// carries what [`store::apply`] yields.
     Op(Op, Reply<Result<u64>>),
+    #[cfg(feature = "encryption")]
+    /// Re-encrypt the file under this keying, now (readers are paused by the caller).
+    Rekey(crate::store::Keying, Reply<Result<()>>),
     /// A consumer committed this many acknowledgements itself ([`Db::commit_cursor`]): what they
     /// made deletable is deleted once the writer is idle (or by its next commits), and
     /// they count toward the next checkpoint.

@@ -18,7 +18,7 @@ fn owned(path: &Path) -> Result<Spool> {
     if !path.exists() {
         return Err(format!("no spool file at {}", path.display()).into());
     }
-    Ok(Spool::open(path)?)
+    Ok(crate::key::open(path)?)
 }
 
 pub(crate) fn requeue(path: &Path, sink: &str) -> Result {

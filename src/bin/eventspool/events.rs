@@ -64,7 +64,7 @@ fn write_event(out: &mut impl Write, event: &StoredEvent, json: bool) -> Result<
 }
 
 pub(crate) fn tail(path: &Path, count: usize, follow: bool, filter: &Filter, json: bool) -> Result {
-    let inspector = Inspector::open(path)?;
+    let inspector = crate::key::inspect(path)?;
     let query = base_query(filter);
     let last_seq = inspector.stat()?.last_seq;
     let unfiltered = filter.types.is_empty() && filter.subject.is_none() && filter.source.is_none();
@@ -102,7 +102,7 @@ pub(crate) fn tail(path: &Path, count: usize, follow: bool, filter: &Filter, jso
 }
 
 pub(crate) fn query(path: &Path, filter: &Filter, window: &Window) -> Result {
-    let inspector = Inspector::open(path)?;
+    let inspector = crate::key::inspect(path)?;
     let mut query = base_query(filter).limit(window.limit);
     if let Some(since) = window.since {
         query = query.since_ms(since);
@@ -122,7 +122,7 @@ pub(crate) fn query(path: &Path, filter: &Filter, window: &Window) -> Result {
 }
 
 pub(crate) fn export(path: &Path, after_seq: u64, filter: &Filter) -> Result {
-    let inspector = Inspector::open(path)?;
+    let inspector = crate::key::inspect(path)?;
     let total = inspector.stat()?.events;
     let progress = progress_bar(total, "{pos}/{len} events");
     let mut out = BufWriter::new(std::io::stdout().lock());

@@ -75,7 +75,7 @@ pub(crate) fn import(path: &Path, file: Option<&Path>) -> Result {
         }
         None => (Box::new(std::io::stdin().lock()), 0),
     };
-    let spool = Spool::open(path)?;
+    let spool = crate::key::open(path)?;
     let progress = crate::events::progress_bar(size, "{bytes}/{total_bytes}");
     let tally = emit_lines(&spool, input, |n| progress.inc(n as u64))?;
     spool.flush(Duration::MAX)?;

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use eventspool::{CheckReport, Inspector, repair as repair_file};
+use eventspool::{CheckReport, repair as repair_file};
 
 use crate::show::{age, bytes, table, time};
 use crate::{Outcome, Result};
@@ -17,7 +17,7 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
 }
 
 pub(crate) fn stat(path: &Path, json: bool) -> Result {
-    let stat = Inspector::open(path)?.stat()?;
+    let stat = crate::key::inspect(path)?.stat()?;
     if json {
         print_json(&stat)?;
         return Ok(Outcome::Done);
@@ -122,7 +122,7 @@ fn dead_table(summary: &[eventspool::DeadLetterSummary]) -> String {
 }
 
 pub(crate) fn consumers(path: &Path, json: bool) -> Result {
-    let consumers = Inspector::open(path)?.consumers()?;
+    let consumers = crate::key::inspect(path)?.consumers()?;
     match json {
         true => print_json(&consumers)?,
         false => print!("{}", consumer_table(&consumers)),
@@ -131,7 +131,7 @@ pub(crate) fn consumers(path: &Path, json: bool) -> Result {
 }
 
 pub(crate) fn dead_list(path: &Path, sink: Option<&str>, json: bool) -> Result {
-    let inspector = Inspector::open(path)?;
+    let inspector = crate::key::inspect(path)?;
     let Some(sink) = sink else {
         let summary = inspector.stat()?.dead_letters_by_sink;
         match json {
@@ -173,7 +173,7 @@ pub(crate) fn dead_list(path: &Path, sink: Option<&str>, json: bool) -> Result {
 }
 
 pub(crate) fn dead_show(path: &Path, sink: &str, limit: usize) -> Result {
-    let letters = Inspector::open(path)?.dead_letters(sink, limit)?;
+    let letters = crate::key::inspect(path)?.dead_letters(sink, limit)?;
     let mut out = std::io::stdout().lock();
     for d in &letters {
         writeln!(
@@ -210,7 +210,7 @@ fn print_check(report: &CheckReport) {
 }
 
 pub(crate) fn check(path: &Path, json: bool) -> Result {
-    let report = Inspector::open(path)?.check()?;
+    let report = crate::key::inspect(path)?.check()?;
     match json {
         true => print_json(&report)?,
         false => print_check(&report),

@@ -11,6 +11,7 @@
 mod admin;
 mod events;
 mod forward;
+mod key;
 mod lines;
 mod look;
 mod show;
@@ -27,6 +28,8 @@ use clap::{Args, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    key: key::KeyArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +127,31 @@ enum Command {
         /// The configuration: a SpoolConfig, with an optional [forward] table.
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Re-encrypt an encrypted spool under a new key (the current one from --key-env
+    /// or --key-file). Takes the lock.
+    #[cfg(feature = "encryption")]
+    Rekey {
+        /// The spool file.
+        path: PathBuf,
+        #[command(flatten)]
+        new: key::NewKeyArgs,
+    },
+    /// Copy a plain spool into a new file encrypted under --key-env or --key-file.
+    #[cfg(feature = "encryption")]
+    Encrypt {
+        /// The plain spool (not modified; nobody may own it meanwhile).
+        from: PathBuf,
+        /// The new encrypted file (must not exist).
+        to: PathBuf,
+    },
+    /// Copy an encrypted spool into a new plain file.
+    #[cfg(feature = "encryption")]
+    Decrypt {
+        /// The encrypted spool (not modified; nobody may own it meanwhile).
+        from: PathBuf,
+        /// The new plain file (must not exist).
+        to: PathBuf,
     },
 }
 
@@ -258,6 +286,12 @@ fn run(command: Command) -> Result {
         } => events::export(&path, after_seq, &filter),
         Command::Import { path, file } => lines::import(&path, file.as_deref()),
         Command::Forward { config } => forward::run(&config),
+        #[cfg(feature = "encryption")]
+        Command::Rekey { path, new } => key::rekey(&path, &new.as_key_args()),
+        #[cfg(feature = "encryption")]
+        Command::Encrypt { from, to } => key::copy(&from, &to, true),
+        #[cfg(feature = "encryption")]
+        Command::Decrypt { from, to } => key::copy(&from, &to, false),
     }
 }
 
@@ -265,7 +299,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("EVENTSPOOL_LOG", "warn"))
         .init();
-    match run(cli.command) {
+    let outcome = cli
+        .key
+        .install()
+        .map_err(Into::into)
+        .and_then(|()| run(cli.command));
+    match outcome {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Problems) => ExitCode::FAILURE,
         Err(e) => {
