@@ -165,6 +165,7 @@ impl Spool {
             rx,
             stop_rx,
             shared.clone(),
+            keying.clone(),
         );
         let db = writer.db();
         let handle = thread::Builder::new()

@@ -1,32 +1,31 @@
-//! Keying the connections to an encrypted spool file (feature `encryption`, SQLCipher):
-//! every connection (writer, readers, checkpointer) gets the same raw key before any
-//! other statement, derived at most once per open, and the key is checked before
-//! anything else touches the file.
+//! The key of an encrypted spool file (feature `encryption`, SQLCipher): what the
+//! caller gives, and the raw key every connection (writer, readers, checkpointer) is
+//! keyed with, derived at most once per open.
 
-use std::path::Path;
 #[cfg(feature = "encryption")]
 use std::sync::Arc;
 
-use rusqlite::Connection;
 #[cfg(feature = "encryption")]
 use zeroize::Zeroizing;
 
+#[cfg(feature = "encryption")]
 use crate::error::{Error, Result};
 
 /// SQLCipher keeps a random salt in the first 16 bytes of an encrypted file.
 #[cfg(feature = "encryption")]
 const SALT_BYTES: usize = 16;
 
-/// PBKDF2-HMAC-SHA512 rounds for a passphrase: SQLCipher 4's own, so the `sqlcipher`
-/// shell opens the file with `PRAGMA key = '<passphrase>'` too.
+/// PBKDF2-HMAC-SHA512 rounds for a passphrase: SQLCipher 4's own derivation.
 #[cfg(feature = "encryption")]
 const PASSPHRASE_ROUNDS: u32 = 256_000;
 
 /// The key of an encrypted spool (feature `encryption`): a raw 256-bit key, used as
 /// SQLCipher's raw key, or a passphrase, from which a key is derived once per open
-/// with PBKDF2-HMAC-SHA512 (256 000 rounds, the file's salt: SQLCipher 4's defaults,
-/// so the `sqlcipher` shell opens the file with the same passphrase). Its bytes are
-/// wiped when it is dropped, and never shown: `Debug` prints only which kind it is.
+/// with PBKDF2-HMAC-SHA512 (256 000 rounds, the file's salt: SQLCipher 4's
+/// derivation). The file's pages are 16 KiB, each with an HMAC-SHA256, so the
+/// `sqlcipher` shell opens it after `PRAGMA key = '<passphrase>'; PRAGMA
+/// cipher_page_size = 16384; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;`. Its bytes
+/// are wiped when it is dropped, and never shown: `Debug` prints only which kind it is.
 ///
 /// ```
 /// use eventspool::EncryptionKey;
@@ -134,31 +133,13 @@ impl Keying {
         false
     }
 
-    /// Keys `conn`; before any other statement on it.
-    pub(crate) fn apply(&self, conn: &Connection) -> rusqlite::Result<()> {
-        #[cfg(feature = "encryption")]
-        {
-            quiet(conn)?;
-            if let Some(literal) = &self.literal {
-                super::sql::apply_key(conn, literal)?;
-            }
-        }
-        let _ = conn;
-        Ok(())
-    }
-
-    /// The `x'...'` literal SQLCipher takes, or "" for a plain file.
+    /// The `x'...'` literal SQLCipher takes; `None` for a plain file.
     #[cfg(feature = "encryption")]
-    pub(crate) fn literal(&self) -> &str {
-        self.literal.as_deref().map_or("", |l| l.as_str())
+    pub(crate) fn literal(&self) -> Option<&str> {
+        self.literal.as_deref().map(|l| l.as_str())
     }
 
     #[cfg(feature = "encryption")]
-    /// Re-encrypts the file of `conn` (the writer's) under this keying.
-    pub(crate) fn rekey(&self, conn: &Connection) -> rusqlite::Result<()> {
-        super::sql::change_key(conn, self.literal())
-    }
-
     /// The keying of `key` for the file at `path`, whose first bytes are `header`: a
     /// passphrase is derived with the file's salt, or a new random one for a new file.
     #[cfg(feature = "encryption")]
@@ -207,50 +188,4 @@ fn hex(bytes: &[u8]) -> Zeroizing<String> {
         text.push(char::from_digit(u32::from(b & 15), 16).unwrap_or('0'));
     }
     text
-}
-
-/// SQLCipher writes its warnings and errors to stderr unless told otherwise (a wrong
-/// key would print three lines): the spool reports through its errors and `log`.
-/// The setting is the process's, and changing it is not thread-safe in SQLCipher
-/// (two at once crashed in `fclose`), so it is made once, with every other caller
-/// waiting for it.
-#[cfg(feature = "encryption")]
-fn quiet(conn: &Connection) -> rusqlite::Result<()> {
-    static QUIET: std::sync::Once = std::sync::Once::new();
-    let mut outcome = Ok(());
-    QUIET.call_once(|| outcome = super::sql::silence_cipher_log(conn));
-    outcome
-}
-
-/// Checks that `keying` fits the file at `path`, reading only, before anything else
-/// opens it: a key for a plain file, no key for what looks encrypted, and a key that
-/// does not decrypt the first page are [`Error::WrongKey`].
-pub(crate) fn check(path: &Path, header: &Header, keying: &Keying) -> Result<()> {
-    let wrong = |reason| {
-        Err(Error::WrongKey {
-            path: path.to_owned(),
-            reason,
-        })
-    };
-    match header {
-        Header::Empty => Ok(()),
-        Header::Plain if keying.is_encrypted() => {
-            wrong("a key was given, but the file is not encrypted")
-        }
-        Header::Plain => Ok(()),
-        Header::Other { encrypted, .. } if !keying.is_encrypted() => match encrypted {
-            true => wrong("the file is encrypted, and no key was given"),
-            false => Err(Error::NotASpool(path.to_owned())),
-        },
-        Header::Other { .. } => {
-            let conn = super::pool::open_reader(path, keying)?;
-            match super::sql::first_page(&conn) {
-                Ok(_) => Ok(()),
-                Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => {
-                    wrong("the key does not decrypt it")
-                }
-                Err(e) => Err(Error::storage(e)),
-            }
-        }
-    }
 }

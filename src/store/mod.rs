@@ -20,9 +20,7 @@ mod sql;
 pub(crate) use file::*;
 #[cfg(feature = "encryption")]
 pub use key::EncryptionKey;
-#[cfg(feature = "encryption")]
-pub(crate) use key::Header;
-pub(crate) use key::Keying;
+pub(crate) use key::{Header, Keying};
 pub(crate) use pool::{ReaderPool, open_file_only, open_reader};
 pub(crate) use records::*;
 pub use records::{ConsumerInfo, ConsumerKind, DeadLetter, DeadLetterSummary, SeekPosition};
@@ -48,7 +46,7 @@ pub(crate) fn open_existing(path: &Path, keying: &Keying) -> Result<Connection> 
             std::io::Error::from(std::io::ErrorKind::NotFound),
         ));
     }
-    key::check(path, &file::read_header(path)?, keying)?;
+    check_key(path, keying)?;
     // Not read-only: a database attached to a read-only connection is read-only too.
     let conn = sql::open_checkpointer(path, keying)?;
     if sql::validate(&conn, path)? == 0 {
@@ -65,12 +63,37 @@ pub(crate) fn export(conn: &Connection, to: &Path, target: &Keying) -> Result<()
         .to_str()
         .ok_or_else(|| Error::InvalidConfig(format!("the path is not UTF-8: {}", to.display())))?;
     drop(file::create_private(to)?);
-    sql::export(conn, name, target.literal()).map_err(Error::storage)
+    sql::export(conn, name, target.literal().unwrap_or_default()).map_err(Error::storage)
 }
 
-/// Checks that `keying` fits the file at `path` (see [`key::check`]), reading only.
+/// Checks that `keying` fits the file at `path`, reading only, before anything else
+/// opens it: a key for a plain file, no key for what looks encrypted, and a key that
+/// does not decrypt the first page are [`Error::WrongKey`].
 pub(crate) fn check_key(path: &Path, keying: &Keying) -> Result<()> {
-    key::check(path, &file::read_header(path)?, keying)
+    let wrong = |reason| {
+        Err(Error::WrongKey {
+            path: path.to_owned(),
+            reason,
+        })
+    };
+    match file::read_header(path)? {
+        Header::Empty => Ok(()),
+        Header::Plain if keying.is_encrypted() => {
+            wrong("a key was given, but the file is not encrypted")
+        }
+        Header::Plain => Ok(()),
+        Header::Other { encrypted, .. } if !keying.is_encrypted() => match encrypted {
+            true => wrong("the file is encrypted, and no key was given"),
+            false => Err(Error::NotASpool(path.to_owned())),
+        },
+        Header::Other { .. } => match sql::first_page(&open_reader(path, keying)?) {
+            Ok(()) => Ok(()),
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => {
+                wrong("the key does not decrypt it")
+            }
+            Err(e) => Err(Error::storage(e)),
+        },
+    }
 }
 
 /// Opens the writer's connection. The guards first, before SQLite touches the file: it
@@ -80,7 +103,7 @@ pub(crate) fn check_key(path: &Path, keying: &Keying) -> Result<()> {
 pub(crate) fn open_writer(config: &SpoolConfig, keying: &Keying) -> Result<Opened> {
     let path = config.path.as_path();
     drop(file::create_private(path)?);
-    key::check(path, &file::read_header(path)?, keying)?;
+    check_key(path, keying)?;
     let lost = file::lost_seqs(path);
     if let Some(seqs) = lost {
         if !config.accept_lost_wal {
@@ -103,8 +126,14 @@ pub(crate) fn open_writer(config: &SpoolConfig, keying: &Keying) -> Result<Opene
 /// Saves what `conn` holds into a new file after the spool's own file was deleted or
 /// replaced under it: at `path` when that is free and may be used `in_place` (the
 /// WAL was emptied, else SQLite would apply the frames left at `<path>-wal` to the new
-/// file; and the spool still holds the lock), else at `<path>.rescued`.
-pub(crate) fn rescue(conn: &Connection, path: &Path, in_place: bool) -> Option<PathBuf> {
+/// file; and the spool still holds the lock), else at `<path>.rescued`. Encrypted as
+/// the spool is.
+pub(crate) fn rescue(
+    conn: &Connection,
+    path: &Path,
+    in_place: bool,
+    keying: &Keying,
+) -> Option<PathBuf> {
     let targets = [path.to_owned(), beside(path, ".rescued")];
     for target in &targets[usize::from(!in_place)..] {
         let Some(name) = target.to_str() else {
@@ -117,7 +146,7 @@ pub(crate) fn rescue(conn: &Connection, path: &Path, in_place: bool) -> Option<P
         if options.open(target).is_err() {
             continue; // taken: someone else's file
         }
-        match sql::vacuum_into(conn, name) {
+        match sql::vacuum_into(conn, name, keying) {
             Ok(()) => return Some(target.clone()),
             Err(e) => {
                 log::error!("cannot save the spool to {}: {e}", target.display());

@@ -217,7 +217,7 @@ impl ReaderPool {
 pub(crate) fn open_reader(path: &Path, keying: &Keying) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).storage()?;
-    keying.apply(&conn).storage()?;
+    super::sql::apply_key(&conn, keying).storage()?;
     conn.busy_timeout(super::BUSY_TIMEOUT).storage()?;
     // Plans that do not depend on bound values: SQLite otherwise plans around the value
     // bound to `LIMIT ?` and prepares the statement again at every read.
@@ -245,6 +245,6 @@ pub(crate) fn open_file_only(path: &Path, keying: &Keying) -> Result<Connection>
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(uri, flags).storage()?;
-    keying.apply(&conn).storage()?;
+    super::sql::apply_key(&conn, keying).storage()?;
     Ok(conn)
 }

@@ -130,7 +130,9 @@ impl Writer {
         let Some(conn) = db.conn.as_ref() else {
             return Err(Error::Closed);
         };
-        self.checkpointer.rekey(conn, &self.path, keying)
+        self.checkpointer.rekey(conn, &self.path, keying)?;
+        self.keying = keying.clone();
+        Ok(())
     }
 
     pub(super) fn checkpoint(&mut self) {

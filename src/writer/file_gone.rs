@@ -48,7 +48,7 @@ impl Writer {
                 .inspect_err(|e| log::error!("cannot save {} in place: {e}", self.path.display()))
                 .is_ok();
             let gone = Gone {
-                rescued: store::rescue(conn, &self.path, emptied && owned),
+                rescued: store::rescue(conn, &self.path, emptied && owned, &self.keying),
             };
             // Callers learn of it at their next commit; the hook, also when none comes.
             self.shared.report(&gone.error(&self.path));

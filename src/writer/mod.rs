@@ -73,6 +73,8 @@ pub(crate) struct Writer {
     checkpointer: Checkpointer,
     db: Arc<Db>,
     path: PathBuf,
+    /// What keys the file, for a copy of it (see [`store::rescue`]).
+    keying: store::Keying,
     /// The file's identity at open (see [`store::file_id`]).
     file_id: Option<store::FileId>,
     rx: Receiver<Msg>,
@@ -124,6 +126,7 @@ impl Writer {
         rx: Receiver<Msg>,
         stop: Receiver<()>,
         shared: Arc<Shared>,
+        keying: store::Keying,
     ) -> Self {
         let c = &shared.counters;
         c.last_seq.store(state.last_seq, Relaxed);
@@ -138,6 +141,7 @@ impl Writer {
             checkpointer,
             file_id: store::file_id(&config.path),
             path: config.path.clone(),
+            keying,
             db: Arc::new(Db {
                 state: Mutex::new(DbState {
                     conn: Some(conn),
