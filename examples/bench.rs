@@ -93,6 +93,41 @@ fn event(n: u64) -> Event {
     Event::from_json("bench.event", payload(n))
 }
 
+/// Events/s through `sink` (the broker benches): `n` events committed first (the
+/// sink's cursor registered before them), then the time from opening the spool with
+/// the sink until it has delivered them all.
+#[cfg(any(all(feature = "redis", feature = "nats"), feature = "kafka"))]
+pub(crate) fn backlog_through(
+    dir: &std::path::Path,
+    name: &str,
+    sink: impl eventspool::Sink + 'static,
+    n: u64,
+) -> f64 {
+    let path = dir.join(format!("{name}.db"));
+    let spool = Spool::builder(&path).max_bytes(u64::MAX).open().unwrap();
+    spool
+        .seek(sink.name(), eventspool::SeekPosition::LastAcknowledged)
+        .unwrap();
+    for body in (0..n).map(payload) {
+        spool.emit(Event::from_json("bench.event", body)).unwrap();
+    }
+    spool.close(Duration::from_secs(60)).unwrap();
+    let start = Instant::now();
+    let spool = Spool::builder(&path)
+        .max_bytes(u64::MAX)
+        .sink(sink)
+        .open()
+        .unwrap();
+    let deadline = start + Duration::from_secs(600);
+    while spool.metrics().sinks[0].delivered < n {
+        assert!(Instant::now() < deadline, "delivered in time");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let took = start.elapsed();
+    spool.close(Duration::from_secs(10)).unwrap();
+    rate(n, took)
+}
+
 pub(crate) fn rate(n: u64, took: Duration) -> f64 {
     n as f64 / took.as_secs_f64()
 }

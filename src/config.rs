@@ -321,15 +321,14 @@ impl KafkaConfig {
         for (key, value) in &self.settings {
             sink = sink.setting(key, value);
         }
-        sink.batch(self.batch)
-            .commit_every(self.commit_every)
-            .timeout(Duration::from_millis(self.timeout_ms))
-            .max_retries(self.max_retries)
-            .backoff(Backoff::exponential(
-                Duration::from_millis(self.backoff_min_ms),
-                Duration::from_millis(self.backoff_max_ms),
-            ))
-            .event_types(self.event_types.iter().cloned())
+        sink.with_settings(broker_settings(
+            self.batch,
+            self.commit_every,
+            self.timeout_ms,
+            self.max_retries,
+            (self.backoff_min_ms, self.backoff_max_ms),
+            &self.event_types,
+        ))
     }
 }
 
@@ -418,15 +417,14 @@ impl NatsConfig {
             Some(file) => sink.tls_ca(file),
             None => sink,
         };
-        sink.batch(self.batch)
-            .commit_every(self.commit_every)
-            .timeout(Duration::from_millis(self.timeout_ms))
-            .max_retries(self.max_retries)
-            .backoff(Backoff::exponential(
-                Duration::from_millis(self.backoff_min_ms),
-                Duration::from_millis(self.backoff_max_ms),
-            ))
-            .event_types(self.event_types.iter().cloned())
+        sink.with_settings(broker_settings(
+            self.batch,
+            self.commit_every,
+            self.timeout_ms,
+            self.max_retries,
+            (self.backoff_min_ms, self.backoff_max_ms),
+            &self.event_types,
+        ))
     }
 }
 
@@ -510,16 +508,15 @@ impl std::fmt::Debug for RedisConfig {
 impl RedisConfig {
     /// The [`RedisSink`] this entry describes.
     pub fn to_sink(&self) -> RedisSink {
-        let mut sink = RedisSink::new(&self.name, &self.url, &self.stream)
-            .batch(self.batch)
-            .commit_every(self.commit_every)
-            .timeout(Duration::from_millis(self.timeout_ms))
-            .max_retries(self.max_retries)
-            .backoff(Backoff::exponential(
-                Duration::from_millis(self.backoff_min_ms),
-                Duration::from_millis(self.backoff_max_ms),
-            ))
-            .event_types(self.event_types.iter().cloned());
+        let mut sink =
+            RedisSink::new(&self.name, &self.url, &self.stream).with_settings(broker_settings(
+                self.batch,
+                self.commit_every,
+                self.timeout_ms,
+                self.max_retries,
+                (self.backoff_min_ms, self.backoff_max_ms),
+                &self.event_types,
+            ));
         if let Some(n) = self.max_len {
             sink = sink.max_len(n);
         }
@@ -684,6 +681,30 @@ fn default_webhook_batch() -> usize {
 fn default_commit_every() -> usize {
     1
 }
+/// The delivery settings of a broker sink's entry (the fields the three share: serde
+/// cannot flatten them into a struct that refuses unknown fields).
+#[cfg(any(feature = "redis", feature = "nats", feature = "kafka"))]
+fn broker_settings(
+    batch: usize,
+    commit_every: usize,
+    timeout_ms: u64,
+    max_retries: Option<u32>,
+    (backoff_min_ms, backoff_max_ms): (u64, u64),
+    event_types: &[String],
+) -> crate::sink::broker::Settings {
+    crate::sink::broker::Settings {
+        batch,
+        commit_every,
+        timeout: Duration::from_millis(timeout_ms),
+        max_retries,
+        backoff: Backoff::exponential(
+            Duration::from_millis(backoff_min_ms),
+            Duration::from_millis(backoff_max_ms),
+        ),
+        event_types: event_types.to_vec(),
+    }
+}
+
 #[cfg(any(feature = "redis", feature = "nats", feature = "kafka"))]
 fn default_broker_commit_every() -> usize {
     crate::sink::DEFAULT_BROKER_COMMIT_EVERY

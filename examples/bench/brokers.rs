@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use eventspool::{Backoff, Event, NatsSink, RedisSink, SeekPosition, Sink, Spool};
+use eventspool::{Backoff, NatsSink, RedisSink};
 
 #[allow(dead_code)] // the tests use more of it
 #[path = "../../tests/common/brokers.rs"]
@@ -14,44 +14,17 @@ mod servers;
 #[path = "../../tests/common/nats.rs"]
 mod nats_client;
 
-use super::{median, payload, rate};
+use super::{backlog_through as through, median, payload, rate};
 
 const BATCH: usize = 100;
 
-/// Polls `done` until it holds (a minute at most).
+/// Polls `done` until it holds (the servers module waits with it).
 fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
         assert!(Instant::now() < deadline, "timed out: {what}");
         std::thread::sleep(Duration::from_millis(1));
     }
-}
-
-/// Events/s through `sink`: `n` events committed first (the sink's cursor registered
-/// before them), then the time from opening the spool with the sink until it has
-/// delivered them all.
-fn through(dir: &std::path::Path, name: &str, sink: impl Sink + 'static, n: u64) -> f64 {
-    let path = dir.join(format!("{name}.db"));
-    let spool = Spool::builder(&path).max_bytes(u64::MAX).open().unwrap();
-    spool
-        .seek(sink.name(), SeekPosition::LastAcknowledged)
-        .unwrap();
-    for body in (0..n).map(payload) {
-        spool.emit(Event::from_json("bench.event", body)).unwrap();
-    }
-    spool.close(Duration::from_secs(60)).unwrap();
-    let start = Instant::now();
-    let spool = Spool::builder(&path)
-        .max_bytes(u64::MAX)
-        .sink(sink)
-        .open()
-        .unwrap();
-    wait_until(Duration::from_secs(600), "delivered", || {
-        spool.metrics().sinks[0].delivered == n
-    });
-    let took = start.elapsed();
-    spool.close(Duration::from_secs(10)).unwrap();
-    rate(n, took)
 }
 
 /// Events/s of `XADD` pipelined `BATCH` at a time with the redis crate.

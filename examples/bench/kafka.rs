@@ -5,14 +5,14 @@
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use eventspool::{Backoff, Event, KafkaSink, SeekPosition, Sink, Spool};
+use eventspool::{Backoff, KafkaSink};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 
-use super::{median, payload, rate};
+use super::{backlog_through as through, median, payload, rate};
 
 const BATCH: usize = 100;
 
@@ -88,33 +88,6 @@ fn raw(bootstrap: &str, topic: &str, n: u64, how: Raw) -> f64 {
         }
     }
     rate(n, start.elapsed())
-}
-
-/// Events/s through the sink: a backlog of `n`, from open until delivered.
-fn through(dir: &std::path::Path, name: &str, sink: KafkaSink, n: u64) -> f64 {
-    let path = dir.join(format!("{name}.db"));
-    let spool = Spool::builder(&path).max_bytes(u64::MAX).open().unwrap();
-    spool
-        .seek(sink.name(), SeekPosition::LastAcknowledged)
-        .unwrap();
-    for body in (0..n).map(payload) {
-        spool.emit(Event::from_json("bench.event", body)).unwrap();
-    }
-    spool.close(Duration::from_secs(60)).unwrap();
-    let start = Instant::now();
-    let spool = Spool::builder(&path)
-        .max_bytes(u64::MAX)
-        .sink(sink)
-        .open()
-        .unwrap();
-    let deadline = start + Duration::from_secs(600);
-    while spool.metrics().sinks[0].delivered < n {
-        assert!(Instant::now() < deadline, "delivered in time");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let took = start.elapsed();
-    spool.close(Duration::from_secs(10)).unwrap();
-    rate(n, took)
 }
 
 pub(crate) fn run(dir: &std::path::Path, n: u64) {

@@ -6,6 +6,8 @@ use crate::error::{DeliveryError, Error, Result as SpoolResult};
 use crate::event::StoredEvent;
 use order::{Concurrency, DEFAULT_WINDOW, Order};
 
+#[cfg(any(feature = "redis", feature = "nats", feature = "kafka"))]
+pub(crate) mod broker;
 pub(crate) mod http_date;
 #[cfg(feature = "kafka")]
 pub(crate) mod kafka;

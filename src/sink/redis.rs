@@ -4,12 +4,11 @@
 use std::time::Duration;
 
 use crate::error::DeliveryError;
-use crate::event::{StoredEvent, matches_any};
+use crate::event::StoredEvent;
+use crate::sink::Sink;
+use crate::sink::broker::{self, Settings};
 use crate::sink::template::Template;
 use crate::sink::webhook::shown_url;
-use crate::sink::{
-    Backoff, DEFAULT_BACKOFF, DEFAULT_BROKER_COMMIT_EVERY, DEFAULT_MAX_RETRIES, Sink,
-};
 
 /// Default for [`RedisSink::batch`]: 100 events per round trip.
 pub const DEFAULT_REDIS_BATCH: usize = 100;
@@ -80,13 +79,8 @@ pub struct RedisSink {
     url: String,
     shown: String,
     stream: Result<Template, String>,
-    batch: usize,
-    commit_every: usize,
+    settings: Settings,
     max_len: Option<u64>,
-    timeout: Duration,
-    max_retries: Option<u32>,
-    backoff: Backoff,
-    event_types: Vec<String>,
     script: redis::Script,
     connection: Option<redis::Connection>,
     already_delivered: u64,
@@ -98,7 +92,7 @@ impl std::fmt::Debug for RedisSink {
             .field("name", &self.name)
             .field("url", &self.shown)
             .field("stream", &self.stream)
-            .field("batch", &self.batch)
+            .field("batch", &self.settings.batch)
             .field("max_len", &self.max_len)
             .field("connected", &self.connection.is_some())
             .finish_non_exhaustive()
@@ -116,69 +110,25 @@ impl RedisSink {
             shown: shown_url(&url),
             url,
             stream: Template::new(stream),
-            batch: DEFAULT_REDIS_BATCH,
-            commit_every: DEFAULT_BROKER_COMMIT_EVERY,
+            settings: Settings::new(DEFAULT_REDIS_BATCH, DEFAULT_REDIS_TIMEOUT),
             max_len: None,
-            timeout: DEFAULT_REDIS_TIMEOUT,
-            max_retries: DEFAULT_MAX_RETRIES,
-            backoff: DEFAULT_BACKOFF,
-            event_types: Vec::new(),
             script: redis::Script::new(ADD_BATCH),
             connection: None,
             already_delivered: 0,
         }
     }
 
-    /// Events per round trip, at most [`MAX_SINK_BATCH`](crate::MAX_SINK_BATCH). Defaults to
-    /// [`DEFAULT_REDIS_BATCH`].
-    pub fn batch(mut self, n: usize) -> Self {
-        self.batch = n;
-        self
-    }
-
-    /// After how many round trips the sink's cursor is committed (see
-    /// [`Sink::commit_every`]): a crash re-sends at most that many batches, which the
-    /// stream recognises, so committing less often costs only the re-sending. Defaults
-    /// to [`DEFAULT_BROKER_COMMIT_EVERY`](crate::DEFAULT_BROKER_COMMIT_EVERY).
-    pub fn commit_every(mut self, n: usize) -> Self {
-        self.commit_every = n;
-        self
-    }
+    broker::setters!(
+        unit: "Events",
+        batch: DEFAULT_REDIS_BATCH,
+        timeout: DEFAULT_REDIS_TIMEOUT,
+        bounds: "connecting, and each round trip,"
+    );
 
     /// Trims each stream to about `n` entries as it adds (`MAXLEN ~ n`). Defaults to
     /// no trimming.
     pub fn max_len(mut self, n: u64) -> Self {
         self.max_len = Some(n);
-        self
-    }
-
-    /// How long connecting, and each round trip, may take. Defaults to
-    /// [`DEFAULT_REDIS_TIMEOUT`].
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Retries before events are dead-lettered; `None` retries forever. Defaults to
-    /// [`DEFAULT_MAX_RETRIES`].
-    pub fn max_retries(mut self, n: Option<u32>) -> Self {
-        self.max_retries = n;
-        self
-    }
-
-    /// The wait between retries. Defaults to [`DEFAULT_BACKOFF`].
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// Only events of these types (a trailing `*` matches a prefix). Defaults to all.
-    pub fn event_types<I, S>(mut self, types: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.event_types = types.into_iter().map(Into::into).collect();
         self
     }
 
@@ -188,7 +138,7 @@ impl RedisSink {
             DeliveryError::retryable(format!("connecting to {}: {e}", self.shown))
         };
         let client = redis::Client::open(self.url.as_str()).map_err(failed)?;
-        let timeout = crate::time::bounded(self.timeout);
+        let timeout = crate::time::bounded(self.settings.timeout);
         let connection = client
             .get_connection_with_timeout(timeout)
             .map_err(failed)?;
@@ -282,25 +232,7 @@ impl Sink for RedisSink {
         std::mem::take(&mut self.already_delivered)
     }
 
-    fn batch_size(&self) -> usize {
-        self.batch
-    }
-
-    fn commit_every(&self) -> usize {
-        self.commit_every
-    }
-
-    fn max_retries(&self) -> Option<u32> {
-        self.max_retries
-    }
-
-    fn backoff(&self) -> Backoff {
-        self.backoff
-    }
-
-    fn accepts(&self, event_type: &str) -> bool {
-        matches_any(&self.event_types, event_type)
-    }
+    broker::sink_methods!();
 
     fn check(&self) -> Result<(), String> {
         let name = &self.name;
@@ -313,11 +245,6 @@ impl Sink for RedisSink {
                 self.shown
             ));
         }
-        if self.timeout.is_zero() {
-            return Err(format!("sink {name}: timeout must be more than zero"));
-        }
-        self.backoff
-            .check()
-            .map_err(|e| format!("sink {name}: {e}"))
+        self.settings.check(name)
     }
 }

@@ -15,11 +15,10 @@ use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::error::DeliveryError;
-use crate::event::{StoredEvent, matches_any};
+use crate::event::StoredEvent;
+use crate::sink::Sink;
+use crate::sink::broker::{self, Settings};
 use crate::sink::template::Template;
-use crate::sink::{
-    Backoff, DEFAULT_BACKOFF, DEFAULT_BROKER_COMMIT_EVERY, DEFAULT_MAX_RETRIES, Sink,
-};
 
 mod ends;
 mod partition;
@@ -84,14 +83,9 @@ pub struct KafkaSink {
     name: String,
     bootstrap: String,
     topic: Result<Template, String>,
-    settings: BTreeMap<String, String>,
+    librdkafka: BTreeMap<String, String>,
     key: Option<Box<KeyFn>>,
-    batch: usize,
-    commit_every: usize,
-    timeout: Duration,
-    max_retries: Option<u32>,
-    backoff: Backoff,
-    event_types: Vec<String>,
+    settings: Settings,
     session: Option<Session>,
     already_delivered: u64,
 }
@@ -103,8 +97,8 @@ impl std::fmt::Debug for KafkaSink {
             .field("bootstrap", &self.bootstrap)
             .field("topic", &self.topic)
             // Only the names: values may be passwords.
-            .field("settings", &self.settings.keys().collect::<Vec<_>>())
-            .field("batch", &self.batch)
+            .field("settings", &self.librdkafka.keys().collect::<Vec<_>>())
+            .field("batch", &self.settings.batch)
             .field("connected", &self.session.is_some())
             .finish_non_exhaustive()
     }
@@ -119,14 +113,9 @@ impl KafkaSink {
             name: name.into(),
             bootstrap: bootstrap.into(),
             topic: Template::new(topic),
-            settings: BTreeMap::new(),
+            librdkafka: BTreeMap::new(),
             key: None,
-            batch: DEFAULT_KAFKA_BATCH,
-            commit_every: DEFAULT_BROKER_COMMIT_EVERY,
-            timeout: DEFAULT_KAFKA_TIMEOUT,
-            max_retries: DEFAULT_MAX_RETRIES,
-            backoff: DEFAULT_BACKOFF,
-            event_types: Vec::new(),
+            settings: Settings::new(DEFAULT_KAFKA_BATCH, DEFAULT_KAFKA_TIMEOUT),
             session: None,
             already_delivered: 0,
         }
@@ -137,7 +126,7 @@ impl KafkaSink {
     /// partitions end. Those exactly once rests on (`enable.idempotence`, `acks`,
     /// `message.timeout.ms`...) are refused at `open`.
     pub fn setting(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.settings.insert(key.into(), value.into());
+        self.librdkafka.insert(key.into(), value.into());
         self
     }
 
@@ -150,58 +139,19 @@ impl KafkaSink {
         self
     }
 
-    /// Records per `deliver`, at most [`MAX_SINK_BATCH`](crate::MAX_SINK_BATCH).
-    /// Defaults to [`DEFAULT_KAFKA_BATCH`].
-    pub fn batch(mut self, n: usize) -> Self {
-        self.batch = n;
-        self
-    }
-
-    /// After how many batches the sink's cursor is committed (see
-    /// [`Sink::commit_every`]): a crash re-sends at most that many, which the sink
-    /// recognises. Defaults to
-    /// [`DEFAULT_BROKER_COMMIT_EVERY`](crate::DEFAULT_BROKER_COMMIT_EVERY).
-    pub fn commit_every(mut self, n: usize) -> Self {
-        self.commit_every = n;
-        self
-    }
-
-    /// How long a batch may wait for its delivery reports. Defaults to
-    /// [`DEFAULT_KAFKA_TIMEOUT`].
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Retries before events are dead-lettered; `None` retries forever. Defaults to
-    /// [`DEFAULT_MAX_RETRIES`].
-    pub fn max_retries(mut self, n: Option<u32>) -> Self {
-        self.max_retries = n;
-        self
-    }
-
-    /// The wait between retries. Defaults to [`DEFAULT_BACKOFF`].
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// Only events of these types (a trailing `*` matches a prefix). Defaults to all.
-    pub fn event_types<I, S>(mut self, types: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.event_types = types.into_iter().map(Into::into).collect();
-        self
-    }
+    broker::setters!(
+        unit: "Records",
+        batch: DEFAULT_KAFKA_BATCH,
+        timeout: DEFAULT_KAFKA_TIMEOUT,
+        bounds: "a batch's delivery reports (and reading where a topic's partitions end)"
+    );
 
     /// The settings of the producer.
     fn producer_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         // A batch is sent whole and then awaited: waiting for more records gains nothing.
         config.set("linger.ms", "0");
-        for (key, value) in &self.settings {
+        for (key, value) in &self.librdkafka {
             config.set(key, value);
         }
         config
@@ -217,7 +167,7 @@ impl KafkaSink {
     /// The settings of the consumer that reads where partitions end.
     fn consumer_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
-        for (key, value) in &self.settings {
+        for (key, value) in &self.librdkafka {
             config.set(key, value);
         }
         config
@@ -480,7 +430,7 @@ impl Sink for KafkaSink {
             Ok(template) => template.clone(),
             Err(e) => return Err(DeliveryError::permanent(e.clone())),
         };
-        let deadline = Instant::now() + crate::time::bounded(self.timeout);
+        let deadline = Instant::now() + crate::time::bounded(self.settings.timeout);
         let mut session = match self.session.take() {
             Some(session) => session,
             None => self.start()?,
@@ -496,25 +446,7 @@ impl Sink for KafkaSink {
         std::mem::take(&mut self.already_delivered)
     }
 
-    fn batch_size(&self) -> usize {
-        self.batch
-    }
-
-    fn commit_every(&self) -> usize {
-        self.commit_every
-    }
-
-    fn max_retries(&self) -> Option<u32> {
-        self.max_retries
-    }
-
-    fn backoff(&self) -> Backoff {
-        self.backoff
-    }
-
-    fn accepts(&self, event_type: &str) -> bool {
-        matches_any(&self.event_types, event_type)
-    }
+    broker::sink_methods!();
 
     fn check(&self) -> Result<(), String> {
         let name = &self.name;
@@ -527,7 +459,7 @@ impl Sink for KafkaSink {
             ));
         }
         if let Some(owned) = self
-            .settings
+            .librdkafka
             .keys()
             .find(|k| OWNED_SETTINGS.contains(&k.as_str()))
         {
@@ -535,15 +467,10 @@ impl Sink for KafkaSink {
                 "sink {name}: the setting {owned} is the sink's own (exactly once rests on it)"
             ));
         }
-        if self.timeout.is_zero() {
-            return Err(format!("sink {name}: timeout must be more than zero"));
-        }
         // librdkafka checks every name and value here, without connecting.
         if let Err(e) = self.producer_config().create_native_config() {
             return Err(format!("sink {name}: {e}"));
         }
-        self.backoff
-            .check()
-            .map_err(|e| format!("sink {name}: {e}"))
+        self.settings.check(name)
     }
 }

@@ -6,11 +6,10 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::error::DeliveryError;
-use crate::event::{StoredEvent, matches_any};
+use crate::event::StoredEvent;
+use crate::sink::Sink;
+use crate::sink::broker::{self, Settings};
 use crate::sink::template::Template;
-use crate::sink::{
-    Backoff, DEFAULT_BACKOFF, DEFAULT_BROKER_COMMIT_EVERY, DEFAULT_MAX_RETRIES, Sink,
-};
 
 mod client;
 
@@ -55,12 +54,7 @@ pub struct NatsSink {
     name: String,
     server: Result<Server, String>,
     subject: Result<Template, String>,
-    batch: usize,
-    commit_every: usize,
-    timeout: Duration,
-    max_retries: Option<u32>,
-    backoff: Backoff,
-    event_types: Vec<String>,
+    settings: Settings,
     client: Option<Client>,
     already_delivered: u64,
 }
@@ -71,7 +65,7 @@ impl std::fmt::Debug for NatsSink {
             .field("name", &self.name)
             .field("server", &self.server)
             .field("subject", &self.subject)
-            .field("batch", &self.batch)
+            .field("batch", &self.settings.batch)
             .field("connected", &self.client.is_some())
             .finish_non_exhaustive()
     }
@@ -86,52 +80,18 @@ impl NatsSink {
             name: name.into(),
             server: Server::parse(url),
             subject: Template::new(subject),
-            batch: DEFAULT_NATS_BATCH,
-            commit_every: DEFAULT_BROKER_COMMIT_EVERY,
-            timeout: DEFAULT_NATS_TIMEOUT,
-            max_retries: DEFAULT_MAX_RETRIES,
-            backoff: DEFAULT_BACKOFF,
-            event_types: Vec::new(),
+            settings: Settings::new(DEFAULT_NATS_BATCH, DEFAULT_NATS_TIMEOUT),
             client: None,
             already_delivered: 0,
         }
     }
 
-    /// Publishes per round trip, at most [`MAX_SINK_BATCH`](crate::MAX_SINK_BATCH). Defaults to
-    /// [`DEFAULT_NATS_BATCH`].
-    pub fn batch(mut self, n: usize) -> Self {
-        self.batch = n;
-        self
-    }
-
-    /// After how many round trips the sink's cursor is committed (see
-    /// [`Sink::commit_every`]): a crash re-sends at most that many batches, which
-    /// JetStream recognises within its duplicate window. Defaults to
-    /// [`DEFAULT_BROKER_COMMIT_EVERY`](crate::DEFAULT_BROKER_COMMIT_EVERY).
-    pub fn commit_every(mut self, n: usize) -> Self {
-        self.commit_every = n;
-        self
-    }
-
-    /// How long connecting, and waiting for a batch's acknowledgements, may take.
-    /// Defaults to [`DEFAULT_NATS_TIMEOUT`].
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Retries before events are dead-lettered; `None` retries forever. Defaults to
-    /// [`DEFAULT_MAX_RETRIES`].
-    pub fn max_retries(mut self, n: Option<u32>) -> Self {
-        self.max_retries = n;
-        self
-    }
-
-    /// The wait between retries. Defaults to [`DEFAULT_BACKOFF`].
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
+    broker::setters!(
+        unit: "Publishes",
+        batch: DEFAULT_NATS_BATCH,
+        timeout: DEFAULT_NATS_TIMEOUT,
+        bounds: "connecting, and waiting for a batch's acknowledgements,"
+    );
 
     /// Trusts the certificates in this PEM file (a private CA) for TLS instead of the
     /// web's roots. TLS is used when the URL is `tls://` or the server requires it;
@@ -140,16 +100,6 @@ impl NatsSink {
         if let Ok(server) = &mut self.server {
             server.ca_file = Some(file.into());
         }
-        self
-    }
-
-    /// Only events of these types (a trailing `*` matches a prefix). Defaults to all.
-    pub fn event_types<I, S>(mut self, types: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.event_types = types.into_iter().map(Into::into).collect();
         self
     }
 }
@@ -205,8 +155,12 @@ impl Sink for NatsSink {
         let failed = |e: std::io::Error| DeliveryError::retryable(format!("{server:?}: {e}"));
         let mut client = match self.client.take() {
             Some(client) => client,
-            None => Client::connect(server, &self.name, crate::time::bounded(self.timeout))
-                .map_err(failed)?,
+            None => Client::connect(
+                server,
+                &self.name,
+                crate::time::bounded(self.settings.timeout),
+            )
+            .map_err(failed)?,
         };
         let mut messages = Vec::with_capacity(events.len());
         for (i, event) in events.iter().enumerate() {
@@ -262,25 +216,7 @@ impl Sink for NatsSink {
         std::mem::take(&mut self.already_delivered)
     }
 
-    fn batch_size(&self) -> usize {
-        self.batch
-    }
-
-    fn commit_every(&self) -> usize {
-        self.commit_every
-    }
-
-    fn max_retries(&self) -> Option<u32> {
-        self.max_retries
-    }
-
-    fn backoff(&self) -> Backoff {
-        self.backoff
-    }
-
-    fn accepts(&self, event_type: &str) -> bool {
-        matches_any(&self.event_types, event_type)
-    }
+    broker::sink_methods!();
 
     fn check(&self) -> Result<(), String> {
         let name = &self.name;
@@ -303,11 +239,6 @@ impl Sink for NatsSink {
             }
             Ok(_) => {}
         }
-        if self.timeout.is_zero() {
-            return Err(format!("sink {name}: timeout must be more than zero"));
-        }
-        self.backoff
-            .check()
-            .map_err(|e| format!("sink {name}: {e}"))
+        self.settings.check(name)
     }
 }
