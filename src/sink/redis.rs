@@ -150,21 +150,26 @@ impl RedisSink {
     }
 }
 
-/// The fields of an event's entry, as `XADD` arguments.
-fn fields(event: &StoredEvent) -> Vec<(&'static str, String)> {
-    let mut fields = vec![
-        ("id", event.id.clone()),
-        ("type", event.event_type.clone()),
-        ("timestamp_ms", event.timestamp_ms.to_string()),
-        ("data", event.data.get().to_owned()),
-    ];
-    if let Some(subject) = &event.subject {
-        fields.push(("subject", subject.clone()));
+/// Adds the fields of an event's entry to `invocation`: how many arguments they make,
+/// then the field/value pairs (borrowed: the invocation copies them once).
+fn add_fields(invocation: &mut redis::ScriptInvocation<'_>, event: &StoredEvent) {
+    let optional = [("subject", &event.subject), ("source", &event.source)];
+    let present = optional.iter().filter(|(_, v)| v.is_some()).count();
+    invocation
+        .arg((4 + present) * 2)
+        .arg("id")
+        .arg(event.id.as_str())
+        .arg("type")
+        .arg(event.event_type.as_str())
+        .arg("timestamp_ms")
+        .arg(event.timestamp_ms)
+        .arg("data")
+        .arg(event.data.get());
+    for (field, value) in optional {
+        if let Some(value) = value {
+            invocation.arg(field).arg(value.as_str());
+        }
     }
-    if let Some(source) = &event.source {
-        fields.push(("source", source.clone()));
-    }
-    fields
 }
 
 /// Whether Redis refusing an entry may pass: full memory, a loading or read-only
@@ -199,14 +204,10 @@ impl Sink for RedisSink {
         let mut invocation = self.script.prepare_invoke();
         invocation.arg(self.max_len.map_or(String::new(), |n| n.to_string()));
         for event in events {
-            let fields = fields(event);
             invocation
                 .key(stream.render(event).as_ref())
-                .arg(format!("{}-1", event.seq))
-                .arg(fields.len() * 2);
-            for (field, value) in fields {
-                invocation.arg(field).arg(value);
-            }
+                .arg(format!("{}-1", event.seq));
+            add_fields(&mut invocation, event);
         }
         let shown = &self.shown;
         let (added, again, error): (u64, u64, String) = invocation
