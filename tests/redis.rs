@@ -246,3 +246,58 @@ fn configured_from_toml_like_the_webhooks() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn a_full_memory_is_retried_and_delivery_resumes_once_in_order() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::redis(dir.path());
+    let url = broker.redis_url();
+    let spool = Spool::builder(dir.path().join("events.db"))
+        .sink(sink(&url))
+        .open()?;
+    for n in 0..1_000 {
+        spool.emit(numbered(n))?;
+    }
+    wait_until(T, "1 000 delivered", || stream_len(&url, "events") == 1_000);
+    let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
+    let config = |conn: &mut redis::Connection, value: &str| -> redis::RedisResult<()> {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(value)
+            .query(conn)
+    };
+    config(&mut conn, "1")?; // below what it uses: every write is refused
+    for n in 1_000..3_000 {
+        spool.emit(numbered(n))?;
+    }
+    wait_until(T, "a refusal for memory", || {
+        let sink = &spool.metrics().sinks[0];
+        sink.failures_retryable > 0
+            && sink
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("OOM") || e.contains("EXECABORT"))
+    });
+    assert_eq!(
+        stream_len(&url, "events"),
+        1_000,
+        "nothing landed while refused"
+    );
+    let error = spool.metrics().sinks[0]
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        error.starts_with("XADD to redis://127.0.0.1:") && error.contains("OOM"),
+        "names the server and the reason: {error}"
+    );
+    assert!(error.len() < 400, "and says it briefly: {error}");
+    config(&mut conn, "0")?;
+    wait_until(T, "all 3 000 delivered", || {
+        spool.metrics().sinks[0].delivered >= 3_000 && spool.metrics().sinks[0].lag == 0
+    });
+    assert_exactly_once(&entries(&url, "events"), 3_000, 1);
+    spool.close(T)?;
+    Ok(())
+}

@@ -111,7 +111,7 @@ pub(crate) fn run(dir: &std::path::Path, n: u64) {
         "| raw redis crate: `XADD` pipelined, the sink's fields (baseline) | {raw_r:.0} | 1.00× |"
     );
     println!(
-        "| `RedisSink`, a backlog from open until delivered (one script per batch, ids from seq) | {sink_r:.0} | {:.2}× |",
+        "| `RedisSink`, a backlog from open until delivered (`MULTI`/`EXEC` per batch, ids from seq) | {sink_r:.0} | {:.2}× |",
         sink_r / raw_r
     );
     println!(

@@ -15,42 +15,6 @@ pub const DEFAULT_REDIS_BATCH: usize = 100;
 /// Default for [`RedisSink::timeout`]: 10 s to connect, and for each round trip.
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Adds a batch's entries in order, in one round trip, stopping at the first error
-/// that is not a re-send: an entry whose id is not above its stream's last was added
-/// before (counted, skipped). Stopping keeps a later entry from landing ahead of one
-/// that failed, which could then never be added (its id would be below the last).
-/// KEYS: the stream of each entry. ARGV: the MAXLEN (or ""), then for each entry its
-/// id, its number of field/value arguments, and those.
-const ADD_BATCH: &str = r#"
-local maxlen = ARGV[1]
-local added, again, at = 0, 0, 2
-for i = 1, #KEYS do
-    local id, n = ARGV[at], tonumber(ARGV[at + 1])
-    local command = {'XADD', KEYS[i]}
-    if maxlen ~= '' then
-        command[#command + 1] = 'MAXLEN'
-        command[#command + 1] = '~'
-        command[#command + 1] = maxlen
-    end
-    command[#command + 1] = id
-    for j = 1, n do
-        command[#command + 1] = ARGV[at + 1 + j]
-    end
-    at = at + 2 + n
-    local reply = redis.pcall(unpack(command))
-    if type(reply) == 'table' and reply.err then
-        if string.find(reply.err, 'equal or smaller', 1, true) then
-            again = again + 1
-        else
-            return {added, again, reply.err}
-        end
-    else
-        added = added + 1
-    end
-end
-return {added, again, ''}
-"#;
-
 /// Forwards events to Redis Streams with `XADD`, on Redis's blocking client.
 ///
 /// Each event becomes an entry whose id is `<seq>-1` and whose fields are `id`,
@@ -63,9 +27,12 @@ return {added, again, ''}
 /// spool per stream key; with a key per type, one spool per key), and the stream is
 /// not deleted while events may still be re-sent. The entry ids are seqs, not times.
 ///
-/// A batch goes in one round trip (a script that adds the entries in order and stops
-/// at the first failure), so events go out one batch in flight at a time, in seq
-/// order ([`Order::Total`](crate::Order::Total)).
+/// A batch goes in one round trip as one transaction (`MULTI`, its `XADD`s, `EXEC`):
+/// Redis checks its memory and its role before running any of it, so a full memory or
+/// a read-only replica refuses the whole batch (retried), and no later entry can land
+/// ahead of a refused one; inside, only re-sends (counted) and refusals that hold for
+/// the whole stream (a key of another type) can fail. One batch is in flight at a time,
+/// in seq order ([`Order::Total`](crate::Order::Total)).
 ///
 /// ```
 /// use eventspool::RedisSink;
@@ -81,7 +48,6 @@ pub struct RedisSink {
     stream: Result<Template, String>,
     settings: Settings,
     max_len: Option<u64>,
-    script: redis::Script,
     connection: Option<redis::Connection>,
     already_delivered: u64,
 }
@@ -112,7 +78,6 @@ impl RedisSink {
             stream: Template::new(stream),
             settings: Settings::new(DEFAULT_REDIS_BATCH, DEFAULT_REDIS_TIMEOUT),
             max_len: None,
-            script: redis::Script::new(ADD_BATCH),
             connection: None,
             already_delivered: 0,
         }
@@ -150,13 +115,11 @@ impl RedisSink {
     }
 }
 
-/// Adds the fields of an event's entry to `invocation`: how many arguments they make,
-/// then the field/value pairs (borrowed: the invocation copies them once).
-fn add_fields(invocation: &mut redis::ScriptInvocation<'_>, event: &StoredEvent) {
+/// Adds the field/value pairs of an event's entry to the `XADD` last begun in
+/// `transaction` (borrowed: the pipeline copies them once).
+fn add_fields(transaction: &mut redis::Pipeline, event: &StoredEvent) {
     let optional = [("subject", &event.subject), ("source", &event.source)];
-    let present = optional.iter().filter(|(_, v)| v.is_some()).count();
-    invocation
-        .arg((4 + present) * 2)
+    transaction
         .arg("id")
         .arg(event.id.as_str())
         .arg("type")
@@ -167,14 +130,23 @@ fn add_fields(invocation: &mut redis::ScriptInvocation<'_>, event: &StoredEvent)
         .arg(event.data.get());
     for (field, value) in optional {
         if let Some(value) = value {
-            invocation.arg(field).arg(value.as_str());
+            transaction.arg(field).arg(value.as_str());
         }
     }
 }
 
+/// At most the first 300 bytes of an error: a refused transaction lists every entry.
+fn brief(e: &redis::RedisError) -> String {
+    let text = e.to_string();
+    match text.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}… ({} bytes more)", &text[..cut], text.len() - cut),
+        None => text,
+    }
+}
+
 /// Whether Redis refusing an entry may pass: full memory, a loading or read-only
-/// server, a busy script. A wrong type at the key, a refused permission or a bad
-/// argument will not.
+/// server, a busy script elsewhere. A wrong type at the key, a refused permission or a
+/// bad argument will not.
 fn retryable(message: &str) -> bool {
     [
         "OOM",
@@ -201,32 +173,43 @@ impl Sink for RedisSink {
             Some(connection) => connection,
             None => self.connect()?,
         };
-        let mut invocation = self.script.prepare_invoke();
-        invocation.arg(self.max_len.map_or(String::new(), |n| n.to_string()));
+        let mut transaction = redis::pipe();
+        transaction.atomic().ignore_errors();
         for event in events {
-            invocation
-                .key(stream.render(event).as_ref())
-                .arg(format!("{}-1", event.seq));
-            add_fields(&mut invocation, event);
+            transaction.cmd("XADD").arg(stream.render(event).as_ref());
+            if let Some(n) = self.max_len {
+                transaction.arg("MAXLEN").arg("~").arg(n);
+            }
+            transaction.arg(format!("{}-1", event.seq));
+            add_fields(&mut transaction, event);
         }
         let shown = &self.shown;
-        let (added, again, error): (u64, u64, String) = invocation
-            .invoke(&mut connection)
-            .map_err(|e| DeliveryError::retryable(format!("XADD to {shown}: {e}")))?;
+        // A refusal of the whole transaction (EXECABORT: full memory, a read-only
+        // replica...) comes back here; what remains are refusals of single entries.
+        let results: Vec<redis::RedisResult<redis::Value>> = transaction
+            .query(&mut connection)
+            .map_err(|e| DeliveryError::retryable(format!("XADD to {shown}: {}", brief(&e))))?;
         self.connection = Some(connection);
-        if error.is_empty() {
-            self.already_delivered += again;
-            return Ok(());
+        let mut again = 0;
+        for (event, result) in events.iter().zip(&results) {
+            let Err(e) = result else { continue };
+            let error = e.to_string();
+            if error.contains("equal or smaller") {
+                again += 1;
+                continue;
+            }
+            let message = format!(
+                "XADD to {shown}, stream {}: seq {} refused: {error}",
+                stream.render(event),
+                event.seq
+            );
+            return match retryable(&error) {
+                true => Err(DeliveryError::retryable(message)),
+                false => Err(DeliveryError::permanent(message)),
+            };
         }
-        let message = format!(
-            "XADD to {shown}, stream {}: seq {} refused ({added} added before it): {error}",
-            stream.as_str(),
-            events[(added + again) as usize].seq
-        );
-        match retryable(&error) {
-            true => Err(DeliveryError::retryable(message)),
-            false => Err(DeliveryError::permanent(message)),
-        }
+        self.already_delivered += again;
+        Ok(())
     }
 
     fn take_already_delivered(&mut self) -> u64 {

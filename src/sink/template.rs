@@ -41,7 +41,7 @@ impl Template {
     }
 
     /// The template as it was written.
-    #[cfg(any(feature = "redis", feature = "nats"))]
+    #[cfg(feature = "nats")]
     pub(crate) fn as_str(&self) -> &str {
         &self.text
     }
