@@ -18,8 +18,9 @@ impl Spool {
     /// Re-encrypts the spool file under `key`, while the spool runs: every page is
     /// written again under the new key (through the WAL, which is then emptied into the
     /// file), and every connection is keyed anew. Afterwards only `key` opens the file.
-    /// Readers wait meanwhile (the pool lends no connection); the writer commits
-    /// nothing else. It takes about as long as writing the file once.
+    /// Readers wait meanwhile (the pool lends no connection; a read that waits longer
+    /// than `reader_wait_ms` fails with [`Error::Timeout`], and sinks retry it); the
+    /// writer commits nothing else. It takes about as long as writing the file once.
     ///
     /// Turning a plain spool into an encrypted one, or back, is a copy made while
     /// nobody owns it: [`encrypt_spool`](crate::encrypt_spool) and
