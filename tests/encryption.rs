@@ -498,3 +498,39 @@ fn a_file_deleted_under_an_encrypted_spool_is_saved_back_encrypted() -> TestResu
     spool.close(T)?;
     Ok(())
 }
+
+#[test]
+fn rekey_while_a_sink_delivers_loses_nothing() -> TestResult {
+    let server = Server::start();
+    let (_dir, path) = temp_spool();
+    let spool = Spool::builder(&path)
+        .encryption_key(raw_key(1))
+        .sink(WebhookSink::new("hook", server.url()).batch(20))
+        .open()?;
+    let writer = {
+        let spool = spool.clone();
+        std::thread::spawn(move || {
+            for n in 0..3_000 {
+                spool.emit(secret(n)).expect("emit");
+            }
+        })
+    };
+    for byte in 2..5 {
+        spool.rekey(raw_key(byte))?;
+    }
+    writer.join().expect("writer");
+    wait_until(T, "3 000 delivered", || {
+        spool.metrics().sinks[0].delivered == 3_000
+    });
+    let sink = &spool.metrics().sinks[0];
+    assert_eq!(sink.dead_lettered, 0, "{sink:?}");
+    spool.close(T)?;
+    // The last key opens it, and the sink's cursor is at the end.
+    let inspector = eventspool::Inspector::open_with_key(&path, &raw_key(4))?;
+    let hook = inspector
+        .consumers()?
+        .into_iter()
+        .find(|c| c.name == "hook");
+    assert_eq!(hook.map(|c| c.position), Some(3_000));
+    Ok(())
+}
