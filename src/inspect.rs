@@ -408,13 +408,27 @@ fn counters(state: &StoreState, tally: &store::Tally) -> Vec<Problem> {
 /// [`Error::Locked`] while a spool owns the file (nothing is changed); the errors of
 /// [`Spool::open`](crate::Spool::open) for a file that is not a spool.
 pub fn repair(path: impl AsRef<Path>) -> Result<RepairReport> {
+    repair_keyed(path.as_ref(), store::Keying::plain())
+}
+
+/// [`repair`] for an encrypted spool, with its key (feature `encryption`).
+///
+/// # Errors
+/// As [`repair`], and [`Error::WrongKey`].
+#[cfg(feature = "encryption")]
+pub fn repair_with_key(path: impl AsRef<Path>, key: &crate::EncryptionKey) -> Result<RepairReport> {
     let path = path.as_ref();
-    Inspector::open(path)?; // refuses what is not a spool before anything is written
+    repair_keyed(path, store::Keying::new(key, &store::header_of(path)?)?)
+}
+
+fn repair_keyed(path: &Path, keying: store::Keying) -> Result<RepairReport> {
+    // Refuses what is not a spool before anything is written.
+    Inspector::open_keyed(path, keying.clone())?;
     let _lock = store::lock(path)?;
     let mut config = SpoolConfig::new(path);
     config.accept_lost_wal = true;
     let lost_seqs_skipped = store::lost_seqs(path);
-    let mut opened = store::open_writer(&config, &store::Keying::plain())?;
+    let mut opened = store::open_writer(&config, &keying)?;
     let spool_id = opened.state.spool_id.clone();
     let mut damaged = Vec::new();
     for_each_row(&opened.conn, &spool_id, |row| {
@@ -449,7 +463,7 @@ pub fn repair(path: impl AsRef<Path>) -> Result<RepairReport> {
         .map_err(|e| Error::Commit(crate::error::StorageError::new(e)))?;
     store::checkpoint_truncate(&opened.conn, std::time::Duration::from_secs(5)).storage()?;
     drop(opened);
-    let after = Inspector::open(path)?.check()?;
+    let after = Inspector::open_keyed(path, keying)?.check()?;
     Ok(RepairReport {
         moved,
         counters_fixed,

@@ -118,6 +118,8 @@ pub use config::{
 pub use config::{EncryptionConfig, KeyFormat};
 pub use error::{DeliveryError, Error, Result, StorageError};
 pub use event::{DEFAULT_QUERY_LIMIT, Event, EventQuery, SeqNo, StoredEvent};
+#[cfg(feature = "encryption")]
+pub use inspect::repair_with_key;
 pub use inspect::{CheckReport, Inspector, MovedEvent, Problem, RepairReport, SpoolStat, repair};
 pub use metrics::{ConsumerMetrics, MetricsSnapshot, SinkMetrics};
 pub use sink::http_date::parse_retry_after;

@@ -534,3 +534,37 @@ fn rekey_while_a_sink_delivers_loses_nothing() -> TestResult {
     assert_eq!(hook.map(|c| c.position), Some(3_000));
     Ok(())
 }
+
+#[test]
+fn the_sqlcipher_settings_the_readme_names_open_it_and_repair_works_with_the_key() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let spool = open(&path, EncryptionKey::passphrase("shell"))?;
+    spool.append_batch((0..5).map(secret).collect())?;
+    spool.subscribe("audit", SeekPosition::Beginning)?;
+    spool.close(T)?;
+    // What the README tells a user of the `sqlcipher` shell, here through rusqlite.
+    let conn = rusqlite::Connection::open(&path)?;
+    conn.execute_batch(
+        "PRAGMA key = 'shell'; PRAGMA cipher_page_size = 16384;
+         PRAGMA cipher_hmac_algorithm = HMAC_SHA256;",
+    )?;
+    let count: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+    assert_eq!(count, 5);
+    conn.execute_batch("UPDATE events SET data = 'not json' WHERE seq = 2;")?; // damage
+    drop(conn);
+    let key = EncryptionKey::passphrase("shell");
+    assert!(
+        !eventspool::Inspector::open_with_key(&path, &key)?
+            .check()?
+            .is_healthy()
+    );
+    let report = eventspool::repair_with_key(&path, &key)?;
+    assert_eq!(report.moved.len(), 1);
+    assert!(report.after.is_healthy());
+    assert!(matches!(
+        eventspool::repair(&path),
+        Err(Error::WrongKey { .. })
+    ));
+    assert!(!contains(&path, MARKER));
+    Ok(())
+}

@@ -80,6 +80,15 @@ pub(crate) fn open(path: &Path) -> eventspool::Result<Spool> {
     Spool::open(path)
 }
 
+/// Repairs the spool at `path`, with the key if one was given.
+pub(crate) fn repair(path: &Path) -> eventspool::Result<eventspool::RepairReport> {
+    #[cfg(feature = "encryption")]
+    if let Some(Some(key)) = KEY.get() {
+        return eventspool::repair_with_key(path, key);
+    }
+    eventspool::repair(path)
+}
+
 /// The key given, or an error saying how to give one.
 #[cfg(feature = "encryption")]
 pub(crate) fn given() -> eventspool::Result<eventspool::EncryptionKey> {

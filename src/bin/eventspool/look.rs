@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use eventspool::{CheckReport, repair as repair_file};
+use eventspool::CheckReport;
 
 use crate::show::{age, bytes, table, time};
 use crate::{Outcome, Result};
@@ -222,7 +222,7 @@ pub(crate) fn check(path: &Path, json: bool) -> Result {
 }
 
 pub(crate) fn repair(path: &Path, json: bool) -> Result {
-    let report = repair_file(path)?;
+    let report = crate::key::repair(path)?;
     if json {
         print_json(&report)?;
     } else {
