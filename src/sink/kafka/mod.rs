@@ -183,7 +183,8 @@ impl KafkaSink {
         let failed = |what: &str, e: KafkaError| {
             DeliveryError::retryable(format!("kafka at {}: {what}: {e}", self.bootstrap))
         };
-        let (sender, reports) = crossbeam_channel::unbounded();
+        // A report per record in flight, and at most a batch is in flight.
+        let (sender, reports) = crossbeam_channel::bounded(self.settings.batch.max(1));
         let producer = self
             .producer_config()
             .create_with_context(Reports { sender })
@@ -300,8 +301,9 @@ impl ProducerContext for Reports {
 
     fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
         let failure = result.as_ref().err().map(|(e, _)| e.clone());
-        // The receiver outlives the producer; a send cannot fail while it lives.
-        let _ = self.sender.send(Report { index, failure });
+        // Never blocks librdkafka's thread: there is room for every record in flight, and
+        // once `deliver` has gone (a dropped session) the reports are not wanted.
+        let _ = self.sender.try_send(Report { index, failure });
     }
 }
 
