@@ -158,7 +158,7 @@ fn ten_thousand_events_land_once_each_in_order_per_partition() -> TestResult {
         .sink(sink(&bootstrap))
         .open()?;
     for n in 0..10_000 {
-        spool.emit(keyed(n))?;
+        spool.emit(keyed(n).id(format!("event-{n}")))?;
     }
     wait_until(T, "10 000 delivered", || {
         spool.metrics().sinks[0].delivered == 10_000
@@ -183,7 +183,10 @@ fn ten_thousand_events_land_once_each_in_order_per_partition() -> TestResult {
         .map(|r| r.partition)
         .collect();
     assert_eq!(keyless.len(), 3, "keyless events use every partition");
-    assert!(records.iter().all(|r| r.id.len() == 26 || !r.id.is_empty()));
+    assert!(
+        records.iter().all(|r| r.id == format!("event-{}", r.n)),
+        "each record's id header is its event's id"
+    );
     spool.close(T)?;
     Ok(())
 }

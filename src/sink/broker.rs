@@ -107,9 +107,14 @@ macro_rules! setters {
     };
 }
 
-/// The [`Sink`](super::Sink) methods that read [`Settings`], for `impl Sink`.
+/// The [`Sink`](super::Sink) methods that read [`Settings`] (and the sink's
+/// `already_delivered` count), for `impl Sink`.
 macro_rules! sink_methods {
     () => {
+        fn take_already_delivered(&mut self) -> u64 {
+            std::mem::take(&mut self.already_delivered)
+        }
+
         fn batch_size(&self) -> usize {
             self.settings.batch
         }

@@ -212,10 +212,6 @@ impl Sink for RedisSink {
         Ok(())
     }
 
-    fn take_already_delivered(&mut self) -> u64 {
-        std::mem::take(&mut self.already_delivered)
-    }
-
     broker::sink_methods!();
 
     fn check(&self) -> Result<(), String> {

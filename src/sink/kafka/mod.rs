@@ -444,10 +444,6 @@ impl Sink for KafkaSink {
         Ok(())
     }
 
-    fn take_already_delivered(&mut self) -> u64 {
-        std::mem::take(&mut self.already_delivered)
-    }
-
     broker::sink_methods!();
 
     fn check(&self) -> Result<(), String> {
