@@ -371,6 +371,9 @@ pub struct NatsConfig {
     /// Publishes per round trip.
     #[serde(default = "default_nats_batch")]
     pub batch: usize,
+    /// Round trips whose acknowledgements may be awaited at once.
+    #[serde(default = "default_nats_in_flight")]
+    pub in_flight: usize,
     /// Round trips per cursor commit.
     #[serde(default = "default_broker_commit_every")]
     pub commit_every: usize,
@@ -400,6 +403,7 @@ impl std::fmt::Debug for NatsConfig {
             .field("subject", &self.subject)
             .field("tls_ca", &self.tls_ca)
             .field("batch", &self.batch)
+            .field("in_flight", &self.in_flight)
             .field("commit_every", &self.commit_every)
             .field("timeout_ms", &self.timeout_ms)
             .field("max_retries", &self.max_retries)
@@ -412,7 +416,7 @@ impl std::fmt::Debug for NatsConfig {
 impl NatsConfig {
     /// The [`NatsSink`] this entry describes.
     pub fn to_sink(&self) -> NatsSink {
-        let sink = NatsSink::new(&self.name, &self.url, &self.subject);
+        let sink = NatsSink::new(&self.name, &self.url, &self.subject).in_flight(self.in_flight);
         let sink = match &self.tls_ca {
             Some(file) => sink.tls_ca(file),
             None => sink,
@@ -431,6 +435,10 @@ impl NatsConfig {
 #[cfg(feature = "nats")]
 fn default_nats_batch() -> usize {
     crate::sink::nats::DEFAULT_NATS_BATCH
+}
+#[cfg(feature = "nats")]
+fn default_nats_in_flight() -> usize {
+    crate::sink::nats::DEFAULT_NATS_IN_FLIGHT
 }
 #[cfg(feature = "nats")]
 fn default_nats_timeout_ms() -> u64 {

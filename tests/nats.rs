@@ -162,11 +162,125 @@ fn the_server_restarted_mid_stream_delivery_resumes_nothing_lost_nothing_twice()
 }
 
 #[test]
+fn a_message_stored_behind_the_sinks_back_is_refused_by_the_fence_then_skipped() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (broker, mut nats) = server(dir.path());
+    let spool = Spool::builder(dir.path().join("events.db"))
+        .sink(sink(&broker.nats_url()))
+        .open()?;
+    for n in 0..100 {
+        spool.emit(numbered(n))?;
+    }
+    wait_until(T, "100 delivered", || {
+        spool.metrics().sinks[0].delivered == 100
+    });
+    // What a killed process's last write would store after the sink read the stream:
+    // event 101 as the sink sends it, fenced as that process saw the stream.
+    let zombie = serde_json::json!({"id": "zombie-101", "seq": 101, "type": "test.numbered",
+        "source": null, "subject": null, "timestamp_ms": 0, "data": {"n": 100}});
+    let ack = nats.publish(
+        "events.test.numbered",
+        zombie.to_string().as_bytes(),
+        Some(100),
+    )?;
+    assert_eq!(ack["seq"], 101, "{ack}");
+    // In one commit, so the sink publishes them in one pipeline: its first is refused,
+    // the others land after the copy.
+    let mut rest = vec![numbered(100).id("zombie-101")];
+    rest.extend((101..200).map(numbered));
+    spool.append_batch(rest)?;
+    wait_until(T, "200 delivered", || {
+        spool.metrics().sinks[0].delivered == 200
+    });
+    assert_exactly_once(&mut nats, 200, 1);
+    let sink = &spool.metrics().sinks[0];
+    assert!(
+        sink.failures_retryable > 0,
+        "the sink's publish after it was refused"
+    );
+    assert!(
+        sink.already_delivered >= 1,
+        "the event the stream had, recognised: {sink:?}"
+    );
+    assert_eq!(sink.dead_lettered, 0);
+    spool.close(T)?;
+    Ok(())
+}
+
+#[test]
+fn a_message_of_another_publisher_between_the_sinks_is_not_skipped_over() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (broker, mut nats) = server(dir.path());
+    let spool = Spool::builder(dir.path().join("events.db"))
+        .sink(sink(&broker.nats_url()))
+        .open()?;
+    for n in 0..100 {
+        spool.emit(numbered(n))?;
+    }
+    wait_until(T, "100 delivered", || {
+        spool.metrics().sinks[0].delivered == 100
+    });
+    let ack = nats.publish("events.other", b"not an event", Some(100))?;
+    assert_eq!(ack["seq"], 101, "{ack}");
+    // One pipeline: the first is refused, the others land after the foreign message.
+    spool.append_batch((100..200).map(numbered).collect())?;
+    wait_until(T, "the batch dead-lettered", || {
+        spool.dead_letters("nats", 1_000).map_or(0, |d| d.len()) == 100
+    });
+    let dead = spool.dead_letters("nats", 1_000)?;
+    let first = dead.iter().find(|d| d.event.seq == 101).unwrap_or_else(|| {
+        panic!(
+            "seq 101 dead: {:?}",
+            dead.iter()
+                .map(|d| (d.event.seq, &d.last_error))
+                .take(3)
+                .collect::<Vec<_>>()
+        )
+    });
+    assert!(
+        first.last_error.contains("one spool per stream"),
+        "{:?}",
+        first.last_error
+    );
+    let stored = nats.messages("EVENTS")?;
+    assert!(
+        !stored.iter().any(|m| m.event["seq"] == 101),
+        "the displaced event is not in the stream: it is a dead letter, not skipped"
+    );
+    spool.close(T)?;
+    Ok(())
+}
+
+#[test]
+fn a_stream_another_publisher_wrote_is_refused_one_spool_per_stream() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (broker, mut nats) = server(dir.path());
+    let ack = nats.publish("events.other", b"not an event", None)?;
+    assert_eq!(ack["seq"], 1, "{ack}");
+    let spool = Spool::builder(dir.path().join("events.db"))
+        .sink(sink(&broker.nats_url()))
+        .open()?;
+    spool.append(numbered(0))?;
+    wait_until(T, "dead-lettered", || {
+        spool.dead_letters("nats", 10).map_or(0, |d| d.len()) == 1
+    });
+    let dead = spool.dead_letters("nats", 10)?;
+    assert!(
+        dead[0].last_error.contains("one spool per stream"),
+        "{:?}",
+        dead[0].last_error
+    );
+    assert_eq!(nats.count("EVENTS"), 1, "nothing of the spool's was stored");
+    spool.close(T)?;
+    Ok(())
+}
+
+#[test]
 fn configured_from_toml_like_the_webhooks() -> TestResult {
     let dir = tempfile::tempdir()?;
     let (broker, mut nats) = server(dir.path());
     let text = format!(
-        "path = {:?}\n[[nats]]\nname = \"orders\"\nurl = {:?}\nsubject = \"events.{{type}}\"\nbatch = 7\n",
+        "path = {:?}\n[[nats]]\nname = \"orders\"\nurl = {:?}\nsubject = \"events.{{type}}\"\nbatch = 7\nin_flight = 3\n",
         dir.path().join("events.db"),
         broker.nats_url()
     );
@@ -189,6 +303,14 @@ fn configured_from_toml_like_the_webhooks() -> TestResult {
             .contains("invalid NATS URL")
     );
     bad.nats[0].url = broker.nats_url();
+    bad.nats[0].in_flight = 0;
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("in_flight must be at least 1")
+    );
+    bad.nats[0].in_flight = 1;
     bad.nats[0].subject = "events.*".into();
     assert!(
         bad.validate()

@@ -108,19 +108,27 @@ macro_rules! setters {
 }
 
 /// The [`Sink`](super::Sink) methods that read [`Settings`] (and the sink's
-/// `already_delivered` count), for `impl Sink`.
+/// `already_delivered` count), for `impl Sink`; a sink that carries several round
+/// trips per `deliver` call says how many.
 macro_rules! sink_methods {
     () => {
+        crate::sink::broker::sink_methods!(round_trips_per_call: 1);
+    };
+    (round_trips_per_call: $calls:expr) => {
         fn take_already_delivered(&mut self) -> u64 {
             std::mem::take(&mut self.already_delivered)
         }
 
         fn batch_size(&self) -> usize {
-            self.settings.batch
+            self.settings
+                .batch
+                .saturating_mul($calls)
+                .min(crate::MAX_SINK_BATCH)
         }
 
+        // Counted in round trips: rounded up to whole calls of `$calls`.
         fn commit_every(&self) -> usize {
-            self.settings.commit_every
+            self.settings.commit_every.div_ceil($calls)
         }
 
         fn max_retries(&self) -> Option<u32> {

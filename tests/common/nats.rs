@@ -73,7 +73,37 @@ impl Nats {
         let reply = format!("_TEST.reply.{}", self.next);
         let body = payload.to_string();
         let request = format!("PUB {subject} {reply} {}\r\n{body}\r\n", body.len());
-        self.io.get_mut().write_all(request.as_bytes())?;
+        self.await_reply(request.as_bytes(), &reply)
+    }
+
+    /// Publishes `payload` to JetStream on `subject`, with `Nats-Expected-Last-Sequence`
+    /// when `expect_last_seq` is given (as the sink does), and returns the acknowledgement.
+    pub fn publish(
+        &mut self,
+        subject: &str,
+        payload: &[u8],
+        expect_last_seq: Option<u64>,
+    ) -> std::io::Result<Value> {
+        self.next += 1;
+        let reply = format!("_TEST.reply.{}", self.next);
+        let headers = match expect_last_seq {
+            Some(seq) => format!("NATS/1.0\r\nNats-Expected-Last-Sequence: {seq}\r\n\r\n"),
+            None => "NATS/1.0\r\n\r\n".to_owned(),
+        };
+        let mut request = format!(
+            "HPUB {subject} {reply} {} {}\r\n{headers}",
+            headers.len(),
+            headers.len() + payload.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(payload);
+        request.extend_from_slice(b"\r\n");
+        self.await_reply(&request, &reply)
+    }
+
+    /// Writes `request` and reads until the message to `reply`: its JSON payload.
+    fn await_reply(&mut self, request: &[u8], reply: &str) -> std::io::Result<Value> {
+        self.io.get_mut().write_all(request)?;
         self.io.get_mut().flush()?;
         loop {
             let line = self.line()?;
@@ -99,37 +129,43 @@ impl Nats {
         }
     }
 
-    /// Publishes `payloads` to `subject` in one write, then reads their JetStream
-    /// acknowledgements: the pipelined publishing a raw client does, as a baseline.
-    /// With `ids`, each message carries its `Nats-Msg-Id`.
-    pub fn publish_all(
+    /// Publishes `payloads` to `subject`, `window` to a write, and reads their
+    /// JetStream acknowledgements, with at most `in_flight` windows unacknowledged:
+    /// the pipelined publishing a raw client does, as a baseline. With `ids`, each
+    /// message carries its `Nats-Msg-Id`.
+    pub fn publish_windows(
         &mut self,
         subject: &str,
         payloads: &[Vec<u8>],
         ids: Option<&[String]>,
+        window: usize,
+        in_flight: usize,
     ) -> std::io::Result<()> {
-        let mut out = Vec::new();
-        for (i, payload) in payloads.iter().enumerate() {
-            self.next += 1;
-            let line = match ids {
-                Some(ids) => {
-                    let headers = format!("NATS/1.0\r\nNats-Msg-Id: {}\r\n\r\n", ids[i]);
-                    let total = headers.len() + payload.len();
-                    format!(
-                        "HPUB {subject} _TEST.reply.p{i} {} {total}\r\n{headers}",
-                        headers.len()
-                    )
+        let (mut written, mut acked) = (0, 0);
+        while acked < payloads.len() {
+            while written < payloads.len() && written + window <= acked + window * in_flight {
+                let end = (written + window).min(payloads.len());
+                let mut out = Vec::new();
+                for i in written..end {
+                    let line = match ids {
+                        Some(ids) => {
+                            let headers = format!("NATS/1.0\r\nNats-Msg-Id: {}\r\n\r\n", ids[i]);
+                            let total = headers.len() + payloads[i].len();
+                            format!(
+                                "HPUB {subject} _TEST.reply.p{i} {} {total}\r\n{headers}",
+                                headers.len()
+                            )
+                        }
+                        None => format!("PUB {subject} _TEST.reply.p{i} {}\r\n", payloads[i].len()),
+                    };
+                    out.extend_from_slice(line.as_bytes());
+                    out.extend_from_slice(&payloads[i]);
+                    out.extend_from_slice(b"\r\n");
                 }
-                None => format!("PUB {subject} _TEST.reply.p{i} {}\r\n", payload.len()),
-            };
-            out.extend_from_slice(line.as_bytes());
-            out.extend_from_slice(payload);
-            out.extend_from_slice(b"\r\n");
-        }
-        self.io.get_mut().write_all(&out)?;
-        self.io.get_mut().flush()?;
-        let mut left = payloads.len();
-        while left > 0 {
+                self.io.get_mut().write_all(&out)?;
+                self.io.get_mut().flush()?;
+                written = end;
+            }
             let line = self.line()?;
             let words: Vec<&str> = line.split(' ').collect();
             match words[0] {
@@ -139,7 +175,7 @@ impl Nats {
                     let mut data = vec![0; size + 2];
                     self.io.read_exact(&mut data)?;
                     if words[1].starts_with("_TEST.reply.p") {
-                        left -= 1;
+                        acked += 1;
                     }
                 }
                 _ => {}

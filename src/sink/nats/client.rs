@@ -92,23 +92,23 @@ fn default_max_payload() -> usize {
     1 << 20
 }
 
-/// A message to publish with JetStream's de-duplication id.
+/// A message to publish, fenced by the stream's sequence.
 #[derive(Debug)]
 pub(crate) struct Publish<'a> {
     pub(crate) subject: &'a str,
-    pub(crate) msg_id: &'a str,
-    /// The id of the message before it on the same subject in this batch: JetStream
-    /// refuses it if that one is not the stream's last, so a failure mid-batch cannot
-    /// let a later message land ahead of it.
-    pub(crate) expect_last: Option<&'a str>,
+    /// The stream's last sequence this message must follow (`Nats-Expected-Last-Sequence`):
+    /// JetStream refuses it otherwise, so nothing lands twice or out of order, whoever
+    /// else published in between (a killed process's last writes, say).
+    pub(crate) expect_last_seq: u64,
     pub(crate) payload: &'a [u8],
 }
 
 /// JetStream's answer to one publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Ack {
-    /// Stored; `duplicate` when the stream had it already (by its msg id).
-    Stored { duplicate: bool },
+    /// Stored as the stream's message `stream_seq`; `duplicate` when the stream had it
+    /// already (by a message id).
+    Stored { stream_seq: u64, duplicate: bool },
     /// No stream listens on the subject (the server answered 503, no responders).
     NoResponders,
     /// The stream refused it.
@@ -122,19 +122,40 @@ pub(crate) enum Ack {
 #[derive(Debug, Deserialize)]
 struct AckBody {
     #[serde(default)]
+    seq: u64,
+    #[serde(default)]
     duplicate: bool,
     #[serde(default)]
     error: Option<AckError>,
 }
 
-#[derive(Debug, Deserialize)]
-struct AckError {
+/// JetStream's error object, in acknowledgements and API replies.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct AckError {
     #[serde(default)]
-    code: u16,
+    pub(crate) code: u16,
     #[serde(default)]
-    err_code: u32,
+    pub(crate) err_code: u32,
     #[serde(default)]
-    description: String,
+    pub(crate) description: String,
+}
+
+/// A message the server delivered to the inbox.
+#[derive(Debug)]
+pub(crate) struct Incoming {
+    pub(crate) subject: String,
+    /// The first line of its headers (`NATS/1.0 503` for no responders), if it had any.
+    pub(crate) status: Option<String>,
+    pub(crate) payload: Vec<u8>,
+}
+
+impl Incoming {
+    /// Whether it says nobody listens on the subject it answers.
+    pub(crate) fn no_responders(&self) -> bool {
+        self.status
+            .as_deref()
+            .is_some_and(|s| s.starts_with("NATS/1.0 503"))
+    }
 }
 
 /// A connection to a NATS server, subscribed to an inbox of its own for the
@@ -142,6 +163,8 @@ struct AckError {
 pub(crate) struct Client {
     io: BufReader<Stream>,
     inbox: String,
+    /// Requests sent, for their reply subjects.
+    requests: u64,
     max_payload: usize,
     timeout: Duration,
 }
@@ -201,6 +224,7 @@ impl Client {
         let mut client = Client {
             io: BufReader::new(stream),
             inbox: inbox_name(),
+            requests: 0,
             max_payload: default_max_payload(),
             timeout,
         };
@@ -235,55 +259,99 @@ impl Client {
         self.max_payload
     }
 
-    /// Publishes `messages` in one write, then reads their acknowledgements, in order.
-    pub(crate) fn publish_all(&mut self, messages: &[Publish<'_>]) -> std::io::Result<Vec<Ack>> {
-        let mut out = Vec::new();
-        for (i, m) in messages.iter().enumerate() {
-            let mut headers = format!("NATS/1.0\r\nNats-Msg-Id: {}\r\n", m.msg_id);
-            if let Some(last) = m.expect_last {
-                headers.push_str(&format!("Nats-Expected-Last-Msg-Id: {last}\r\n"));
-            }
-            headers.push_str("\r\n");
-            let total = headers.len() + m.payload.len();
-            write!(
-                out,
-                "HPUB {} {}.{i} {} {total}\r\n{headers}",
-                m.subject,
-                self.inbox,
-                headers.len()
-            )?;
-            out.extend_from_slice(m.payload);
-            out.extend_from_slice(b"\r\n");
-        }
-        self.send(&out)?;
+    /// Publishes `messages`, `window` to a write, with at most `in_flight` windows
+    /// whose acknowledgements are not all back: the server always has the next window
+    /// while the client reads the acknowledgements of the one before. Returns the
+    /// acknowledgements in order.
+    pub(crate) fn publish_pipelined(
+        &mut self,
+        messages: &[Publish<'_>],
+        window: usize,
+        in_flight: usize,
+    ) -> std::io::Result<Vec<Ack>> {
+        let window = window.max(1);
         let mut acks: Vec<Option<Ack>> = vec![None; messages.len()];
-        let mut left = messages.len();
-        let deadline = Instant::now() + self.timeout;
-        while left > 0 {
+        let (mut written, mut received) = (0, 0);
+        let mut out = Vec::new();
+        let mut deadline = Instant::now() + self.timeout;
+        while received < messages.len() {
+            // Write while fewer than `in_flight` windows wait for acknowledgements.
+            while written < messages.len() {
+                let end = (written + window).min(messages.len());
+                if end - received > window * in_flight.max(1) {
+                    break;
+                }
+                out.clear();
+                for (i, m) in messages.iter().enumerate().take(end).skip(written) {
+                    let headers = format!(
+                        "NATS/1.0\r\nNats-Expected-Last-Sequence: {}\r\n\r\n",
+                        m.expect_last_seq
+                    );
+                    let total = headers.len() + m.payload.len();
+                    write!(
+                        out,
+                        "HPUB {} {}.{i} {} {total}\r\n{headers}",
+                        m.subject,
+                        self.inbox,
+                        headers.len()
+                    )?;
+                    out.extend_from_slice(m.payload);
+                    out.extend_from_slice(b"\r\n");
+                }
+                self.send(&out)?;
+                written = end;
+            }
             if Instant::now() >= deadline {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!(
-                        "{left} of {} publish acknowledgements did not come",
+                        "{} of {} publish acknowledgements did not come",
+                        messages.len() - received,
                         messages.len()
                     ),
                 ));
             }
-            let Some((reply, ack)) = self.message()? else {
+            let Some(message) = self.message()? else {
                 continue;
             };
-            let index = reply
+            let index = message
+                .subject
                 .strip_prefix(&self.inbox)
                 .and_then(|r| r.strip_prefix('.'))
                 .and_then(|n| n.parse::<usize>().ok());
             if let Some(slot) = index.and_then(|i| acks.get_mut(i))
                 && slot.is_none()
             {
-                *slot = Some(ack);
-                left -= 1;
+                *slot = Some(parse_ack(&message));
+                received += 1;
+                deadline = Instant::now() + self.timeout;
             }
         }
         Ok(acks.into_iter().flatten().collect())
+    }
+
+    /// Sends `body` to `subject` (a JetStream API request) and returns the reply.
+    pub(crate) fn request(&mut self, subject: &str, body: &[u8]) -> std::io::Result<Incoming> {
+        self.requests += 1;
+        let reply = format!("{}.r{}", self.inbox, self.requests);
+        let mut out = format!("PUB {subject} {reply} {}\r\n", body.len()).into_bytes();
+        out.extend_from_slice(body);
+        out.extend_from_slice(b"\r\n");
+        self.send(&out)?;
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no reply to {subject}"),
+                ));
+            }
+            if let Some(message) = self.message()?
+                && message.subject == reply
+            {
+                return Ok(message);
+            }
+        }
     }
 
     /// Reads the next protocol line (without its CRLF).
@@ -302,9 +370,9 @@ impl Client {
         self.send(b"PONG\r\n")
     }
 
-    /// Reads what the server sends until a message: its subject and what it says of a
-    /// publish; `None` for anything else (a PING answered, +OK, INFO).
-    fn message(&mut self) -> std::io::Result<Option<(String, Ack)>> {
+    /// Reads what the server sends until a message; `None` for anything else (a PING
+    /// answered, +OK, INFO).
+    fn message(&mut self) -> std::io::Result<Option<Incoming>> {
         let line = self.line()?;
         let mut words = line.split(' ');
         match words.next() {
@@ -316,7 +384,11 @@ impl Client {
                     .and_then(|n| n.parse().ok())
                     .ok_or_else(|| broken(line.clone()))?;
                 let payload = self.payload(size)?;
-                Ok(Some((parts[0].to_owned(), parse_ack(None, &payload))))
+                Ok(Some(Incoming {
+                    subject: parts[0].to_owned(),
+                    status: None,
+                    payload,
+                }))
             }
             Some("HMSG") => {
                 // HMSG <subject> <sid> [reply-to] <#header bytes> <#total bytes>
@@ -330,13 +402,17 @@ impl Client {
                 ) else {
                     return Err(broken(line.clone()));
                 };
-                let body = self.payload(total)?;
-                let (headers, payload) = body.split_at(header.min(body.len()));
-                let status = String::from_utf8_lossy(headers);
-                Ok(Some((
-                    parts[0].to_owned(),
-                    parse_ack(Some(&status), payload),
-                )))
+                if header > total {
+                    return Err(broken(line.clone()));
+                }
+                let mut payload = self.payload(total)?;
+                let headers = payload.drain(..header).collect::<Vec<u8>>();
+                let headers = String::from_utf8_lossy(&headers);
+                Ok(Some(Incoming {
+                    subject: parts[0].to_owned(),
+                    status: headers.lines().next().map(str::to_owned),
+                    payload,
+                }))
             }
             Some("PING") => self.pong().map(|()| None),
             Some("+OK" | "PONG" | "INFO") => Ok(None),
@@ -455,25 +531,28 @@ mod tls {
     }
 }
 
-/// What a publish acknowledgement says: `status` is the header block of an HMSG
-/// (`NATS/1.0 503` when no stream listens), `payload` JetStream's JSON.
-fn parse_ack(status: Option<&str>, payload: &[u8]) -> Ack {
-    if status.is_some_and(|s| s.starts_with("NATS/1.0 503")) {
+/// What a publish acknowledgement says: no responders (the 503 status), or
+/// JetStream's JSON.
+fn parse_ack(message: &Incoming) -> Ack {
+    if message.no_responders() {
         return Ack::NoResponders;
     }
-    match serde_json::from_slice::<AckBody>(payload) {
+    match serde_json::from_slice::<AckBody>(&message.payload) {
         Ok(AckBody { error: Some(e), .. }) => Ack::Refused {
             code: e.code,
             err_code: e.err_code,
             description: e.description,
         },
-        Ok(AckBody { duplicate, .. }) => Ack::Stored { duplicate },
+        Ok(AckBody { seq, duplicate, .. }) => Ack::Stored {
+            stream_seq: seq,
+            duplicate,
+        },
         Err(e) => Ack::Refused {
             code: 0,
             err_code: 0,
             description: format!(
                 "not a JetStream acknowledgement ({e}): {}",
-                String::from_utf8_lossy(payload)
+                String::from_utf8_lossy(&message.payload)
             ),
         },
     }
@@ -499,22 +578,30 @@ mod tests {
         assert!(Server::parse("http://h").is_err());
         assert!(Server::parse("nats://h:port").is_err());
         assert!(Server::parse("nats://").is_err());
+        let reply = |status: Option<&str>, payload: &[u8]| Incoming {
+            subject: "_INBOX.x.0".into(),
+            status: status.map(str::to_owned),
+            payload: payload.to_vec(),
+        };
         assert_eq!(
-            parse_ack(None, br#"{"stream":"E","seq":3,"duplicate":true}"#),
-            Ack::Stored { duplicate: true }
+            parse_ack(&reply(None, br#"{"stream":"E","seq":3,"duplicate":true}"#)),
+            Ack::Stored {
+                stream_seq: 3,
+                duplicate: true
+            }
         );
         assert_eq!(
-            parse_ack(Some("NATS/1.0 503\r\n\r\n"), b""),
+            parse_ack(&reply(Some("NATS/1.0 503"), b"")),
             Ack::NoResponders
         );
         assert!(matches!(
-            parse_ack(
+            parse_ack(&reply(
                 None,
-                br#"{"error":{"code":400,"err_code":10070,"description":"wrong last msg ID"}}"#
-            ),
+                br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 7"}}"#
+            )),
             Ack::Refused {
                 code: 400,
-                err_code: 10070,
+                err_code: 10071,
                 ..
             }
         ));

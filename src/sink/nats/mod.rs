@@ -1,8 +1,9 @@
-//! [`NatsSink`] (feature `nats`): events into NATS JetStream, each exactly once, by
-//! the `Nats-Msg-Id` header JetStream de-duplicates on; on a blocking client of our own
-//! ([`client`]).
+//! [`NatsSink`] (feature `nats`): events into NATS JetStream, each exactly once, fenced
+//! by the stream's sequence; on a blocking client of our own ([`client`]) and what it
+//! reads of the stream ([`stream`]).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::error::DeliveryError;
@@ -12,34 +13,39 @@ use crate::sink::broker::{self, Settings};
 use crate::sink::template::Template;
 
 mod client;
+mod stream;
 
 use client::{Ack, Client, Publish, Server};
+use stream::{Fence, WRONG_LAST_SEQUENCE};
 
 /// Default for [`NatsSink::batch`]: 100 publishes per round trip.
 pub const DEFAULT_NATS_BATCH: usize = 100;
 /// Default for [`NatsSink::timeout`]: 10 s to connect, and for a batch's
 /// acknowledgements.
 pub const DEFAULT_NATS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`NatsSink::in_flight`]: the next round trip's publishes go out while
+/// the acknowledgements of the one before come back.
+pub const DEFAULT_NATS_IN_FLIGHT: usize = 2;
+/// Round trips one `deliver` call carries, so that the pipeline drains once per this
+/// many (a call's cursor commit waits for all of them).
+const ROUND_TRIPS_PER_CALL: usize = 8;
 
-/// JetStream's error code for a message whose `Nats-Expected-Last-Msg-Id` is not the
-/// stream's last: the one before it failed, and a retry of both mends it.
-const WRONG_LAST_MSG_ID: u32 = 10070;
-
-/// Forwards events to NATS JetStream: each event is published to its subject with the
-/// event's id in `Nats-Msg-Id`, and its publish acknowledgement awaited. JetStream
-/// drops a message whose id it saw within the stream's duplicate window (2 minutes by
-/// default) and acknowledges it as a duplicate: the sink counts those in
-/// `already_delivered`, so a batch re-sent after a crash, or after a failure, lands
-/// **exactly once, in seq order** — as long as it comes back within that window (set
-/// `duplicate_window` on the stream to how long your outages may last). The payload is
-/// the event as JSON, as a webhook gets it (`id`, `seq`, `type`, `source`, `subject`,
-/// `timestamp_ms`, `data`).
+/// Forwards events to NATS JetStream, each **exactly once, in seq order**, with no
+/// time limit: every publish names the stream's sequence it must follow
+/// (`Nats-Expected-Last-Sequence`), which JetStream checks before it stores anything.
+/// When a connection starts, the sink reads the stream's last sequence and the event
+/// its last message holds; events up to that one are there already (a batch re-sent
+/// after a crash or a failure) and are skipped, counted in `already_delivered`. A
+/// publish that a killed process left in flight, or anything else stored since, makes
+/// the next publish refused rather than stored twice; the sink then reads the stream
+/// again. This asks one thing of the user: **one spool per stream** (a stream whose
+/// last message is not a spool's event is refused: dead-lettered with that reason).
+/// The payload is the event as JSON, as a webhook gets it (`id`, `seq`, `type`,
+/// `source`, `subject`, `timestamp_ms`, `data`).
 ///
-/// A batch is published in one write and its acknowledgements read together; within
-/// it, each message on the same subject as the one before names that one in
-/// `Nats-Expected-Last-Msg-Id`, so a refused message cannot be overtaken by the next.
-/// That id is the stream's last, whatever its subject: nothing else should publish to
-/// the stream (one spool per stream, as for Redis).
+/// Publishes are pipelined: [`batch`](NatsSink::batch) of them go out in one write and
+/// [`in_flight`](NatsSink::in_flight) such writes wait for their acknowledgements at
+/// once; the fence keeps a refused message from being overtaken by the ones after it.
 /// No stream on the subject (no responders) and JetStream being unavailable are
 /// retried; other refusals dead-letter the batch. User and password, or a token, come
 /// in the URL; TLS (rustls, feature `tls`) when the URL is `tls://` or the server
@@ -55,8 +61,46 @@ pub struct NatsSink {
     server: Result<Server, String>,
     subject: Result<Template, String>,
     settings: Settings,
-    client: Option<Client>,
+    in_flight: usize,
+    session: Option<Session>,
     already_delivered: u64,
+}
+
+/// A connection and what it has read of the streams it publishes to.
+struct Session {
+    client: Client,
+    /// The index in `fences` of each subject's stream.
+    stream_of: HashMap<String, usize>,
+    fences: Vec<Fence>,
+}
+
+impl Session {
+    /// The index in `fences` of the stream that takes `subject`, its fence read when
+    /// first needed.
+    fn fence(&mut self, subject: &str) -> Result<usize, DeliveryError> {
+        if let Some(&i) = self.stream_of.get(subject) {
+            return Ok(i);
+        }
+        let Some(stream) = stream::stream_of(&mut self.client, subject)? else {
+            return Err(no_stream(subject));
+        };
+        let i = match self.fences.iter().position(|f| f.stream == stream) {
+            Some(i) => i,
+            None => {
+                self.fences.push(stream::fence(&mut self.client, &stream)?);
+                self.fences.len() - 1
+            }
+        };
+        self.stream_of.insert(subject.to_owned(), i);
+        Ok(i)
+    }
+}
+
+fn no_stream(subject: &str) -> DeliveryError {
+    DeliveryError::retryable(format!(
+        "{subject}: no JetStream stream takes this subject (no responders): create one"
+    ))
+    .with_status(503)
 }
 
 impl std::fmt::Debug for NatsSink {
@@ -66,7 +110,8 @@ impl std::fmt::Debug for NatsSink {
             .field("server", &self.server)
             .field("subject", &self.subject)
             .field("batch", &self.settings.batch)
-            .field("connected", &self.client.is_some())
+            .field("in_flight", &self.in_flight)
+            .field("connected", &self.session.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -81,7 +126,8 @@ impl NatsSink {
             server: Server::parse(url),
             subject: Template::new(subject),
             settings: Settings::new(DEFAULT_NATS_BATCH, DEFAULT_NATS_TIMEOUT),
-            client: None,
+            in_flight: DEFAULT_NATS_IN_FLIGHT,
+            session: None,
             already_delivered: 0,
         }
     }
@@ -92,6 +138,14 @@ impl NatsSink {
         timeout: DEFAULT_NATS_TIMEOUT,
         bounds: "connecting, and waiting for a batch's acknowledgements,"
     );
+
+    /// How many round trips of [`batch`](NatsSink::batch) publishes may wait for their
+    /// acknowledgements at once; 1 waits for each before the next. Defaults to
+    /// [`DEFAULT_NATS_IN_FLIGHT`].
+    pub fn in_flight(mut self, n: usize) -> Self {
+        self.in_flight = n;
+        self
+    }
 
     /// Trusts the certificates in this PEM file (a private CA) for TLS instead of the
     /// web's roots. TLS is used when the URL is `tls://` or the server requires it;
@@ -118,10 +172,10 @@ fn bad_subject(subject: &str) -> Option<&'static str> {
     None
 }
 
-/// Whether JetStream refusing a message may pass: unavailable, too busy, or one
-/// before it failed.
+/// Whether JetStream refusing a message may pass: unavailable, too busy, or the
+/// stream moved on since its fence was read (the next connection reads it again).
 fn retryable(code: u16, err_code: u32) -> bool {
-    err_code == WRONG_LAST_MSG_ID || matches!(code, 408 | 429 | 500..=599)
+    err_code == WRONG_LAST_SEQUENCE || matches!(code, 408 | 429 | 500..=599)
 }
 
 impl Sink for NatsSink {
@@ -152,67 +206,27 @@ impl Sink for NatsSink {
             .map(serde_json::to_vec)
             .collect::<Result<_, _>>()
             .map_err(|e| DeliveryError::permanent(format!("events do not encode: {e}")))?;
-        let failed = |e: std::io::Error| DeliveryError::retryable(format!("{server:?}: {e}"));
-        let mut client = match self.client.take() {
-            Some(client) => client,
-            None => Client::connect(
-                server,
-                &self.name,
-                crate::time::bounded(self.settings.timeout),
-            )
-            .map_err(failed)?,
+        let mut session = match self.session.take() {
+            Some(session) => session,
+            None => Session {
+                client: Client::connect(
+                    server,
+                    &self.name,
+                    crate::time::bounded(self.settings.timeout),
+                )
+                .map_err(|e| DeliveryError::retryable(format!("{server:?}: {e}")))?,
+                stream_of: HashMap::new(),
+                fences: Vec::new(),
+            },
         };
-        let mut messages = Vec::with_capacity(events.len());
-        for (i, event) in events.iter().enumerate() {
-            if payloads[i].len() > client.max_payload() {
-                return Err(DeliveryError::permanent(format!(
-                    "seq {}: {} bytes, more than the server's max_payload of {}",
-                    event.seq,
-                    payloads[i].len(),
-                    client.max_payload()
-                )));
-            }
-            let previous = i.checked_sub(1).filter(|&p| subjects[p] == subjects[i]);
-            messages.push(Publish {
-                subject: &subjects[i],
-                msg_id: &event.id,
-                expect_last: previous.map(|p| events[p].id.as_str()),
-                payload: &payloads[i],
-            });
-        }
-        let acks = client.publish_all(&messages).map_err(failed)?;
-        self.client = Some(client);
-        let mut again = 0;
-        for (ack, (event, subject)) in acks.iter().zip(events.iter().zip(&subjects)) {
-            let refused = |why: String| format!("seq {} to {subject}: {why}", event.seq);
-            match ack {
-                Ack::Stored { duplicate } => again += u64::from(*duplicate),
-                Ack::NoResponders => {
-                    return Err(DeliveryError::retryable(refused(
-                        "no JetStream stream takes this subject (no responders): create one".into(),
-                    ))
-                    .with_status(503));
-                }
-                Ack::Refused {
-                    code,
-                    err_code,
-                    description,
-                } => {
-                    let why = refused(format!(
-                        "JetStream refused it ({code}/{err_code}): {description}"
-                    ));
-                    return Err(match retryable(*code, *err_code) {
-                        true => DeliveryError::retryable(why),
-                        false => DeliveryError::permanent(why),
-                    });
-                }
-            }
-        }
-        self.already_delivered += again;
+        // Any failure ends the session: the next one reads the fences again.
+        let skipped = self.publish(&mut session, server, events, &subjects, &payloads)?;
+        self.session = Some(session);
+        self.already_delivered += skipped;
         Ok(())
     }
 
-    broker::sink_methods!();
+    broker::sink_methods!(round_trips_per_call: ROUND_TRIPS_PER_CALL);
 
     fn check(&self) -> Result<(), String> {
         let name = &self.name;
@@ -235,6 +249,129 @@ impl Sink for NatsSink {
             }
             Ok(_) => {}
         }
+        if self.in_flight == 0 {
+            return Err(format!("sink {name}: in_flight must be at least 1"));
+        }
         self.settings.check(name)
+    }
+}
+
+impl NatsSink {
+    /// Publishes what of `events` the streams lack, fenced, and returns how many they
+    /// had already.
+    fn publish(
+        &self,
+        session: &mut Session,
+        server: &Server,
+        events: &[StoredEvent],
+        subjects: &[Cow<'_, str>],
+        payloads: &[Vec<u8>],
+    ) -> Result<u64, DeliveryError> {
+        let max_payload = session.client.max_payload();
+        let mut messages = Vec::with_capacity(events.len());
+        let mut sent: Vec<Sent<'_>> = Vec::with_capacity(events.len());
+        let mut skipped = 0;
+        for ((event, subject), payload) in events.iter().zip(subjects).zip(payloads) {
+            if payload.len() > max_payload {
+                return Err(DeliveryError::permanent(format!(
+                    "seq {}: {} bytes, more than the server's max_payload of {max_payload}",
+                    event.seq,
+                    payload.len(),
+                )));
+            }
+            let index = session.fence(subject)?;
+            let fence = &mut session.fences[index];
+            if let Some(last) = &fence.last_event
+                && event.seq <= last.seq
+            {
+                if event.seq == last.seq && event.id != last.id {
+                    return Err(DeliveryError::permanent(format!(
+                        "stream {}: its last message holds seq {} with id {}, not this \
+                         spool's {}: one spool per stream",
+                        fence.stream, last.seq, last.id, event.id
+                    )));
+                }
+                skipped += 1;
+                continue;
+            }
+            messages.push(Publish {
+                subject,
+                expect_last_seq: fence.last_seq,
+                payload,
+            });
+            sent.push(Sent {
+                event,
+                subject,
+                fence: index,
+                expect_last_seq: fence.last_seq,
+            });
+            fence.last_seq += 1;
+        }
+        let acks = session
+            .client
+            .publish_pipelined(&messages, self.settings.batch, self.in_flight)
+            .map_err(|e| DeliveryError::retryable(format!("{server:?}: {e}")))?;
+        // The first refusal in each stream: what the batch fails with.
+        let mut refused: Vec<Option<&Sent<'_>>> = vec![None; session.fences.len()];
+        let mut failure = None;
+        for (ack, sent) in acks.iter().zip(&sent) {
+            let why = |why: String| format!("seq {} to {}: {why}", sent.event.seq, sent.subject);
+            let error = match ack {
+                Ack::Stored { duplicate, .. } => {
+                    if let Some(first) = refused[sent.fence].take() {
+                        check_displaced(session, first)?;
+                    }
+                    skipped += u64::from(*duplicate);
+                    continue;
+                }
+                Ack::NoResponders => no_stream(sent.subject),
+                Ack::Refused {
+                    code,
+                    err_code,
+                    description,
+                } => {
+                    let why = why(format!(
+                        "JetStream refused it ({code}/{err_code}): {description}"
+                    ));
+                    match retryable(*code, *err_code) {
+                        true => DeliveryError::retryable(why),
+                        false => DeliveryError::permanent(why),
+                    }
+                }
+            };
+            if failure.is_none() {
+                failure = Some(error);
+            }
+            refused[sent.fence].get_or_insert(sent);
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(skipped),
+        }
+    }
+}
+
+/// A message published in a batch, and the fence it named.
+struct Sent<'a> {
+    event: &'a StoredEvent,
+    subject: &'a str,
+    fence: usize,
+    expect_last_seq: u64,
+}
+
+/// A message after `first` in its stream was stored though `first` was refused:
+/// something was stored between them. A killed process's copy of `first` is that
+/// (it numbers the stream as this one does); anything else displaced `first`, which
+/// must not be skipped later as if it were there.
+fn check_displaced(session: &mut Session, first: &Sent<'_>) -> Result<(), DeliveryError> {
+    let stream = session.fences[first.fence].stream.clone();
+    let at = first.expect_last_seq + 1;
+    match stream::event_at(&mut session.client, &stream, at)? {
+        Some(held) if held.seq == first.event.seq && held.id == first.event.id => Ok(()),
+        _ => Err(DeliveryError::permanent(format!(
+            "stream {stream}: its message {at} is not this spool's seq {}, and later \
+             events were stored after it: one spool per stream",
+            first.event.seq
+        ))),
     }
 }
