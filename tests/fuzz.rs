@@ -1,6 +1,7 @@
 //! A mutation fuzzer for every input that comes from outside the process: operator
-//! configs (JSON and TOML), `Retry-After` headers, signature headers, and the bytes of a
-//! stored event as read back from the file.
+//! configs (JSON and TOML), `Retry-After` headers, signature headers, the bytes of a
+//! stored event as read back from the file, and (feature `nats`) what a NATS server
+//! says to the NATS sink.
 //!
 //! cargo-fuzz needs a nightly toolchain, which CI does not have, so this is a plain
 //! binary (`harness = false`) that `cargo test` runs for a few seconds:
@@ -63,6 +64,14 @@ const TOKENS: &[&[u8]] = &[
     b"headers",
     b"signing_secret",
     b"9999999999999999999999",
+    b"\r\n",
+    b"MSG $INBOX.0 1 ",
+    b"HMSG $INBOX.r1 1 ",
+    b"NATS/1.0 503",
+    b"PING\r\n",
+    b"-ERR ",
+    b"\"last_seq\":",
+    b"\"error\":",
 ];
 
 fn main() -> ExitCode {
@@ -77,6 +86,8 @@ fn main() -> ExitCode {
         ("retry_after", || Box::new(retry_after)),
         ("signature", || Box::new(signature)),
         ("stored_row", stored_row),
+        #[cfg(feature = "nats")]
+        ("nats_server", nats_server),
     ];
     let chosen: Vec<_> = targets
         .into_iter()
@@ -334,4 +345,85 @@ fn stored_row() -> Check {
             (n, first) => Err(format!("drain_to returned {n}, first {first:?}")),
         }
     })
+}
+
+/// What a NATS server says, from its `INFO` line on, to a `NatsSink` delivering one
+/// event: a server on 127.0.0.1 sends the input's first line, waits for the client's
+/// `SUB`, then sends the rest with `$INBOX` standing for the client's inbox, and closes.
+/// The sink answers with a result, never a panic, and reports a delivery only when the
+/// input acknowledged the publish or said the stream had the event.
+#[cfg(feature = "nats")]
+fn nats_server() -> Check {
+    use std::io::{BufRead, BufReader, Write};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let url = format!("nats://{}", listener.local_addr().expect("address"));
+    let event: eventspool::StoredEvent = serde_json::from_str(
+        r#"{"id":"fuzz-7","seq":7,"type":"fuzz","source":null,"subject":null,"timestamp_ms":0,"data":0}"#,
+    )
+    .expect("event");
+    Box::new(move |input: &[u8]| {
+        let script = input.to_vec();
+        let listener = listener.try_clone().map_err(|e| e.to_string())?;
+        let server = std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut conn, _) = listener.accept()?;
+            conn.set_nodelay(true)?;
+            conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let first = script
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(script.len(), |i| i + 1);
+            conn.write_all(&script[..first])?;
+            let mut reader = BufReader::new(conn.try_clone()?);
+            let mut line = String::new();
+            // Without a whole first line the client waits for the rest: close at once.
+            while first < script.len() && reader.read_line(&mut line)? > 0 {
+                if let Some(sub) = line.strip_prefix("SUB ") {
+                    let inbox = sub.split(' ').next().unwrap_or_default();
+                    let inbox = inbox.trim_end_matches(".*").as_bytes().to_vec();
+                    let rest = replace(&script[first..], b"$INBOX", &inbox);
+                    let _ = conn.write_all(&rest);
+                    break;
+                }
+                line.clear();
+            }
+            conn.shutdown(std::net::Shutdown::Write)?;
+            // Read what the client still sends, so that its writes never block.
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+            Ok(())
+        });
+        let mut sink = eventspool::NatsSink::new("fuzz", &url, "events.{type}")
+            .timeout(Duration::from_millis(500));
+        let result = sink.deliver(std::slice::from_ref(&event));
+        let skipped = sink.take_already_delivered();
+        drop(sink);
+        server
+            .join()
+            .map_err(|_| "the server thread panicked".to_string())?
+            .map_err(|e| format!("the server: {e}"))?;
+        let acknowledged = input.windows(9).any(|w| w == b"$INBOX.0 ");
+        match result {
+            Ok(()) if !acknowledged && skipped == 0 => {
+                Err("delivered without an acknowledgement".into())
+            }
+            _ => Ok(()),
+        }
+    })
+}
+
+/// `input` with each `from` replaced by `to`.
+#[cfg(feature = "nats")]
+fn replace(input: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(input[i]);
+            i += 1;
+        }
+    }
+    out
 }
