@@ -248,6 +248,10 @@ pub enum DeliveryError {
         retry_after: Option<Duration>,
         /// The HTTP status, if there was a response.
         status: Option<u16>,
+        /// How many events at the head of the batch were delivered before the failure,
+        /// which concerns the next one; `None`: the batch as a whole. See
+        /// [`with_delivered`](DeliveryError::with_delivered).
+        delivered: Option<usize>,
     },
     /// Trying again will not help (other 4xx, redirects): the events go to dead letters.
     Permanent {
@@ -255,6 +259,9 @@ pub enum DeliveryError {
         message: String,
         /// The HTTP status, if there was a response.
         status: Option<u16>,
+        /// How many events at the head of the batch were delivered before the failure,
+        /// which concerns the next one; `None`: the batch as a whole.
+        delivered: Option<usize>,
     },
 }
 
@@ -265,6 +272,7 @@ impl DeliveryError {
             message: message.into(),
             retry_after: None,
             status: None,
+            delivered: None,
         }
     }
 
@@ -274,6 +282,7 @@ impl DeliveryError {
             message: message.into(),
             retry_after: Some(wait),
             status: None,
+            delivered: None,
         }
     }
 
@@ -282,6 +291,7 @@ impl DeliveryError {
         DeliveryError::Permanent {
             message: message.into(),
             status: None,
+            delivered: None,
         }
     }
 
@@ -293,6 +303,29 @@ impl DeliveryError {
             }
         }
         self
+    }
+
+    /// The same error, saying that the first `n` events of the batch were delivered and
+    /// that the failure concerns the next one. Under [`Order::Total`](crate::Order::Total)
+    /// those `n` are acknowledged; then a permanent failure dead-letters that one event
+    /// alone and delivery goes on after it, and a retryable one retries from it. (Without
+    /// it, the batch fails as a whole: retried whole, or dead-lettered whole. Concurrent
+    /// sinks always treat a failure so.)
+    pub fn with_delivered(mut self, n: usize) -> Self {
+        match &mut self {
+            DeliveryError::Retryable { delivered, .. }
+            | DeliveryError::Permanent { delivered, .. } => *delivered = Some(n),
+        }
+        self
+    }
+
+    /// How many events at the head of the batch the sink delivered before the failure,
+    /// if it said ([`with_delivered`](DeliveryError::with_delivered)).
+    pub fn delivered(&self) -> Option<usize> {
+        match self {
+            DeliveryError::Retryable { delivered, .. }
+            | DeliveryError::Permanent { delivered, .. } => *delivered,
+        }
     }
 
     /// The HTTP status that caused the error, if any.

@@ -155,3 +155,99 @@ fn dead_letters_of_a_schema_1_file_are_counted_at_open() -> TestResult {
     assert_eq!(spool.metrics().dead_letter_bytes, 0);
     Ok(())
 }
+
+/// Delivers batches of 10, recording every event it is handed; refuses for good the
+/// event whose data has `poison`, and once the one with `flaky`, naming each by its
+/// place in the batch (`with_delivered`): the events before it were delivered.
+struct Partial {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    flaked: bool,
+}
+
+impl eventspool::Sink for Partial {
+    fn name(&self) -> &str {
+        "partial"
+    }
+
+    fn batch_size(&self) -> usize {
+        10
+    }
+
+    fn backoff(&self) -> eventspool::Backoff {
+        eventspool::Backoff::exponential(Duration::from_millis(1), Duration::from_millis(5))
+    }
+
+    fn accepts(&self, event_type: &str) -> bool {
+        event_type != "test.skipped"
+    }
+
+    fn deliver(
+        &mut self,
+        events: &[eventspool::StoredEvent],
+    ) -> Result<(), eventspool::DeliveryError> {
+        for (i, event) in events.iter().enumerate() {
+            self.seen.lock().unwrap().push(event.seq);
+            let data = event.data.get();
+            if data.contains("poison") {
+                return Err(eventspool::DeliveryError::permanent("poisoned").with_delivered(i));
+            }
+            if data.contains("flaky") && !self.flaked {
+                self.flaked = true;
+                return Err(eventspool::DeliveryError::retryable("flaky").with_delivered(i));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_sink_that_names_the_failing_event_has_the_ones_before_it_acknowledged_and_only_it_dead()
+-> TestResult {
+    let (_dir, path) = temp_spool();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let spool = Spool::builder(&path)
+        .sink(Partial {
+            seen: seen.clone(),
+            flaked: false,
+        })
+        .open()?;
+    let events = (0..20u64)
+        .map(|n| match n {
+            5 => Event::new("test.n", json!({ "n": n, "poison": true })),
+            8 => Event::new("test.skipped", json!({ "n": n })),
+            12 => Event::new("test.n", json!({ "n": n, "flaky": true })),
+            _ => Event::new("test.n", json!({ "n": n })),
+        })
+        .collect();
+    let seqs = spool.append_batch(events)?;
+    wait_until(T, "all handled", || {
+        let sink = &spool.metrics().sinks[0];
+        sink.lag == 0 && sink.dead_lettered == 1
+    });
+    let sink = spool.metrics().sinks[0].clone();
+    assert_eq!(sink.delivered, 18, "{sink:?}");
+    assert_eq!(sink.filtered, 1, "{sink:?}");
+    let dead = spool.dead_letters("partial", 100)?;
+    let dead: Vec<u64> = dead.iter().map(|d| d.event.seq).collect();
+    assert_eq!(dead, vec![seqs[5]], "only the poisoned event is dead");
+    let seen = seen.lock().unwrap().clone();
+    for (n, seq) in seqs.iter().enumerate() {
+        let times = seen.iter().filter(|s| *s == seq).count();
+        let want = match n {
+            8 => 0,
+            12 => 2,
+            _ => 1,
+        };
+        assert_eq!(times, want, "event {n} handed to the sink: {seen:?}");
+    }
+    spool.close(T)?;
+    drop(spool);
+    let spool = Spool::open(&path)?;
+    let cursor = spool
+        .consumers()?
+        .into_iter()
+        .find(|c| c.name == "partial")
+        .map(|c| c.position);
+    assert_eq!(cursor, Some(seqs[19]), "everything acknowledged or dead");
+    Ok(())
+}

@@ -41,6 +41,39 @@ pub(super) struct Batch {
     from: SeqNo,
 }
 
+impl Batch {
+    /// Keeps the first `n` events here and returns the rest (`None` if there is none):
+    /// each covers its own part of the seqs, filtered ones included.
+    fn split_off(&mut self, n: usize) -> Option<Batch> {
+        if n >= self.events.len() {
+            return None;
+        }
+        let events = self.events.split_off(n);
+        let last = self.events[n - 1].seq;
+        let from = match self.ack_to {
+            Some(_) => last + 1,
+            None => events[0].seq,
+        };
+        let rest = Batch {
+            events,
+            ack_to: self.ack_to,
+            from,
+        };
+        if self.ack_to.is_some() {
+            self.ack_to = Some(last);
+        }
+        Some(rest)
+    }
+
+    /// `rest`, which came after this batch, joined back to it.
+    fn append(&mut self, rest: Batch) {
+        self.events.extend(rest.events);
+        if self.ack_to.is_some() {
+            self.ack_to = rest.ack_to;
+        }
+    }
+}
+
 pub(crate) struct Worker {
     pub(super) sink: Box<dyn Sink>,
     pub(super) name: String,
@@ -437,9 +470,39 @@ impl Worker {
             .store(batch.events[0].timestamp_ms.max(1), Relaxed);
         let mut retries = 0u32;
         let mut rtt = Duration::ZERO;
+        let mut batch = batch;
         loop {
-            match (self.retrier).attempt(&mut *self.sink, &batch.events, retries, &mut rtt) {
+            let step = (self.retrier).attempt(&mut *self.sink, &batch.events, retries, &mut rtt);
+            let head_delivered = match &step {
+                Step::Delivered => None,
+                Step::GiveUp(e) | Step::Wait(_, e) => self.deliver_head(&mut batch, e.delivered()),
+            };
+            match step {
                 Step::Delivered => return self.settle(batch, None, retries),
+                // The sink named the event that cannot go: it alone is dead-lettered.
+                Step::GiveUp(error) if head_delivered.is_some() && !error.is_retryable() => {
+                    let rest = batch.split_off(1);
+                    let dead = batch;
+                    if !self.settle(dead, Some(error), retries) {
+                        return false;
+                    }
+                    match (rest, self.again.take()) {
+                        (None, again) => {
+                            self.again = again;
+                            return true;
+                        }
+                        // Its outcome was not committed: all of it again, in order.
+                        (Some(rest), Some(mut again)) => {
+                            again.append(rest);
+                            self.again = Some(again);
+                            return true;
+                        }
+                        (Some(rest), None) => {
+                            batch = rest;
+                            retries = 0;
+                        }
+                    }
+                }
                 Step::GiveUp(error) => return self.settle(batch, Some(error), retries),
                 Step::Wait(wait, _) => {
                     retries += 1;
@@ -452,6 +515,46 @@ impl Worker {
                         return false;
                     }
                 }
+            }
+        }
+    }
+
+    /// The sink delivered the first `delivered` events of `batch` before it failed:
+    /// acknowledges them and leaves the rest in `batch`. Returns how many, `None` when
+    /// none are (the sink did not say, or said none, or acknowledging failed: the batch
+    /// then stays whole, delivered again at least once).
+    fn deliver_head(&mut self, batch: &mut Batch, delivered: Option<usize>) -> Option<usize> {
+        let n = delivered?.min(batch.events.len().saturating_sub(1));
+        if n == 0 {
+            return Some(0);
+        }
+        let rest = batch.split_off(n)?;
+        let acknowledged = match batch.ack_to {
+            Some(to) => self.acknowledge(batch.from, to).map(|()| 0),
+            None => self.commit_op(Op::Redelivered {
+                sink: self.name.clone(),
+                seqs: batch.events.iter().map(|e| e.seq).collect(),
+            }),
+        };
+        match acknowledged {
+            Ok(evicted) => {
+                self.counted_twice(evicted);
+                let c = &self.counters;
+                c.delivered.fetch_add(n as u64, Relaxed);
+                let again = caught(|| self.sink.take_already_delivered()).unwrap_or(0);
+                c.already_delivered.fetch_add(again, Relaxed);
+                if let Some(to) = batch.ack_to {
+                    self.advance(to);
+                }
+                let head = std::mem::replace(batch, rest);
+                self.reader.give_back(head.events);
+                Some(n)
+            }
+            Err(e) => {
+                log::error!("sink {}: cannot record progress: {e}", self.name);
+                self.shared.report(&e);
+                batch.append(rest);
+                None
             }
         }
     }

@@ -519,6 +519,7 @@ fn classify(status: u16, retry_after: Option<Duration>, url: &str) -> Result<(),
             message,
             retry_after,
             status: Some(status),
+            delivered: None,
         }),
         300..=399 => Err(DeliveryError::permanent(format!(
             "{message} (redirects are not followed)"
