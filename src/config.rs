@@ -276,6 +276,9 @@ pub struct KafkaConfig {
     /// Records per batch.
     #[serde(default = "default_kafka_batch")]
     pub batch: usize,
+    /// Batches whose delivery reports may be awaited at once.
+    #[serde(default = "default_kafka_in_flight")]
+    pub in_flight: usize,
     /// Batches per cursor commit.
     #[serde(default = "default_broker_commit_every")]
     pub commit_every: usize,
@@ -305,6 +308,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("topic", &self.topic)
             .field("settings", &self.settings.keys().collect::<Vec<_>>())
             .field("batch", &self.batch)
+            .field("in_flight", &self.in_flight)
             .field("commit_every", &self.commit_every)
             .field("timeout_ms", &self.timeout_ms)
             .field("max_retries", &self.max_retries)
@@ -317,7 +321,8 @@ impl std::fmt::Debug for KafkaConfig {
 impl KafkaConfig {
     /// The [`KafkaSink`] this entry describes.
     pub fn to_sink(&self) -> KafkaSink {
-        let mut sink = KafkaSink::new(&self.name, &self.bootstrap, &self.topic);
+        let mut sink =
+            KafkaSink::new(&self.name, &self.bootstrap, &self.topic).in_flight(self.in_flight);
         for (key, value) in &self.settings {
             sink = sink.setting(key, value);
         }
@@ -335,6 +340,10 @@ impl KafkaConfig {
 #[cfg(feature = "kafka")]
 fn default_kafka_batch() -> usize {
     crate::sink::kafka::DEFAULT_KAFKA_BATCH
+}
+#[cfg(feature = "kafka")]
+fn default_kafka_in_flight() -> usize {
+    crate::sink::kafka::DEFAULT_KAFKA_IN_FLIGHT
 }
 #[cfg(feature = "kafka")]
 fn default_kafka_timeout_ms() -> u64 {

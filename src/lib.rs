@@ -124,7 +124,9 @@ pub use inspect::{CheckReport, Inspector, MovedEvent, Problem, RepairReport, Spo
 pub use metrics::{ConsumerMetrics, MetricsSnapshot, SinkMetrics};
 pub use sink::http_date::parse_retry_after;
 #[cfg(feature = "kafka")]
-pub use sink::kafka::{DEFAULT_KAFKA_BATCH, DEFAULT_KAFKA_TIMEOUT, KafkaSink};
+pub use sink::kafka::{
+    DEFAULT_KAFKA_BATCH, DEFAULT_KAFKA_IN_FLIGHT, DEFAULT_KAFKA_TIMEOUT, KafkaSink,
+};
 #[cfg(feature = "nats")]
 pub use sink::nats::{DEFAULT_NATS_BATCH, DEFAULT_NATS_IN_FLIGHT, DEFAULT_NATS_TIMEOUT, NatsSink};
 pub use sink::order::{Concurrency, DEFAULT_WINDOW, Order};

@@ -386,7 +386,7 @@ fn configured_from_toml_and_checked_at_open() -> TestResult {
     let bootstrap = cluster.bootstrap_servers();
     let dir = tempfile::tempdir()?;
     let text = format!(
-        "path = {:?}\n[[kafka]]\nname = \"orders\"\nbootstrap = {bootstrap:?}\ntopic = \"cfg.{{type}}\"\nbatch = 7\n\
+        "path = {:?}\n[[kafka]]\nname = \"orders\"\nbootstrap = {bootstrap:?}\ntopic = \"cfg.{{type}}\"\nbatch = 7\nin_flight = 3\n\
          settings = {{ \"linger.ms\" = \"1\", \"sasl.password\" = \"hunter2\" }}\n",
         dir.path().join("events.db"),
     );
@@ -424,5 +424,6 @@ fn configured_from_toml_and_checked_at_open() -> TestResult {
     assert!(unknown.contains("no.such.setting"), "{unknown}");
     assert!(refused(&|k| k.topic = "x.{subject}".into()).contains("placeholder"));
     assert!(refused(&|k| k.bootstrap = " ".into()).contains("bootstrap"));
+    assert!(refused(&|k| k.in_flight = 0).contains("in_flight must be at least 1"));
     Ok(())
 }

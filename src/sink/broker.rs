@@ -7,6 +7,13 @@ use std::time::Duration;
 
 use super::{Backoff, DEFAULT_BACKOFF, DEFAULT_BROKER_COMMIT_EVERY, DEFAULT_MAX_RETRIES};
 
+/// Round trips one `deliver` call of a sink with `in_flight` of them pipelined (NATS,
+/// Kafka) carries: the pipeline drains at the end of each call (its cursor commit waits
+/// for all), so a call holds four times what is in flight.
+pub(crate) fn round_trips_per_call(in_flight: usize) -> usize {
+    in_flight.max(1).saturating_mul(4)
+}
+
 /// How a broker sink delivers: per round trip, per commit, how long, how often again,
 /// and which events.
 #[derive(Debug, Clone)]
@@ -108,18 +115,24 @@ macro_rules! setters {
 }
 
 /// The [`Sink`](super::Sink) methods that read [`Settings`] (and the sink's
-/// `already_delivered` count), for `impl Sink`; a sink that carries several round
-/// trips per `deliver` call says how many.
+/// `already_delivered` count), for `impl Sink`; a sink that pipelines round trips names
+/// its `in_flight` field, and each `deliver` call carries several round trips.
 macro_rules! sink_methods {
     () => {
-        crate::sink::broker::sink_methods!(round_trips_per_call: 1);
+        crate::sink::broker::sink_methods!(@calls |_sink| 1);
     };
-    (round_trips_per_call: $calls:expr) => {
+    (in_flight: $in_flight:ident) => {
+        crate::sink::broker::sink_methods!(
+            @calls |sink| crate::sink::broker::round_trips_per_call(sink.$in_flight)
+        );
+    };
+    (@calls |$sink:ident| $calls:expr) => {
         fn take_already_delivered(&mut self) -> u64 {
             std::mem::take(&mut self.already_delivered)
         }
 
         fn batch_size(&self) -> usize {
+            let $sink = self;
             self.settings
                 .batch
                 .saturating_mul($calls)
@@ -128,6 +141,7 @@ macro_rules! sink_methods {
 
         // Counted in round trips: rounded up to whole calls of `$calls`.
         fn commit_every(&self) -> usize {
+            let $sink = self;
             self.settings.commit_every.div_ceil($calls)
         }
 

@@ -31,6 +31,10 @@ pub const DEFAULT_KAFKA_BATCH: usize = 100;
 /// Default for [`KafkaSink::timeout`]: 30 s for a batch's delivery reports (and for
 /// reading where the topic's partitions end when a session starts).
 pub const DEFAULT_KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`KafkaSink::in_flight`]: the next batches are produced while the
+/// delivery reports of the ones before come back (within librdkafka's 5 requests in
+/// flight for an idempotent producer).
+pub const DEFAULT_KAFKA_IN_FLIGHT: usize = 8;
 
 /// Producer settings the sink sets itself: exactly once rests on them.
 const OWNED_SETTINGS: [&str; 7] = [
@@ -86,6 +90,7 @@ pub struct KafkaSink {
     librdkafka: BTreeMap<String, String>,
     key: Option<Box<KeyFn>>,
     settings: Settings,
+    in_flight: usize,
     session: Option<Session>,
     already_delivered: u64,
 }
@@ -99,6 +104,7 @@ impl std::fmt::Debug for KafkaSink {
             // Only the names: values may be passwords.
             .field("settings", &self.librdkafka.keys().collect::<Vec<_>>())
             .field("batch", &self.settings.batch)
+            .field("in_flight", &self.in_flight)
             .field("connected", &self.session.is_some())
             .finish_non_exhaustive()
     }
@@ -116,6 +122,7 @@ impl KafkaSink {
             librdkafka: BTreeMap::new(),
             key: None,
             settings: Settings::new(DEFAULT_KAFKA_BATCH, DEFAULT_KAFKA_TIMEOUT),
+            in_flight: DEFAULT_KAFKA_IN_FLIGHT,
             session: None,
             already_delivered: 0,
         }
@@ -127,6 +134,14 @@ impl KafkaSink {
     /// `message.timeout.ms`...) are refused at `open`.
     pub fn setting(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.librdkafka.insert(key.into(), value.into());
+        self
+    }
+
+    /// How many batches of [`batch`](KafkaSink::batch) records may wait for their
+    /// delivery reports at once (the idempotent producer keeps them in order); 1 waits
+    /// for each batch before the next. Defaults to [`DEFAULT_KAFKA_IN_FLIGHT`].
+    pub fn in_flight(mut self, n: usize) -> Self {
+        self.in_flight = n;
         self
     }
 
@@ -183,8 +198,13 @@ impl KafkaSink {
         let failed = |what: &str, e: KafkaError| {
             DeliveryError::retryable(format!("kafka at {}: {what}: {e}", self.bootstrap))
         };
-        // A report per record in flight, and at most a batch is in flight.
-        let (sender, reports) = crossbeam_channel::bounded(self.settings.batch.max(1));
+        // A report per record in flight, and at most `in_flight` batches are in flight.
+        let (sender, reports) = crossbeam_channel::bounded(
+            self.settings
+                .batch
+                .max(1)
+                .saturating_mul(self.in_flight.max(1)),
+        );
         let producer = self
             .producer_config()
             .create_with_context(Reports { sender })
@@ -220,27 +240,37 @@ impl KafkaSink {
         let mut sent: Vec<Sent> = Vec::with_capacity(events.len());
         // The topics of the batch (mostly one), which `Sent` points into.
         let mut topics: Vec<String> = Vec::new();
-        let mut skipped = 0;
+        let mut skipped: Vec<usize> = Vec::new();
+        let mut tally = Tally::default();
+        // The first event that cannot be sent: the ones before it still are.
+        let mut stop = None;
         for (index, event) in events.iter().enumerate() {
             let topic = template.render(event);
             if !session.topics.contains_key(topic.as_ref()) {
-                let ends = ends::read(&session.consumer, &self.bootstrap, &topic, deadline)?;
-                session.topics.insert(topic.clone().into_owned(), ends);
+                match ends::read(&session.consumer, &self.bootstrap, &topic, deadline) {
+                    Ok(ends) => session.topics.insert(topic.clone().into_owned(), ends),
+                    // A topic's failure is the whole batch's, not this event's.
+                    Err(e) => {
+                        stop = Some(e);
+                        break;
+                    }
+                };
             }
             let ends = &session.topics[topic.as_ref()];
             let key = self.key_of(event);
             let key_bytes = key.as_deref().map(str::as_bytes);
             let partition = partition_of(key_bytes, event.seq, ends.partitions());
             if event.seq <= ends.last[partition as usize] {
-                skipped += 1;
+                skipped.push(index);
                 continue;
             }
-            session
-                .produce(event, &topic, key.as_deref(), partition, index, deadline)
-                .map_err(|e| {
-                    let context = format!("kafka at {}: seq {}", self.bootstrap, event.seq);
-                    classify(&e, &context)
-                })?;
+            if let Err(e) =
+                session.produce(event, &topic, key.as_deref(), partition, index, deadline)
+            {
+                let context = format!("kafka at {}: seq {}", self.bootstrap, event.seq);
+                stop = Some(classify(&e, &context).with_delivered(index));
+                break;
+            }
             let slot = match topics.iter().position(|t| *t == topic) {
                 Some(slot) => slot,
                 None => {
@@ -253,15 +283,38 @@ impl KafkaSink {
                 partition,
                 seq: event.seq,
             });
+            // A window produced: wait until at most `in_flight - 1` others are unreported.
+            let unreported = self.settings.batch.max(1) * (self.in_flight.max(1) - 1);
+            if sent.len().is_multiple_of(self.settings.batch.max(1)) && sent.len() > unreported {
+                session.collect(
+                    &mut tally,
+                    sent.len() - unreported,
+                    deadline,
+                    &self.bootstrap,
+                )?;
+                if tally.first_failure.is_some() {
+                    break;
+                }
+            }
         }
-        session.await_reports(sent.len(), events, deadline, &self.bootstrap)?;
+        session.collect(&mut tally, sent.len(), deadline, &self.bootstrap)?;
+        // Every report is in: the events before the first failure were delivered.
+        let outcome = match tally.result(events, &self.bootstrap) {
+            Ok(()) => stop.map_or(Ok(()), Err),
+            Err(e) => Err(e),
+        };
+        let delivered = outcome
+            .as_ref()
+            .err()
+            .map_or(usize::MAX, |e| e.delivered().unwrap_or(0));
+        self.already_delivered += skipped.iter().filter(|&&i| i < delivered).count() as u64;
+        outcome?;
         for record in &sent {
             if let Some(ends) = session.topics.get_mut(&topics[record.topic]) {
                 let last = &mut ends.last[record.partition as usize];
                 *last = (*last).max(record.seq);
             }
         }
-        self.already_delivered += skipped;
         Ok(())
     }
 }
@@ -367,16 +420,15 @@ impl Session {
         }
     }
 
-    /// Waits for `count` reports; the first failure (in batch order) is the batch's.
-    fn await_reports(
+    /// Waits until `tally` has `until` reports.
+    fn collect(
         &self,
-        count: usize,
-        events: &[StoredEvent],
+        tally: &mut Tally,
+        until: usize,
         deadline: Instant,
         bootstrap: &str,
     ) -> Result<(), DeliveryError> {
-        let mut first_failure: Option<(usize, KafkaError)> = None;
-        for _ in 0..count {
+        while tally.received < until {
             let report = match self.reports.recv_deadline(deadline) {
                 Ok(report) => report,
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
@@ -385,20 +437,37 @@ impl Session {
                     )));
                 }
             };
+            tally.received += 1;
             if let Some(e) = report.failure
-                && first_failure
+                && tally
+                    .first_failure
                     .as_ref()
                     .is_none_or(|(i, _)| report.index < *i)
             {
-                first_failure = Some((report.index, e));
+                tally.first_failure = Some((report.index, e));
             }
         }
-        match first_failure {
+        Ok(())
+    }
+}
+
+/// The delivery reports of a batch so far.
+#[derive(Default)]
+struct Tally {
+    received: usize,
+    /// The first failure, in batch order: the batch's.
+    first_failure: Option<(usize, KafkaError)>,
+}
+
+impl Tally {
+    fn result(self, events: &[StoredEvent], bootstrap: &str) -> Result<(), DeliveryError> {
+        match self.first_failure {
             None => Ok(()),
             Some((index, e)) => Err(classify(
                 &e,
                 &format!("kafka at {bootstrap}: seq {}", events[index].seq),
-            )),
+            )
+            .with_delivered(index)),
         }
     }
 }
@@ -444,7 +513,7 @@ impl Sink for KafkaSink {
         Ok(())
     }
 
-    broker::sink_methods!();
+    broker::sink_methods!(in_flight: in_flight);
 
     fn check(&self) -> Result<(), String> {
         let name = &self.name;
@@ -468,6 +537,9 @@ impl Sink for KafkaSink {
         // librdkafka checks every name and value here, without connecting.
         if let Err(e) = self.producer_config().create_native_config() {
             return Err(format!("sink {name}: {e}"));
+        }
+        if self.in_flight == 0 {
+            return Err(format!("sink {name}: in_flight must be at least 1"));
         }
         self.settings.check(name)
     }

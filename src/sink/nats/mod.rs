@@ -26,9 +26,6 @@ pub const DEFAULT_NATS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for [`NatsSink::in_flight`]: the next round trip's publishes go out while
 /// the acknowledgements of the one before come back.
 pub const DEFAULT_NATS_IN_FLIGHT: usize = 2;
-/// Round trips one `deliver` call carries, so that the pipeline drains once per this
-/// many (a call's cursor commit waits for all of them).
-const ROUND_TRIPS_PER_CALL: usize = 8;
 
 /// Forwards events to NATS JetStream, each **exactly once, in seq order**, with no
 /// time limit: every publish names the stream's sequence it must follow
@@ -193,14 +190,6 @@ impl Sink for NatsSink {
             .as_ref()
             .map_err(|e| DeliveryError::permanent(e.clone()))?;
         let subjects: Vec<Cow<'_, str>> = events.iter().map(|e| template.render(e)).collect();
-        for (event, subject) in events.iter().zip(&subjects) {
-            if let Some(why) = bad_subject(subject) {
-                return Err(DeliveryError::permanent(format!(
-                    "seq {}: cannot publish to {subject:?}: {why}",
-                    event.seq
-                )));
-            }
-        }
         let payloads: Vec<Vec<u8>> = events
             .iter()
             .map(serde_json::to_vec)
@@ -220,13 +209,22 @@ impl Sink for NatsSink {
             },
         };
         // Any failure ends the session: the next one reads the fences again.
-        let skipped = self.publish(&mut session, server, events, &subjects, &payloads)?;
+        let mut already = 0;
+        let published = self.publish(
+            &mut session,
+            server,
+            events,
+            &subjects,
+            &payloads,
+            &mut already,
+        );
+        self.already_delivered += already;
+        published?;
         self.session = Some(session);
-        self.already_delivered += skipped;
         Ok(())
     }
 
-    broker::sink_methods!(round_trips_per_call: ROUND_TRIPS_PER_CALL);
+    broker::sink_methods!(in_flight: in_flight);
 
     fn check(&self) -> Result<(), String> {
         let name = &self.name;
@@ -257,8 +255,9 @@ impl Sink for NatsSink {
 }
 
 impl NatsSink {
-    /// Publishes what of `events` the streams lack, fenced, and returns how many they
-    /// had already.
+    /// Publishes what of `events` the streams lack, fenced, and adds to `already` those
+    /// they had. A failure says how many events before it were delivered: it concerns
+    /// the next one (one that cannot be published, or the first the stream refused).
     fn publish(
         &self,
         session: &mut Session,
@@ -266,62 +265,105 @@ impl NatsSink {
         events: &[StoredEvent],
         subjects: &[Cow<'_, str>],
         payloads: &[Vec<u8>],
-    ) -> Result<u64, DeliveryError> {
-        let max_payload = session.client.max_payload();
+        already: &mut u64,
+    ) -> Result<(), DeliveryError> {
         let mut messages = Vec::with_capacity(events.len());
         let mut sent: Vec<Sent<'_>> = Vec::with_capacity(events.len());
-        let mut skipped = 0;
-        for ((event, subject), payload) in events.iter().zip(subjects).zip(payloads) {
-            if payload.len() > max_payload {
+        let mut skipped: Vec<usize> = Vec::new();
+        // The first event that cannot be published: the ones before it still are.
+        let mut stop = None;
+        for (i, ((event, subject), payload)) in
+            events.iter().zip(subjects).zip(payloads).enumerate()
+        {
+            if let Err(e) = check_event(event, subject, payload, session.client.max_payload()) {
+                stop = Some(e.with_delivered(i));
+                break;
+            }
+            match self.place(session, event, subject) {
+                Ok(Some(expect_last_seq)) => {
+                    messages.push(Publish {
+                        subject,
+                        expect_last_seq,
+                        payload,
+                    });
+                    sent.push(Sent {
+                        index: i,
+                        event,
+                        subject,
+                        fence: session.stream_of[subject.as_ref()],
+                        expect_last_seq,
+                    });
+                }
+                Ok(None) => skipped.push(i),
+                // A stream's failure is the whole batch's, not this event's.
+                Err(e) => {
+                    stop = Some(e);
+                    break;
+                }
+            }
+        }
+        let outcome = self.confirm(session, server, &messages, &sent);
+        let delivered = match &outcome {
+            Ok(()) => usize::MAX,
+            Err(e) => e.delivered().unwrap_or(0),
+        };
+        *already += skipped.iter().filter(|&&i| i < delivered).count() as u64;
+        outcome?;
+        stop.map_or(Ok(()), Err)
+    }
+
+    /// Where `event` goes: the stream sequence its publish must follow, or `None` when
+    /// the stream has it already; an error when its stream cannot be written.
+    fn place(
+        &self,
+        session: &mut Session,
+        event: &StoredEvent,
+        subject: &str,
+    ) -> Result<Option<u64>, DeliveryError> {
+        let index = session.fence(subject)?;
+        let fence = &mut session.fences[index];
+        if let Some(last) = &fence.last_event
+            && event.seq <= last.seq
+        {
+            if event.seq == last.seq && event.id != last.id {
                 return Err(DeliveryError::permanent(format!(
-                    "seq {}: {} bytes, more than the server's max_payload of {max_payload}",
-                    event.seq,
-                    payload.len(),
+                    "stream {}: its last message holds seq {} with id {}, not this \
+                     spool's {}: one spool per stream",
+                    fence.stream, last.seq, last.id, event.id
                 )));
             }
-            let index = session.fence(subject)?;
-            let fence = &mut session.fences[index];
-            if let Some(last) = &fence.last_event
-                && event.seq <= last.seq
-            {
-                if event.seq == last.seq && event.id != last.id {
-                    return Err(DeliveryError::permanent(format!(
-                        "stream {}: its last message holds seq {} with id {}, not this \
-                         spool's {}: one spool per stream",
-                        fence.stream, last.seq, last.id, event.id
-                    )));
-                }
-                skipped += 1;
-                continue;
-            }
-            messages.push(Publish {
-                subject,
-                expect_last_seq: fence.last_seq,
-                payload,
-            });
-            sent.push(Sent {
-                event,
-                subject,
-                fence: index,
-                expect_last_seq: fence.last_seq,
-            });
-            fence.last_seq += 1;
+            return Ok(None);
+        }
+        fence.last_seq += 1;
+        Ok(Some(fence.last_seq - 1))
+    }
+
+    /// Publishes `messages` and reads their acknowledgements; the first refusal is the
+    /// batch's failure, saying how many events before it were delivered.
+    fn confirm(
+        &self,
+        session: &mut Session,
+        server: &Server,
+        messages: &[Publish<'_>],
+        sent: &[Sent<'_>],
+    ) -> Result<(), DeliveryError> {
+        if messages.is_empty() {
+            return Ok(());
         }
         let acks = session
             .client
-            .publish_pipelined(&messages, self.settings.batch, self.in_flight)
+            .publish_pipelined(messages, self.settings.batch, self.in_flight)
             .map_err(|e| DeliveryError::retryable(format!("{server:?}: {e}")))?;
-        // The first refusal in each stream: what the batch fails with.
+        // The first refusal in each stream, and the batch's first failure.
         let mut refused: Vec<Option<&Sent<'_>>> = vec![None; session.fences.len()];
         let mut failure = None;
-        for (ack, sent) in acks.iter().zip(&sent) {
+        for (ack, sent) in acks.iter().zip(sent) {
             let why = |why: String| format!("seq {} to {}: {why}", sent.event.seq, sent.subject);
             let error = match ack {
-                Ack::Stored { duplicate, .. } => {
+                Ack::Stored { .. } => {
                     if let Some(first) = refused[sent.fence].take() {
                         check_displaced(session, first)?;
                     }
-                    skipped += u64::from(*duplicate);
                     continue;
                 }
                 Ack::NoResponders => no_stream(sent.subject),
@@ -340,19 +382,41 @@ impl NatsSink {
                 }
             };
             if failure.is_none() {
-                failure = Some(error);
+                failure = Some(error.with_delivered(sent.index));
             }
             refused[sent.fence].get_or_insert(sent);
         }
-        match failure {
-            Some(error) => Err(error),
-            None => Ok(skipped),
-        }
+        failure.map_or(Ok(()), Err)
     }
+}
+
+/// Why `event` cannot be published to `subject`, if it cannot.
+fn check_event(
+    event: &StoredEvent,
+    subject: &str,
+    payload: &[u8],
+    max_payload: usize,
+) -> Result<(), DeliveryError> {
+    if let Some(why) = bad_subject(subject) {
+        return Err(DeliveryError::permanent(format!(
+            "seq {}: cannot publish to {subject:?}: {why}",
+            event.seq
+        )));
+    }
+    if payload.len() > max_payload {
+        return Err(DeliveryError::permanent(format!(
+            "seq {}: {} bytes, more than the server's max_payload of {max_payload}",
+            event.seq,
+            payload.len(),
+        )));
+    }
+    Ok(())
 }
 
 /// A message published in a batch, and the fence it named.
 struct Sent<'a> {
+    /// Its event's place in the batch.
+    index: usize,
     event: &'a StoredEvent,
     subject: &'a str,
     fence: usize,
@@ -366,12 +430,19 @@ struct Sent<'a> {
 fn check_displaced(session: &mut Session, first: &Sent<'_>) -> Result<(), DeliveryError> {
     let stream = session.fences[first.fence].stream.clone();
     let at = first.expect_last_seq + 1;
-    match stream::event_at(&mut session.client, &stream, at)? {
-        Some(held) if held.seq == first.event.seq && held.id == first.event.id => Ok(()),
-        _ => Err(DeliveryError::permanent(format!(
-            "stream {stream}: its message {at} is not this spool's seq {}, and later \
-             events were stored after it: one spool per stream",
+    let displaced = |why: String| {
+        DeliveryError::permanent(format!(
+            "stream {stream}: {why}, not this spool's seq {}, and later events were stored \
+             after it: one spool per stream",
             first.event.seq
-        ))),
+        ))
+        .with_delivered(first.index)
+    };
+    match stream::event_at(&mut session.client, &stream, at) {
+        Ok(Some(held)) if held.seq == first.event.seq && held.id == first.event.id => Ok(()),
+        Ok(Some(held)) => Err(displaced(format!("its message {at} is seq {}", held.seq))),
+        Ok(None) => Err(displaced(format!("its message {at} is gone"))),
+        Err(e) if !e.is_retryable() => Err(displaced(format!("its message {at} is not an event"))),
+        Err(e) => Err(e),
     }
 }
