@@ -355,3 +355,49 @@ fn over_tls_to_a_server_that_requires_it() -> TestResult {
     spool.close(T)?;
     Ok(())
 }
+
+#[test]
+fn a_wrong_password_and_an_unknown_host_are_clear_last_errors_and_retried() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::nats(dir.path()).with_args(&["--user", "app", "--pass", "s3cret"]);
+    let mut nats = Nats::connect_as(broker.port, "app", "s3cret")?;
+    nats.create_stream("EVENTS", &["events.>"])?;
+    let cases = [
+        (
+            format!("nats://app:hunter2@127.0.0.1:{}", broker.port),
+            "Authorization Violation",
+        ),
+        (
+            "nats://no-such-host.invalid:4222".to_owned(),
+            "no-such-host.invalid",
+        ),
+    ];
+    for (i, (url, says)) in cases.iter().enumerate() {
+        let spool = Spool::builder(dir.path().join(format!("failing{i}.db")))
+            .sink(sink(url))
+            .open()?;
+        spool.append(numbered(0))?;
+        wait_until(T, "a retried failure", || {
+            spool.metrics().sinks[0].failures_retryable > 1
+        });
+        let sink = spool.metrics().sinks[0].clone();
+        let error = sink.last_error.clone().unwrap_or_default();
+        assert!(error.contains(says), "{error}");
+        assert!(!error.contains("hunter2"), "no password shown: {error}");
+        assert_eq!(sink.dead_lettered, 0, "retried, not given up on");
+        spool.close(Duration::from_millis(100))?;
+    }
+    let url = format!("nats://app:s3cret@127.0.0.1:{}", broker.port);
+    let spool = Spool::builder(dir.path().join("events.db"))
+        .sink(sink(&url))
+        .open()?;
+    for n in 0..10 {
+        spool.emit(numbered(n))?;
+    }
+    wait_until(T, "10 delivered with the right password", || {
+        spool.metrics().sinks[0].delivered == 10
+    });
+    assert_exactly_once(&mut nats, 10, 1);
+    spool.close(T)?;
+    Ok(())
+}

@@ -301,3 +301,47 @@ fn a_full_memory_is_retried_and_delivery_resumes_once_in_order() -> TestResult {
     spool.close(T)?;
     Ok(())
 }
+
+#[test]
+fn a_wrong_password_and_an_unknown_host_are_clear_last_errors_and_retried() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::redis(dir.path()).with_args(&["--requirepass", "s3cret"]);
+    let cases = [
+        (
+            format!("redis://:hunter2@127.0.0.1:{}/0", broker.port),
+            "Password authentication failed",
+        ),
+        (
+            "redis://no-such-host.invalid:6379/0".to_owned(),
+            "no-such-host.invalid",
+        ),
+    ];
+    for (i, (url, says)) in cases.iter().enumerate() {
+        let spool = Spool::builder(dir.path().join(format!("failing{i}.db")))
+            .sink(sink(url))
+            .open()?;
+        spool.append(numbered(0))?;
+        wait_until(T, "a retried failure", || {
+            spool.metrics().sinks[0].failures_retryable > 1
+        });
+        let sink = spool.metrics().sinks[0].clone();
+        let error = sink.last_error.clone().unwrap_or_default();
+        assert!(error.contains(says), "{error}");
+        assert!(!error.contains("hunter2"), "no password shown: {error}");
+        assert_eq!(sink.dead_lettered, 0, "retried, not given up on");
+        spool.close(Duration::from_millis(100))?;
+    }
+    let url = format!("redis://:s3cret@127.0.0.1:{}/0", broker.port);
+    let spool = Spool::builder(dir.path().join("events.db"))
+        .sink(sink(&url))
+        .open()?;
+    for n in 0..10 {
+        spool.emit(numbered(n))?;
+    }
+    wait_until(T, "10 delivered with the right password", || {
+        spool.metrics().sinks[0].delivered == 10
+    });
+    assert_exactly_once(&entries(&url, "events"), 10, 1);
+    spool.close(T)?;
+    Ok(())
+}

@@ -159,6 +159,14 @@ impl Broker {
         }
     }
 
+    /// The same broker restarted with `extra` arguments (a password, say).
+    pub fn with_args(mut self, extra: &[&str]) -> Broker {
+        self.stop();
+        self.args.extend(extra.iter().map(|a| a.to_string()));
+        self.start();
+        self
+    }
+
     pub fn redis_url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }

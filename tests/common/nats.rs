@@ -29,15 +29,26 @@ pub struct Stored {
 
 impl Nats {
     pub fn connect(port: u16) -> std::io::Result<Nats> {
-        Nats::start(port, None)
+        Nats::start(port, None, "")
+    }
+
+    /// As `user` with `password`.
+    pub fn connect_as(port: u16, user: &str, password: &str) -> std::io::Result<Nats> {
+        let credentials = json!({"user": user, "pass": password}).to_string();
+        Nats::start(
+            port,
+            None,
+            &format!(",{}", &credentials[1..credentials.len() - 1]),
+        )
     }
 
     /// Over TLS, trusting the certificates in the PEM file `ca`.
     pub fn connect_tls(port: u16, ca: &std::path::Path) -> std::io::Result<Nats> {
-        Nats::start(port, Some(ca))
+        Nats::start(port, Some(ca), "")
     }
 
-    fn start(port: u16, ca: Option<&std::path::Path>) -> std::io::Result<Nats> {
+    /// Connects; `credentials` are more fields of CONNECT (`,"user":..`), or empty.
+    fn start(port: u16, ca: Option<&std::path::Path>, credentials: &str) -> std::io::Result<Nats> {
         let tcp = TcpStream::connect(("127.0.0.1", port))?;
         tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
         tcp.set_nodelay(true)?;
@@ -53,10 +64,11 @@ impl Nats {
             io: BufReader::new(wire),
             next: 0,
         };
-        nats.io.get_mut().write_all(
-            b"CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true}\r\n\
-              SUB _TEST.reply.* 1\r\nPING\r\n",
-        )?;
+        let hello = format!(
+            "CONNECT {{\"verbose\":false,\"headers\":true,\"no_responders\":true{credentials}}}\r\n\
+             SUB _TEST.reply.* 1\r\nPING\r\n"
+        );
+        nats.io.get_mut().write_all(hello.as_bytes())?;
         while nats.line()? != "PONG" {}
         Ok(nats)
     }

@@ -302,14 +302,15 @@ impl NatsSink {
                 }
             }
         }
-        let outcome = self.confirm(session, server, &messages, &sent);
+        let outcome = self
+            .confirm(session, server, &messages, &sent)
+            .and_then(|()| stop.map_or(Ok(()), Err));
         let delivered = match &outcome {
             Ok(()) => usize::MAX,
             Err(e) => e.delivered().unwrap_or(0),
         };
         *already += skipped.iter().filter(|&&i| i < delivered).count() as u64;
-        outcome?;
-        stop.map_or(Ok(()), Err)
+        outcome
     }
 
     /// Where `event` goes: the stream sequence its publish must follow, or `None` when
