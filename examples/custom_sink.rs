@@ -10,7 +10,9 @@
 //! acknowledges the whole batch (the sink's cursor moves past it, durably); an error
 //! acknowledges none, and the batch comes again after a backoff. So a crash between
 //! the write and the acknowledgement can repeat a batch: the lines carry each event's
-//! id, for whoever reads the file to skip what it has seen.
+//! id, for whoever reads the file to skip what it has seen. (A sink that knows which
+//! event failed says so with `DeliveryError::with_delivered(n)`: the first `n` are
+//! acknowledged, and a permanent failure dead-letters that one event alone.)
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};

@@ -251,3 +251,25 @@ fn a_sink_that_names_the_failing_event_has_the_ones_before_it_acknowledged_and_o
     assert_eq!(cursor, Some(seqs[19]), "everything acknowledged or dead");
     Ok(())
 }
+
+#[test]
+fn the_dead_lettered_count_never_runs_ahead_of_the_dead_letters() -> TestResult {
+    let (_dir, path) = temp_spool();
+    let spool = Spool::builder(&path).sink(Refuses("refuses")).open()?;
+    for n in 1..=300u64 {
+        spool.append(kilobyte(n))?;
+        // Spin on the count alone (a deadline, no sleep), then read the rows at once.
+        let deadline = std::time::Instant::now() + T;
+        while spool.metrics().sinks[0].dead_lettered < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "event {n} given up on"
+            );
+            std::hint::spin_loop();
+        }
+        let rows = spool.dead_letters("refuses", usize::MAX)?.len() as u64;
+        assert!(rows >= n, "the count said {n}, the rows {rows}");
+    }
+    spool.close(T)?;
+    Ok(())
+}

@@ -581,7 +581,6 @@ impl Worker {
         attempts: u32,
     ) -> crate::error::Result<()> {
         let n = job.events.len();
-        self.counters.dead_lettered.fetch_add(n as u64, Relaxed);
         log::error!(
             "sink {}: gave up on {n} events from seq {} after {attempts} attempts: {error}",
             self.name,
@@ -599,8 +598,10 @@ impl Worker {
             status: error.status(),
             error: error.to_string(),
             ack: None,
-        })
-        .map(drop)
+        })?;
+        // Counted once committed, so that the count never runs ahead of the rows.
+        self.counters.dead_lettered.fetch_add(n as u64, Relaxed);
+        Ok(())
     }
 
     /// Moves the watermark over the done events at the front of the window.

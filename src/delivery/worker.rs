@@ -579,9 +579,6 @@ impl Worker {
         retries: u32,
     ) -> bool {
         if let Some(e) = &failure {
-            self.counters
-                .dead_lettered
-                .fetch_add(batch.events.len() as u64, Relaxed);
             log::error!(
                 "sink {}: gave up on seq {}..={} after {} attempts: {e}",
                 self.name,
@@ -614,6 +611,10 @@ impl Worker {
         match committed {
             Ok(evicted) => {
                 self.counted_twice(evicted);
+                // Counted once committed: a batch whose commit failed comes back.
+                if failure.is_some() {
+                    (self.counters.dead_lettered).fetch_add(batch.events.len() as u64, Relaxed);
+                }
                 if let Some(seq) = batch.ack_to {
                     self.advance(seq);
                 }
