@@ -427,3 +427,42 @@ fn configured_from_toml_and_checked_at_open() -> TestResult {
     assert!(refused(&|k| k.in_flight = 0).contains("in_flight must be at least 1"));
     Ok(())
 }
+
+#[test]
+fn a_record_too_large_is_dead_lettered_alone_and_the_others_land_once_in_order() -> TestResult {
+    let cluster = cluster("events", 1);
+    let bootstrap = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir()?;
+    let spool = Spool::builder(dir.path().join("events.db"))
+        .sink(sink(&bootstrap).setting("message.max.bytes", "10000"))
+        .open()?;
+    // One commit, so one `deliver` call holds them all: the large one in the middle.
+    let events = (0..300u64)
+        .map(|n| match n {
+            150 => Event::new(
+                "test.numbered",
+                serde_json::json!({ "n": n, "pad": "x".repeat(20_000) }),
+            ),
+            _ => numbered(n),
+        })
+        .collect();
+    let seqs = spool.append_batch(events)?;
+    wait_until(T, "all handled", || {
+        let sink = &spool.metrics().sinks[0];
+        sink.lag == 0 && sink.dead_lettered == 1
+    });
+    let dead = spool.dead_letters("kafka", 10)?;
+    assert_eq!(dead.len(), 1, "only the large one");
+    assert_eq!(dead[0].event.seq, seqs[150]);
+    assert!(
+        dead[0].last_error.contains("seq 151"),
+        "{}",
+        dead[0].last_error
+    );
+    let landed: Vec<u64> = records(&bootstrap, "events").iter().map(|r| r.n).collect();
+    let want: Vec<u64> = (0..300).filter(|&n| n != 150).collect();
+    assert_eq!(landed, want, "the others once each, in order");
+    assert_eq!(spool.metrics().sinks[0].delivered, 299);
+    spool.close(T)?;
+    Ok(())
+}
