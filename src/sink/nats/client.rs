@@ -318,7 +318,7 @@ impl Client {
                 .subject
                 .strip_prefix(&self.inbox)
                 .and_then(|r| r.strip_prefix('.'))
-                .and_then(|n| n.parse::<usize>().ok());
+                .and_then(reply_index);
             if let Some(slot) = index.and_then(|i| acks.get_mut(i))
                 && slot.is_none()
             {
@@ -428,6 +428,15 @@ impl Client {
         payload.truncate(size);
         Ok(payload)
     }
+}
+
+/// The publish a reply token names: exactly as written (`7`, never `07` or `+7`, which
+/// `parse` would take for the same), so only the reply to that publish counts.
+fn reply_index(token: &str) -> Option<usize> {
+    let canonical = token.bytes().all(|b| b.is_ascii_digit())
+        && !token.is_empty()
+        && (token == "0" || !token.starts_with('0'));
+    canonical.then(|| token.parse().ok()).flatten()
 }
 
 /// Reads a protocol line (without its CRLF) from `input`.
@@ -578,6 +587,11 @@ mod tests {
         assert!(Server::parse("http://h").is_err());
         assert!(Server::parse("nats://h:port").is_err());
         assert!(Server::parse("nats://").is_err());
+        assert_eq!(reply_index("0"), Some(0));
+        assert_eq!(reply_index("17"), Some(17));
+        for other in ["00", "017", "+1", "", "r1", "1 "] {
+            assert_eq!(reply_index(other), None, "{other:?}");
+        }
         let reply = |status: Option<&str>, payload: &[u8]| Incoming {
             subject: "_INBOX.x.0".into(),
             status: status.map(str::to_owned),
