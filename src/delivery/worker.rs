@@ -42,10 +42,11 @@ pub(super) struct Batch {
 }
 
 impl Batch {
-    /// Keeps the first `n` events here and returns the rest (`None` if there is none):
-    /// each covers its own part of the seqs, filtered ones included.
+    /// Keeps the first `n` events here and returns the rest (`None`, and nothing split,
+    /// unless both parts have events): each covers its own part of the seqs, filtered
+    /// ones included.
     fn split_off(&mut self, n: usize) -> Option<Batch> {
-        if n >= self.events.len() {
+        if n == 0 || n >= self.events.len() {
             return None;
         }
         let events = self.events.split_off(n);
@@ -464,23 +465,22 @@ impl Worker {
 
     /// Delivers one batch until it is acknowledged or dead-lettered. Returns false when
     /// told to stop first.
-    pub(super) fn deliver(&mut self, batch: Batch) -> bool {
+    pub(super) fn deliver(&mut self, mut batch: Batch) -> bool {
         self.counters
             .oldest_pending_ms
             .store(batch.events[0].timestamp_ms.max(1), Relaxed);
         let mut retries = 0u32;
         let mut rtt = Duration::ZERO;
-        let mut batch = batch;
         loop {
             let step = (self.retrier).attempt(&mut *self.sink, &batch.events, retries, &mut rtt);
-            let head_delivered = match &step {
-                Step::Delivered => None,
+            let named = match &step {
+                Step::Delivered => false,
                 Step::GiveUp(e) | Step::Wait(_, e) => self.deliver_head(&mut batch, e.delivered()),
             };
             match step {
                 Step::Delivered => return self.settle(batch, None, retries),
                 // The sink named the event that cannot go: it alone is dead-lettered.
-                Step::GiveUp(error) if head_delivered.is_some() && !error.is_retryable() => {
+                Step::GiveUp(error) if named && !error.is_retryable() => {
                     let rest = batch.split_off(1);
                     let dead = batch;
                     if !self.settle(dead, Some(error), retries) {
@@ -520,15 +520,16 @@ impl Worker {
     }
 
     /// The sink delivered the first `delivered` events of `batch` before it failed:
-    /// acknowledges them and leaves the rest in `batch`. Returns how many, `None` when
-    /// none are (the sink did not say, or said none, or acknowledging failed: the batch
-    /// then stays whole, delivered again at least once).
-    fn deliver_head(&mut self, batch: &mut Batch, delivered: Option<usize>) -> Option<usize> {
-        let n = delivered?.min(batch.events.len().saturating_sub(1));
-        if n == 0 {
-            return Some(0);
-        }
-        let rest = batch.split_off(n)?;
+    /// acknowledges them and leaves the rest in `batch`. Returns whether the failure now
+    /// concerns the batch's first event: false when the sink did not say, or when
+    /// acknowledging failed (the batch then stays whole, delivered again at least once).
+    fn deliver_head(&mut self, batch: &mut Batch, delivered: Option<usize>) -> bool {
+        let Some(n) = delivered.map(|n| n.min(batch.events.len().saturating_sub(1))) else {
+            return false;
+        };
+        let Some(rest) = batch.split_off(n) else {
+            return true; // none delivered: the failure concerns the first
+        };
         let acknowledged = match batch.ack_to {
             Some(to) => self.acknowledge(batch.from, to).map(|()| 0),
             None => self.commit_op(Op::Redelivered {
@@ -548,13 +549,13 @@ impl Worker {
                 }
                 let head = std::mem::replace(batch, rest);
                 self.reader.give_back(head.events);
-                Some(n)
+                true
             }
             Err(e) => {
                 log::error!("sink {}: cannot record progress: {e}", self.name);
                 self.shared.report(&e);
                 batch.append(rest);
-                None
+                false
             }
         }
     }

@@ -294,3 +294,26 @@ pub fn kill_9_and_restart<S: eventspool::Sink + 'static>(
         counted,
     }
 }
+
+/// Opens a spool at `path` delivering to `sink`, which cannot reach its destination,
+/// appends one event and waits until the failure was retried: checks that the sink's
+/// last error says `says`, never shows `secret`, and that nothing was dead-lettered.
+pub fn assert_retried_saying(
+    path: &Path,
+    sink: impl eventspool::Sink + 'static,
+    says: &str,
+    secret: &str,
+) -> TestResult {
+    let spool = Spool::builder(path).sink(sink).open()?;
+    spool.append(numbered(0))?;
+    wait_until(Duration::from_secs(60), "a retried failure", || {
+        spool.metrics().sinks[0].failures_retryable > 1
+    });
+    let sink = spool.metrics().sinks[0].clone();
+    let error = sink.last_error.clone().unwrap_or_default();
+    assert!(error.contains(says), "{error}");
+    assert!(!error.contains(secret), "no secret shown: {error}");
+    assert_eq!(sink.dead_lettered, 0, "retried, not given up on");
+    spool.close(Duration::from_millis(100))?;
+    Ok(())
+}
